@@ -1,0 +1,112 @@
+//! HTTP API bodies (JSON). Listing rows carry exactly the keys the CLI's
+//! `--format json` prints, so scripts see the same names either way.
+
+use crate::{Service, ServiceSpec, Task};
+use serde::{Deserialize, Serialize};
+
+/// Every 4xx/5xx answer: `{"message": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+/// A row of `node ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub availability: String,
+    pub status: String,
+    pub leader: bool,
+    pub addr: String,
+    pub region: String,
+}
+
+/// A row of `service ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    pub id: String,
+    pub name: String,
+    pub mode: String,
+    /// Desired task count (global: the number of eligible nodes).
+    pub replicas: u64,
+    pub running: u64,
+    pub image: String,
+    pub ports: String,
+}
+
+/// A row of `service ps` / `stack ps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRow {
+    pub id: String,
+    /// `web.2`: the service and the slot (or node, for global services).
+    pub name: String,
+    pub service: String,
+    pub slot: Option<u64>,
+    /// The node's name.
+    pub node: String,
+    pub desired_state: String,
+    pub state: String,
+    /// When the task entered its state, ms since the epoch.
+    pub since: u64,
+    pub image: String,
+    pub error: String,
+    pub exit_code: Option<i32>,
+    pub health: Option<String>,
+}
+
+/// `service inspect`: the service object plus a summary of its tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDetail {
+    #[serde(flatten)]
+    pub service: Service,
+    pub tasks: Vec<TaskRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub replicas: u64,
+}
+
+/// `POST /v1/stacks`: the services of one stack, already parsed from the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StackDeployRequest {
+    pub name: String,
+    pub services: Vec<ServiceSpec>,
+    /// Remove services of this stack that are not in `services`.
+    #[serde(default)]
+    pub prune: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackDeployResponse {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A row of `stack ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRow {
+    pub name: String,
+    pub services: u64,
+}
+
+/// `GET /v1/info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub node_id: String,
+    pub node_name: String,
+    pub cluster_id: String,
+    pub leader_id: Option<String>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub version: String,
+    pub default_runtime: String,
+}
+
+/// `GET /v1/tasks/{id}` answers the task itself.
+pub type TaskDetail = Task;

@@ -1,0 +1,91 @@
+//! Raft log commands: the only way cluster state changes. Every command
+//! carries the timestamps and ids it needs, so applying it is deterministic
+//! on every manager (apply never reads a clock or a random source).
+
+use crate::{
+    Availability, Millis, Node, NodeId, NodeRole, NodeStatus, Service, ServiceId, ServiceSpec,
+    Task, TaskId, TaskState, TaskStatus, UpdateStatus,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A node joins or describes itself again (restart, new address or labels).
+    UpsertNode(Node),
+    SetNodeStatus {
+        id: NodeId,
+        status: NodeStatus,
+        message: String,
+        at: Millis,
+    },
+    /// Operator's changes to a node; None leaves a field as it is.
+    UpdateNode {
+        id: NodeId,
+        role: Option<NodeRole>,
+        availability: Option<Availability>,
+        labels: Option<BTreeMap<String, String>>,
+        at: Millis,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    CreateService(Service),
+    /// Replace a service's spec. Refused unless the stored version is
+    /// `expected_version` (optimistic concurrency between API callers).
+    UpdateService {
+        id: ServiceId,
+        expected_version: u64,
+        spec: ServiceSpec,
+        previous_spec: Option<ServiceSpec>,
+        at: Millis,
+    },
+    SetUpdateStatus {
+        id: ServiceId,
+        status: Option<UpdateStatus>,
+    },
+    /// Removes the service; its tasks are told to shut down and are reaped
+    /// once they have stopped.
+    RemoveService {
+        id: ServiceId,
+        at: Millis,
+    },
+    CreateTasks(Vec<Task>),
+    /// The orchestrator's intent for tasks (only ever raised).
+    SetDesiredState(Vec<(TaskId, TaskState)>),
+    /// The scheduler's placement decisions; moves tasks to `assigned`.
+    AssignTasks {
+        assignments: Vec<(TaskId, NodeId)>,
+        at: Millis,
+    },
+    /// The scheduler could not place these tasks: they stay pending with a message.
+    SetPendingMessage(Vec<(TaskId, String)>),
+    /// What workers observed. A status that would move a task backwards is ignored.
+    SetTaskStatus(Vec<(TaskId, TaskStatus)>),
+    RemoveTasks(Vec<TaskId>),
+    /// Several commands applied as one entry, in order.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::UpsertNode(_) => "upsert_node",
+            Command::SetNodeStatus { .. } => "set_node_status",
+            Command::UpdateNode { .. } => "update_node",
+            Command::RemoveNode { .. } => "remove_node",
+            Command::CreateService(_) => "create_service",
+            Command::UpdateService { .. } => "update_service",
+            Command::SetUpdateStatus { .. } => "set_update_status",
+            Command::RemoveService { .. } => "remove_service",
+            Command::CreateTasks(_) => "create_tasks",
+            Command::SetDesiredState(_) => "set_desired_state",
+            Command::AssignTasks { .. } => "assign_tasks",
+            Command::SetPendingMessage(_) => "set_pending_message",
+            Command::SetTaskStatus(_) => "set_task_status",
+            Command::RemoveTasks(_) => "remove_tasks",
+            Command::Batch(_) => "batch",
+        }
+    }
+}
