@@ -1,1 +1,12 @@
-fn main(){}
+fn main() {
+    // `skein shim ...`: the process runtime's per-task supervisor (hidden;
+    // started by the agent, see runtime/shim.rs). Dispatched before anything
+    // else so the shim stays a plain single-threaded process.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.get(1).map(String::as_str) == Some("shim") {
+        std::process::exit(skein_node::runtime::shim::run_shim(&args[2..]));
+    }
+    std::process::exit(skein_node::cli::main());
+}

@@ -13,7 +13,9 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 pub enum CodecError {
     #[error("empty frame")]
     Empty,
-    #[error("unsupported codec version {found} (this build speaks {VERSION}): upgrade the older node")]
+    #[error(
+        "unsupported codec version {found} (this build speaks {VERSION}): upgrade the older node"
+    )]
     Version { found: u8 },
     #[error("frame of {size} bytes is over the {MAX_FRAME} byte limit")]
     TooLarge { size: usize },
@@ -92,6 +94,7 @@ mod tests {
                 ..Default::default()
             },
             created_at: 1_700_000_000_000,
+            restarts: vec![1, 2],
         }
     }
 

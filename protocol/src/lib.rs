@@ -19,7 +19,9 @@ pub mod wire;
 
 pub use command::Command;
 pub use duration::Dur;
-pub use node::{Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeStatus};
+pub use node::{
+    Availability, ManagerStatus, Node, NodeDescription, NodeResources, NodeRole, NodeStatus,
+};
 pub use service::{Service, UpdateState, UpdateStatus};
 pub use spec::*;
 pub use task::{Task, TaskState, TaskStatus};

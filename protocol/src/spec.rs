@@ -406,10 +406,12 @@ impl ServiceSpec {
 
     /// Host-mode published ports as (port, protocol).
     pub fn host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
-        self.ports.iter().filter_map(|p| match (p.mode, p.published) {
-            (PublishMode::Host, Some(port)) => Some((port, p.protocol)),
-            _ => None,
-        })
+        self.ports
+            .iter()
+            .filter_map(|p| match (p.mode, p.published) {
+                (PublishMode::Host, Some(port)) => Some((port, p.protocol)),
+                _ => None,
+            })
     }
 
     /// Checks everything that makes a spec impossible to run. The error names
@@ -425,17 +427,22 @@ impl ServiceSpec {
             return e("name", m);
         }
         if self.image.trim().is_empty() {
-            return e("image", "is empty: give an image (or a program for the process runtime)".into());
+            return e(
+                "image",
+                "is empty: give an image (or a program for the process runtime)".into(),
+            );
         }
         match (self.mode, self.replicas) {
-            (ServiceMode::Global, Some(_)) => {
+            (ServiceMode::Global, Some(_)) => return e(
+                "replicas",
+                "a global service runs one task per node: remove `replicas` or use mode replicated"
+                    .into(),
+            ),
+            (ServiceMode::Replicated, Some(n)) if n > 10_000 => {
                 return e(
                     "replicas",
-                    "a global service runs one task per node: remove `replicas` or use mode replicated".into(),
+                    format!("{n} is more than the 10000 skein allows"),
                 )
-            }
-            (ServiceMode::Replicated, Some(n)) if n > 10_000 => {
-                return e("replicas", format!("{n} is more than the 10000 skein allows"))
             }
             _ => {}
         }
@@ -460,13 +467,11 @@ impl ServiceSpec {
             match hc.test.first().map(String::as_str) {
                 Some("CMD") | Some("CMD-SHELL") if hc.test.len() >= 2 => {}
                 Some("NONE") => {}
-                _ => {
-                    return e(
-                        "healthcheck.test",
-                        "must be [\"CMD\", prog, args...], [\"CMD-SHELL\", \"command\"] or [\"NONE\"]"
-                            .into(),
-                    )
-                }
+                _ => return e(
+                    "healthcheck.test",
+                    "must be [\"CMD\", prog, args...], [\"CMD-SHELL\", \"command\"] or [\"NONE\"]"
+                        .into(),
+                ),
             }
             if hc.interval.is_zero() {
                 return e("healthcheck.interval", "must be more than 0s".into());
@@ -495,13 +500,19 @@ impl ServiceSpec {
             if !p.spread.starts_with("node.labels.") && !p.spread.starts_with("engine.labels.") {
                 return e(
                     &format!("placement.preferences[{i}].spread"),
-                    format!("{:?}: spread over a node label, e.g. node.labels.zone", p.spread),
+                    format!(
+                        "{:?}: spread over a node label, e.g. node.labels.zone",
+                        p.spread
+                    ),
                 );
             }
         }
         for (field, amount) in [
             ("resources.limits.cpus", self.resources.limits.cpus),
-            ("resources.reservations.cpus", self.resources.reservations.cpus),
+            (
+                "resources.reservations.cpus",
+                self.resources.reservations.cpus,
+            ),
         ] {
             if let Some(c) = amount {
                 if c.is_nan() || c < 0.0 {
@@ -536,7 +547,11 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if !first_ok
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(format!(
             "{name:?} is not a valid name: use letters, digits, '-', '_' and '.', starting with a letter or digit"
         ));
@@ -609,7 +624,8 @@ mod tests {
 
     #[test]
     fn defaults_are_swarms() {
-        let s: ServiceSpec = serde_json::from_str(r#"{"name":"web","image":"nginx"}"#).expect("parse");
+        let s: ServiceSpec =
+            serde_json::from_str(r#"{"name":"web","image":"nginx"}"#).expect("parse");
         assert_eq!(s.update_config.parallelism, 1);
         assert_eq!(s.update_config.delay, Dur::ZERO);
         assert_eq!(s.update_config.failure_action, FailureAction::Pause);

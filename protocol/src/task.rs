@@ -94,6 +94,11 @@ pub struct Task {
     pub desired_state: TaskState,
     pub status: TaskStatus,
     pub created_at: Millis,
+    /// When this slot (or global node) was restarted by its restart policy,
+    /// inherited from the task this one replaced: what `max_attempts` and
+    /// `window` count. Empty for a slot's first task and after a spec change.
+    #[serde(default)]
+    pub restarts: Vec<Millis>,
 }
 
 impl Task {

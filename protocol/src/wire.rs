@@ -28,7 +28,10 @@ pub enum WireMessage {
     Raft(Vec<u8>),
     Assignments(Assignments),
     Status(StatusReport),
-    Heartbeat { node_id: NodeId, at: Millis },
+    Heartbeat {
+        node_id: NodeId,
+        at: Millis,
+    },
     /// A follower forwards a client's command to the leader.
     Propose(Command),
 }

@@ -8,6 +8,8 @@
 
 pub mod fake;
 pub mod process;
+pub mod procfs;
+pub mod shim;
 
 use skein_protocol::{RuntimeKind, Task};
 use std::future::Future;
@@ -43,7 +45,10 @@ pub struct Observed {
 pub enum ObservedState {
     Running,
     /// Exited with `exit_code` (128+signal when killed by a signal).
-    Exited { exit_code: i32, finished_at: u64 },
+    Exited {
+        exit_code: i32,
+        finished_at: u64,
+    },
 }
 
 pub trait Runtime: Send + Sync + 'static {
@@ -62,4 +67,39 @@ pub trait Runtime: Send + Sync + 'static {
     fn remove<'a>(&'a self, task_id: &'a str) -> RtFuture<'a, ()>;
     /// The task's output (stdout and stderr), the last `tail` lines if given.
     fn logs<'a>(&'a self, task_id: &'a str, tail: Option<usize>) -> RtFuture<'a, Vec<u8>>;
+}
+
+/// The last `n` lines of `buf` (a final line without a newline counts as a
+/// line); all of `buf` when it has fewer.
+pub fn tail_lines(buf: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &[];
+    }
+    // A newline ending the buffer ends the last line; it does not start one.
+    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return &buf[i + 1..];
+            }
+        }
+    }
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_lines;
+
+    #[test]
+    fn tail_lines_counts_lines_not_newlines() {
+        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(tail_lines(b"a\nb\n", 0), b"");
+        assert_eq!(tail_lines(b"", 3), b"");
+        assert_eq!(tail_lines(b"\n\n", 1), b"\n");
+    }
 }

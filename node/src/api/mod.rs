@@ -1,0 +1,521 @@
+//! The HTTP/JSON API (axum), under `/v1/`. Reads come from the published
+//! Raft state; writes are validated here, proposed as commands and answered
+//! once applied. Every failure is a JSON `{"message": ...}` with a 4xx for
+//! what the caller can fix and 5xx otherwise; no input can crash the agent.
+
+pub mod views;
+
+use crate::raft::{ProposeError, RaftHandle};
+use crate::store::{ApplyError, ClusterState};
+use crate::worker::Runtimes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use skein_protocol::api::{
+    ErrorBody, Info, ScaleRequest, StackDeployRequest, StackDeployResponse, StackRow,
+};
+use skein_protocol::{Command, Service, ServiceMode, ServiceSpec, STACK_LABEL};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub raft: RaftHandle,
+    pub runtimes: Runtimes,
+    pub node_id: String,
+    pub node_name: String,
+    pub cluster_id: String,
+}
+
+/// An API error: status and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        let status = match &e {
+            ProposeError::Rejected(ApplyError::ServiceExists(_)) => StatusCode::CONFLICT,
+            ProposeError::Rejected(ApplyError::VersionConflict { .. }) => StatusCode::CONFLICT,
+            ProposeError::Rejected(ApplyError::NoSuchService(_) | ApplyError::NoSuchNode(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            ProposeError::Rejected(_) => StatusCode::BAD_REQUEST,
+            ProposeError::NotLeader { .. } | ProposeError::Dropped => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(
+            r.status(),
+            format!("invalid request body: {}", r.body_text()),
+        )
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/services", get(list_services).post(create_service))
+        .route("/v1/services/{id}", get(get_service).delete(remove_service))
+        .route("/v1/services/{id}/scale", post(scale_service))
+        .route("/v1/services/{id}/tasks", get(service_tasks))
+        .route("/v1/services/{id}/logs", get(service_logs))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/stacks", get(list_stacks).post(deploy_stack))
+        .route("/v1/stacks/{name}", axum::routing::delete(remove_stack))
+        .route("/v1/stacks/{name}/services", get(stack_services))
+        .route("/v1/stacks/{name}/tasks", get(stack_tasks))
+        .fallback(|| async {
+            ApiError::not_found(
+                "no such API path: see /v1/info, /v1/nodes, /v1/services, /v1/tasks, /v1/stacks",
+            )
+        })
+        .with_state(state)
+}
+
+fn snapshot(st: &AppState) -> Arc<ClusterState> {
+    st.raft.current().state.clone()
+}
+
+fn find_service<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a Service> {
+    state
+        .find_service(key)
+        .ok_or_else(|| ApiError::not_found(format!("no such service: {key}")))
+}
+
+async fn info(State(st): State<AppState>) -> Json<Info> {
+    let p = st.raft.current();
+    let leader_id = p
+        .state
+        .nodes
+        .values()
+        .find(|n| {
+            n.manager_status
+                .as_ref()
+                .is_some_and(|m| m.raft_id == p.leader_id && p.leader_id != 0)
+        })
+        .map(|n| n.id.clone());
+    Json(Info {
+        node_id: st.node_id.clone(),
+        node_name: st.node_name.clone(),
+        cluster_id: st.cluster_id.clone(),
+        leader_id,
+        term: p.term,
+        commit: p.commit,
+        applied: p.applied,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        default_runtime: st.runtimes.default_kind().to_string(),
+    })
+}
+
+async fn list_nodes(State(st): State<AppState>) -> Json<Vec<skein_protocol::api::NodeRow>> {
+    let p = st.raft.current();
+    Json(views::node_rows(&p.state, p.leader_id))
+}
+
+async fn get_node(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<skein_protocol::Node>> {
+    let s = snapshot(&st);
+    s.find_node(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no such node: {id}")))
+}
+
+async fn list_services(State(st): State<AppState>) -> Json<Vec<skein_protocol::api::ServiceRow>> {
+    let s = snapshot(&st);
+    Json(
+        s.services
+            .values()
+            .map(|svc| views::service_row(&s, svc))
+            .collect(),
+    )
+}
+
+async fn get_service(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<skein_protocol::api::ServiceDetail>> {
+    let s = snapshot(&st);
+    let svc = find_service(&s, &id)?;
+    Ok(Json(skein_protocol::api::ServiceDetail {
+        service: svc.clone(),
+        tasks: views::task_rows(&s, s.tasks_of(&svc.id)),
+    }))
+}
+
+/// Fills what the server decides and checks the spec.
+fn normalize(mut spec: ServiceSpec) -> ApiResult<ServiceSpec> {
+    if spec.mode == ServiceMode::Replicated && spec.replicas.is_none() {
+        spec.replicas = Some(1);
+    }
+    spec.validate()
+        .map_err(|e| ApiError::bad(format!("invalid service spec: {e}")))?;
+    Ok(spec)
+}
+
+fn new_service(spec: ServiceSpec, now: u64) -> Service {
+    Service {
+        id: crate::util::random_hex(6),
+        spec,
+        previous_spec: None,
+        version: 1,
+        update_status: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+async fn create_service(
+    State(st): State<AppState>,
+    body: Result<Json<ServiceSpec>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Service>)> {
+    let Json(spec) = body?;
+    let spec = normalize(spec)?;
+    if snapshot(&st).service_by_name(&spec.name).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "service {:?} already exists: pick another name, or scale or remove it",
+                spec.name
+            ),
+        ));
+    }
+    let svc = new_service(spec, crate::util::now_ms());
+    st.raft.propose(Command::CreateService(svc.clone())).await?;
+    Ok((StatusCode::CREATED, Json(svc)))
+}
+
+async fn remove_service(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let sid = find_service(&snapshot(&st), &id)?.id.clone();
+    st.raft
+        .propose(Command::RemoveService {
+            id: sid,
+            at: crate::util::now_ms(),
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn scale_service(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ScaleRequest>, JsonRejection>,
+) -> ApiResult<Json<Service>> {
+    let Json(req) = body?;
+    let s = snapshot(&st);
+    let svc = find_service(&s, &id)?;
+    if svc.spec.mode != ServiceMode::Replicated {
+        return Err(ApiError::bad(format!(
+            "service {} is global: scale works on replicated services only",
+            svc.spec.name
+        )));
+    }
+    let mut spec = svc.spec.clone();
+    spec.replicas = Some(req.replicas);
+    let spec = normalize(spec)?;
+    st.raft
+        .propose(Command::UpdateService {
+            id: svc.id.clone(),
+            expected_version: svc.version,
+            spec,
+            previous_spec: Some(svc.spec.clone()),
+            at: crate::util::now_ms(),
+        })
+        .await?;
+    let after = snapshot(&st);
+    Ok(Json(find_service(&after, &svc.id)?.clone()))
+}
+
+async fn service_tasks(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<skein_protocol::api::TaskRow>>> {
+    let s = snapshot(&st);
+    let svc = find_service(&s, &id)?;
+    Ok(Json(views::task_rows(&s, s.tasks_of(&svc.id))))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    tail: Option<usize>,
+}
+
+async fn service_logs(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<String> {
+    let s = snapshot(&st);
+    let svc = find_service(&s, &id)?;
+    let mut tasks: Vec<_> = s
+        .tasks_of(&svc.id)
+        .filter(|t| t.node_id.as_deref() == Some(st.node_id.as_str()))
+        .collect();
+    tasks.sort_by_key(|t| (t.slot, t.created_at));
+    let mut out = String::new();
+    for t in tasks {
+        let bytes = st
+            .runtimes
+            .logs(t, q.tail)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let prefix = format!(
+            "{}.{}@{}",
+            t.display_name(),
+            &t.id[..t.id.len().min(12)],
+            st.node_name
+        );
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            out.push_str(&prefix);
+            out.push_str("    | ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct TaskQuery {
+    service: Option<String>,
+    stack: Option<String>,
+}
+
+async fn list_tasks(
+    State(st): State<AppState>,
+    Query(q): Query<TaskQuery>,
+) -> ApiResult<Json<Vec<skein_protocol::api::TaskRow>>> {
+    let s = snapshot(&st);
+    let service_id = match &q.service {
+        Some(k) => Some(find_service(&s, k)?.id.clone()),
+        None => None,
+    };
+    let rows = views::task_rows(
+        &s,
+        s.tasks.values().filter(|t| {
+            service_id.as_ref().is_none_or(|id| &t.service_id == id)
+                && q.stack
+                    .as_ref()
+                    .is_none_or(|stack| t.spec.labels.get(STACK_LABEL) == Some(stack))
+        }),
+    );
+    Ok(Json(rows))
+}
+
+async fn get_task(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<skein_protocol::Task>> {
+    let s = snapshot(&st);
+    let mut it = s.tasks.values().filter(|t| t.id.starts_with(&id));
+    match (it.next(), it.next()) {
+        (Some(t), None) if !id.is_empty() => Ok(Json(t.clone())),
+        (Some(_), Some(_)) => Err(ApiError::bad(format!("task id prefix {id} is ambiguous"))),
+        _ => Err(ApiError::not_found(format!("no such task: {id}"))),
+    }
+}
+
+async fn list_stacks(State(st): State<AppState>) -> Json<Vec<StackRow>> {
+    let s = snapshot(&st);
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for svc in s.services.values() {
+        if let Some(stack) = svc.stack() {
+            *counts.entry(stack.to_string()).or_default() += 1;
+        }
+    }
+    Json(
+        counts
+            .into_iter()
+            .map(|(name, services)| StackRow { name, services })
+            .collect(),
+    )
+}
+
+async fn deploy_stack(
+    State(st): State<AppState>,
+    body: Result<Json<StackDeployRequest>, JsonRejection>,
+) -> ApiResult<Json<StackDeployResponse>> {
+    let Json(req) = body?;
+    skein_protocol::validate_name(&req.name)
+        .map_err(|e| ApiError::bad(format!("stack name: {e}")))?;
+    let s = snapshot(&st);
+    let now = crate::util::now_ms();
+    let mut cmds = Vec::new();
+    let mut resp = StackDeployResponse {
+        created: vec![],
+        updated: vec![],
+        unchanged: vec![],
+        removed: vec![],
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for spec in req.services {
+        let mut spec = spec;
+        spec.labels
+            .insert(STACK_LABEL.to_string(), req.name.clone());
+        let spec = normalize(spec)
+            .map_err(|e| ApiError::bad(format!("stack {}: {}", req.name, e.message)))?;
+        if !names.insert(spec.name.clone()) {
+            return Err(ApiError::bad(format!(
+                "stack {}: service {} appears twice",
+                req.name, spec.name
+            )));
+        }
+        match s.service_by_name(&spec.name) {
+            Some(existing) => {
+                if existing.stack() != Some(req.name.as_str()) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "service {} exists and is not part of stack {}: remove it or rename the service",
+                            spec.name, req.name
+                        ),
+                    ));
+                }
+                if existing.spec == spec {
+                    resp.unchanged.push(spec.name.clone());
+                } else {
+                    resp.updated.push(spec.name.clone());
+                    cmds.push(Command::UpdateService {
+                        id: existing.id.clone(),
+                        expected_version: existing.version,
+                        previous_spec: Some(existing.spec.clone()),
+                        spec,
+                        at: now,
+                    });
+                }
+            }
+            None => {
+                resp.created.push(spec.name.clone());
+                cmds.push(Command::CreateService(new_service(spec, now)));
+            }
+        }
+    }
+    if req.prune {
+        for svc in s.stack_services(&req.name) {
+            if !names.contains(&svc.spec.name) {
+                resp.removed.push(svc.spec.name.clone());
+                cmds.push(Command::RemoveService {
+                    id: svc.id.clone(),
+                    at: now,
+                });
+            }
+        }
+    }
+    if !cmds.is_empty() {
+        // One entry: the whole stack is deployed, or nothing of it.
+        st.raft.propose(Command::Batch(cmds)).await?;
+    }
+    Ok(Json(resp))
+}
+
+async fn remove_stack(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<String>>> {
+    let s = snapshot(&st);
+    let services: Vec<&Service> = s.stack_services(&name).collect();
+    if services.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "nothing found in stack: {name}"
+        )));
+    }
+    let now = crate::util::now_ms();
+    let names = services.iter().map(|s| s.spec.name.clone()).collect();
+    let cmds = services
+        .iter()
+        .map(|svc| Command::RemoveService {
+            id: svc.id.clone(),
+            at: now,
+        })
+        .collect();
+    st.raft.propose(Command::Batch(cmds)).await?;
+    Ok(Json(names))
+}
+
+async fn stack_services(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<skein_protocol::api::ServiceRow>>> {
+    let s = snapshot(&st);
+    let rows: Vec<_> = s
+        .stack_services(&name)
+        .map(|svc| views::service_row(&s, svc))
+        .collect();
+    if rows.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "nothing found in stack: {name}"
+        )));
+    }
+    Ok(Json(rows))
+}
+
+async fn stack_tasks(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<skein_protocol::api::TaskRow>>> {
+    let s = snapshot(&st);
+    let ids: std::collections::BTreeSet<&str> =
+        s.stack_services(&name).map(|svc| svc.id.as_str()).collect();
+    if ids.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "nothing found in stack: {name}"
+        )));
+    }
+    Ok(Json(views::task_rows(
+        &s,
+        s.tasks
+            .values()
+            .filter(|t| ids.contains(t.service_id.as_str())),
+    )))
+}

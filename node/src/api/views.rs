@@ -1,0 +1,137 @@
+//! Rows for listings: the exact keys `--format json` prints and the CLI's
+//! tables show. Pure functions of the cluster state.
+
+use crate::orchestrator::reconcile::global_eligible;
+use crate::store::ClusterState;
+use skein_protocol::api::{NodeRow, ServiceRow, TaskRow};
+use skein_protocol::{
+    Availability, NodeRole, NodeStatus, Protocol, PublishMode, Service, ServiceMode, Task,
+    TaskState,
+};
+
+pub fn node_rows(state: &ClusterState, leader_raft_id: u64) -> Vec<NodeRow> {
+    let mut rows: Vec<NodeRow> = state
+        .nodes
+        .values()
+        .map(|n| NodeRow {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            role: match n.role {
+                NodeRole::Manager => "manager",
+                NodeRole::Worker => "worker",
+            }
+            .into(),
+            availability: match n.availability {
+                Availability::Active => "active",
+                Availability::Pause => "pause",
+                Availability::Drain => "drain",
+            }
+            .into(),
+            status: match n.status {
+                NodeStatus::Ready => "ready",
+                NodeStatus::Down => "down",
+                NodeStatus::Unknown => "unknown",
+            }
+            .into(),
+            leader: leader_raft_id != 0
+                && n.manager_status
+                    .as_ref()
+                    .is_some_and(|m| m.raft_id == leader_raft_id),
+            addr: n.addr.clone(),
+            region: n.region.clone(),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    rows
+}
+
+pub fn ports_text(svc: &Service) -> String {
+    svc.spec
+        .ports
+        .iter()
+        .map(|p| {
+            let proto = match p.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+            };
+            let published = p.published.map(|x| x.to_string()).unwrap_or_default();
+            let host = if p.mode == PublishMode::Host {
+                "host:"
+            } else {
+                "*:"
+            };
+            format!("{host}{published}->{}/{proto}", p.target)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn service_row(state: &ClusterState, svc: &Service) -> ServiceRow {
+    let running = state
+        .tasks_of(&svc.id)
+        .filter(|t| t.status.state == TaskState::Running && t.desired_state == TaskState::Running)
+        .count() as u64;
+    let (mode, replicas) = match svc.spec.mode {
+        ServiceMode::Replicated => ("replicated", svc.spec.desired_replicas().unwrap_or(0)),
+        ServiceMode::Global => ("global", global_eligible(state, &svc.spec).count() as u64),
+    };
+    ServiceRow {
+        id: svc.id.clone(),
+        name: svc.spec.name.clone(),
+        mode: mode.into(),
+        replicas,
+        running,
+        image: svc.spec.image.clone(),
+        ports: ports_text(svc),
+    }
+}
+
+pub fn task_rows<'a>(state: &ClusterState, tasks: impl Iterator<Item = &'a Task>) -> Vec<TaskRow> {
+    let mut tasks: Vec<&Task> = tasks.collect();
+    // Like docker: by name, current task first, then its history newest first.
+    tasks.sort_by(|a, b| {
+        (
+            &a.service_name,
+            a.slot,
+            &a.node_id,
+            std::cmp::Reverse(a.created_at),
+        )
+            .cmp(&(
+                &b.service_name,
+                b.slot,
+                &b.node_id,
+                std::cmp::Reverse(b.created_at),
+            ))
+    });
+    tasks
+        .into_iter()
+        .map(|t| TaskRow {
+            id: t.id.clone(),
+            name: t.display_name(),
+            service: t.service_name.clone(),
+            slot: t.slot,
+            node: t
+                .node_id
+                .as_ref()
+                .map(|id| {
+                    state
+                        .nodes
+                        .get(id)
+                        .map(|n| n.name.clone())
+                        .unwrap_or_else(|| id.clone())
+                })
+                .unwrap_or_default(),
+            desired_state: t.desired_state.to_string(),
+            state: t.status.state.to_string(),
+            since: t.status.timestamp,
+            image: t.spec.image.clone(),
+            error: if t.status.error.is_empty() && t.status.state == TaskState::Pending {
+                t.status.message.clone()
+            } else {
+                t.status.error.clone()
+            },
+            exit_code: t.status.exit_code,
+            health: t.status.health.map(|h| format!("{h:?}").to_lowercase()),
+        })
+        .collect()
+}

@@ -1,0 +1,180 @@
+//! The `skein` command line: clap definitions and dispatch. Every command
+//! except `agent` and the hidden `shim` talks to an agent's HTTP API
+//! (`-H/--host` or `SKEIN_HOST`, default http://127.0.0.1:7947).
+//! Errors print one line saying what went wrong and exit non-zero.
+
+mod client;
+mod output;
+mod service;
+mod stack;
+mod wait;
+
+use clap::{Args, Parser, Subcommand};
+use client::Client;
+use output::Format;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "skein",
+    version,
+    about = "A peer-to-peer container orchestrator for edge fleets",
+    propagate_version = true
+)]
+struct Cli {
+    /// Agent API to talk to.
+    #[arg(
+        short = 'H',
+        long = "host",
+        env = "SKEIN_HOST",
+        global = true,
+        default_value = "http://127.0.0.1:7947"
+    )]
+    host: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the skein agent on this machine.
+    Agent(AgentArgs),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
+    /// Manage stacks (compose files).
+    #[command(subcommand)]
+    Stack(stack::StackCmd),
+    /// Supervise one task's process (started by the agent, not by hand).
+    #[command(hide = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// TOML config file (also SKEIN_CONFIG).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the raft log and task state live (also SKEIN_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// API listen address, default 127.0.0.1:7947 (also SKEIN_API).
+    #[arg(long)]
+    api: Option<String>,
+    /// Cluster listen address HOST:PORT (also SKEIN_LISTEN).
+    #[arg(long)]
+    listen: Option<String>,
+    /// auto, docker or process (also SKEIN_RUNTIME).
+    #[arg(long)]
+    runtime: Option<String>,
+    /// Node label KEY=VALUE, repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Region this node's cluster belongs to.
+    #[arg(long)]
+    region: Option<String>,
+    /// Address of a node to join, repeatable.
+    #[arg(long)]
+    join: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show one or more nodes in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Cmd::Shim { args } = &cli.cmd {
+        return crate::runtime::shim::run_shim(args);
+    }
+    init_tracing(matches!(cli.cmd, Cmd::Agent(_)));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_tracing(agent: bool) {
+    let default = if agent { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let client = || Client::new(&cli.host);
+    match cli.cmd {
+        Cmd::Agent(a) => {
+            let over = skein_config::agent::AgentOverrides {
+                config: a.config,
+                data_dir: a.data_dir,
+                name: a.name,
+                api: a.api,
+                listen: a.listen,
+                runtime: a.runtime,
+                labels: a.labels,
+                region: a.region,
+                join: a.join,
+            };
+            let cfg = skein_config::agent::load_agent_config(&over, &|k| std::env::var(k).ok())?;
+            crate::agent::run(cfg).await?;
+            Ok(0)
+        }
+        Cmd::Shim { .. } => Ok(0),
+        Cmd::Node(NodeCmd::Ls { format }) => {
+            let rows: Vec<skein_protocol::api::NodeRow> = client()?.get("/v1/nodes").await?;
+            output::print_nodes(&rows, format)?;
+            Ok(0)
+        }
+        Cmd::Node(NodeCmd::Inspect { nodes }) => {
+            let c = client()?;
+            let mut out = Vec::new();
+            for n in &nodes {
+                let v: serde_json::Value = c.get(&format!("/v1/nodes/{}", client::seg(n))).await?;
+                out.push(v);
+            }
+            output::print_inspect(out)?;
+            Ok(0)
+        }
+        Cmd::Service(cmd) => service::run(client()?, cmd).await,
+        Cmd::Stack(cmd) => stack::run(client()?, cmd).await,
+    }
+}

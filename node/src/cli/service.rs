@@ -1,0 +1,542 @@
+//! `skein service ...`: create, ls, ps, inspect, scale, rm, logs.
+
+use super::client::{seg, Client};
+use super::output::{self, Format};
+use super::wait;
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use skein_protocol::api::{ScaleRequest, ServiceRow, TaskRow};
+use skein_protocol::{
+    Dur, FailureAction, HealthCheck, PlacementPreference, PortConfig, Protocol, PublishMode,
+    RestartCondition, RuntimeKind, Service, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+};
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum ServiceCmd {
+    /// Create a service.
+    Create(Box<CreateArgs>),
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// List the tasks of a service.
+    Ps {
+        service: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show services in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Set the replica count of replicated services: SERVICE=N...
+    Scale {
+        #[arg(required = true)]
+        scales: Vec<String>,
+        /// Return at once instead of waiting for the tasks.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Remove services (their tasks are stopped).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+        /// Return at once instead of waiting for the tasks to stop.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Print the output of a service's tasks.
+    Logs {
+        service: String,
+        /// Only the last N lines of each task.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Service name (default: derived from the image).
+    #[arg(long)]
+    name: Option<String>,
+    /// Number of tasks (replicated mode).
+    #[arg(long)]
+    replicas: Option<u64>,
+    /// replicated or global.
+    #[arg(long, default_value = "replicated")]
+    mode: String,
+    /// Publish a port: PUBLISHED:TARGET[/PROTO][,mode=host] or
+    /// published=P,target=T[,protocol=udp][,mode=host].
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// Environment variable KEY=VALUE.
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Service label KEY=VALUE.
+    #[arg(short = 'l', long = "label")]
+    labels: Vec<String>,
+    /// Task (container) label KEY=VALUE.
+    #[arg(long = "container-label")]
+    container_labels: Vec<String>,
+    /// Placement constraint, e.g. node.labels.zone==east.
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
+    /// Placement preference, e.g. spread=node.labels.zone.
+    #[arg(long = "placement-pref")]
+    placement_prefs: Vec<String>,
+    /// Most tasks of this service on one node (0: no limit).
+    #[arg(long)]
+    replicas_max_per_node: Option<u64>,
+    /// Health check command (run by a shell).
+    #[arg(long)]
+    health_cmd: Option<String>,
+    #[arg(long)]
+    health_interval: Option<Dur>,
+    #[arg(long)]
+    health_timeout: Option<Dur>,
+    #[arg(long)]
+    health_retries: Option<u32>,
+    #[arg(long)]
+    health_start_period: Option<Dur>,
+    /// Disable any health check.
+    #[arg(long)]
+    no_healthcheck: bool,
+    /// none, on-failure or any.
+    #[arg(long)]
+    restart_condition: Option<String>,
+    #[arg(long)]
+    restart_delay: Option<Dur>,
+    #[arg(long)]
+    restart_max_attempts: Option<u64>,
+    #[arg(long)]
+    restart_window: Option<Dur>,
+    #[arg(long)]
+    update_parallelism: Option<u64>,
+    #[arg(long)]
+    update_delay: Option<Dur>,
+    #[arg(long)]
+    update_monitor: Option<Dur>,
+    /// pause, continue or rollback.
+    #[arg(long)]
+    update_failure_action: Option<String>,
+    #[arg(long)]
+    update_max_failure_ratio: Option<f64>,
+    /// stop-first or start-first.
+    #[arg(long)]
+    update_order: Option<String>,
+    #[arg(long)]
+    rollback_parallelism: Option<u64>,
+    #[arg(long)]
+    rollback_delay: Option<Dur>,
+    #[arg(long)]
+    rollback_monitor: Option<Dur>,
+    /// pause or continue.
+    #[arg(long)]
+    rollback_failure_action: Option<String>,
+    #[arg(long)]
+    rollback_max_failure_ratio: Option<f64>,
+    #[arg(long)]
+    rollback_order: Option<String>,
+    /// Time a task gets to stop before it is killed.
+    #[arg(long)]
+    stop_grace_period: Option<Dur>,
+    /// Signal that stops a task (default SIGTERM).
+    #[arg(long)]
+    stop_signal: Option<String>,
+    /// docker or process (default: each node's default runtime).
+    #[arg(long)]
+    runtime: Option<RuntimeKind>,
+    /// Working directory of the task.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// Override the image's entrypoint.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Return at once instead of waiting for the service to converge.
+    #[arg(short, long)]
+    detach: bool,
+    /// How long to wait for the service to converge.
+    #[arg(long, default_value = "2m")]
+    timeout: Dur,
+    /// IMAGE [COMMAND [ARG...]] (process runtime: the program and its arguments).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND [ARG...]]"
+    )]
+    image_and_args: Vec<String>,
+}
+
+fn kv(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("{flag} {s:?}: write KEY=VALUE"),
+    }
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(
+    v: &str,
+    flag: &str,
+    allowed: &str,
+) -> anyhow::Result<T> {
+    serde_json::from_value(serde_json::Value::String(v.to_string()))
+        .map_err(|_| anyhow!("{flag} {v:?}: use one of {allowed}"))
+}
+
+/// `8080:80`, `8080:80/udp`, `80`, with `,mode=host`; or the long
+/// `published=8080,target=80,protocol=udp,mode=host`.
+pub fn parse_publish(s: &str) -> anyhow::Result<PortConfig> {
+    let bad =
+        |why: &str| anyhow!("--publish {s:?}: {why} (write PUBLISHED:TARGET[/udp][,mode=host])");
+    let port = |v: &str| v.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    let mut parts = s.split(',');
+    let first = parts.next().unwrap_or_default();
+    let mut pc = PortConfig {
+        target: 0,
+        published: None,
+        protocol: Protocol::Tcp,
+        mode: PublishMode::Ingress,
+    };
+    let mut opts: Vec<&str> = parts.collect();
+    if first.contains('=') {
+        opts.insert(0, first);
+    } else {
+        let (ports, proto) = match first.split_once('/') {
+            Some((p, proto)) => (p, Some(proto)),
+            None => (first, None),
+        };
+        if let Some(proto) = proto {
+            pc.protocol = parse_enum(proto, "--publish protocol", "tcp, udp")?;
+        }
+        match ports.split_once(':') {
+            Some((p, t)) => {
+                pc.published = Some(port(p).ok_or_else(|| bad("bad published port"))?);
+                pc.target = port(t).ok_or_else(|| bad("bad target port"))?;
+            }
+            None => pc.target = port(ports).ok_or_else(|| bad("bad port"))?,
+        }
+    }
+    for o in opts {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| bad("options are KEY=VALUE"))?;
+        match k.trim() {
+            "mode" => pc.mode = parse_enum(v, "--publish mode", "host, ingress")?,
+            "protocol" => pc.protocol = parse_enum(v, "--publish protocol", "tcp, udp")?,
+            "published" => pc.published = Some(port(v).ok_or_else(|| bad("bad published port"))?),
+            "target" => pc.target = port(v).ok_or_else(|| bad("bad target port"))?,
+            other => return Err(bad(&format!("unknown option {other:?}"))),
+        }
+    }
+    if pc.target == 0 {
+        return Err(bad("no target port"));
+    }
+    Ok(pc)
+}
+
+fn apply_update_flags(
+    uc: &mut UpdateConfig,
+    prefix: &str,
+    parallelism: Option<u64>,
+    delay: Option<Dur>,
+    monitor: Option<Dur>,
+    action: &Option<String>,
+    ratio: Option<f64>,
+    order: &Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(p) = parallelism {
+        uc.parallelism = p;
+    }
+    if let Some(d) = delay {
+        uc.delay = d;
+    }
+    if let Some(m) = monitor {
+        uc.monitor = m;
+    }
+    if let Some(a) = action {
+        uc.failure_action = parse_enum::<FailureAction>(
+            a,
+            &format!("--{prefix}-failure-action"),
+            "pause, continue, rollback",
+        )?;
+    }
+    if let Some(r) = ratio {
+        uc.max_failure_ratio = r;
+    }
+    if let Some(o) = order {
+        uc.order =
+            parse_enum::<UpdateOrder>(o, &format!("--{prefix}-order"), "stop-first, start-first")?;
+    }
+    Ok(())
+}
+
+fn default_name(image: &str) -> String {
+    let base = image
+        .rsplit('/')
+        .next()
+        .unwrap_or(image)
+        .split([':', '@'])
+        .next()
+        .unwrap_or("svc");
+    let clean: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let clean = clean.trim_matches('-');
+    let clean = if clean.is_empty() { "svc" } else { clean };
+    format!("{}-{}", clean, crate::util::random_hex(2))
+}
+
+pub fn build_spec(a: &CreateArgs) -> anyhow::Result<ServiceSpec> {
+    let (image, command) = a
+        .image_and_args
+        .split_first()
+        .ok_or_else(|| anyhow!("give an IMAGE (or a program, for the process runtime)"))?;
+    let name = a.name.clone().unwrap_or_else(|| default_name(image));
+    let mut spec = ServiceSpec::new(name, image.clone());
+    spec.command = command.to_vec();
+    spec.runtime = a.runtime;
+    spec.mode = parse_enum::<ServiceMode>(&a.mode, "--mode", "replicated, global")?;
+    match spec.mode {
+        ServiceMode::Replicated => spec.replicas = Some(a.replicas.unwrap_or(1)),
+        ServiceMode::Global => {
+            if a.replicas.is_some() {
+                bail!("--replicas cannot be used with --mode global (a global service runs one task per node)");
+            }
+            spec.replicas = None;
+        }
+    }
+    if let Some(ep) = &a.entrypoint {
+        spec.entrypoint = ep.split_whitespace().map(String::from).collect();
+    }
+    spec.working_dir = a.workdir.clone();
+    for p in &a.publish {
+        spec.ports.push(parse_publish(p)?);
+    }
+    for e in &a.env {
+        let (k, v) = match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            // `--env NAME` passes the variable from the CLI's environment, as docker does.
+            None => (e.clone(), std::env::var(e).unwrap_or_default()),
+        };
+        spec.env.insert(k, v);
+    }
+    for l in &a.labels {
+        let (k, v) = kv(l, "--label")?;
+        spec.labels.insert(k, v);
+    }
+    for l in &a.container_labels {
+        let (k, v) = kv(l, "--container-label")?;
+        spec.container_labels.insert(k, v);
+    }
+    spec.placement.constraints = a.constraints.clone();
+    for p in &a.placement_prefs {
+        let (k, v) = kv(p, "--placement-pref")?;
+        if k != "spread" {
+            bail!("--placement-pref {p:?}: only spread=node.labels.KEY is supported");
+        }
+        spec.placement
+            .preferences
+            .push(PlacementPreference { spread: v });
+    }
+    if let Some(m) = a.replicas_max_per_node {
+        spec.placement.max_replicas_per_node = m;
+    }
+    if a.no_healthcheck {
+        spec.healthcheck = Some(HealthCheck {
+            test: vec!["NONE".into()],
+            interval: skein_protocol::defaults::health_interval(),
+            timeout: skein_protocol::defaults::health_timeout(),
+            retries: skein_protocol::defaults::health_retries(),
+            start_period: Dur::ZERO,
+        });
+    } else if let Some(cmd) = &a.health_cmd {
+        spec.healthcheck = Some(HealthCheck {
+            test: vec!["CMD-SHELL".into(), cmd.clone()],
+            interval: a
+                .health_interval
+                .unwrap_or_else(skein_protocol::defaults::health_interval),
+            timeout: a
+                .health_timeout
+                .unwrap_or_else(skein_protocol::defaults::health_timeout),
+            retries: a
+                .health_retries
+                .unwrap_or_else(skein_protocol::defaults::health_retries),
+            start_period: a.health_start_period.unwrap_or(Dur::ZERO),
+        });
+    } else if a.health_interval.is_some()
+        || a.health_timeout.is_some()
+        || a.health_retries.is_some()
+        || a.health_start_period.is_some()
+    {
+        bail!("--health-interval/--health-timeout/--health-retries/--health-start-period need --health-cmd");
+    }
+    if let Some(c) = &a.restart_condition {
+        spec.restart_policy.condition =
+            parse_enum::<RestartCondition>(c, "--restart-condition", "none, on-failure, any")?;
+    }
+    if let Some(d) = a.restart_delay {
+        spec.restart_policy.delay = d;
+    }
+    if let Some(m) = a.restart_max_attempts {
+        spec.restart_policy.max_attempts = m;
+    }
+    if let Some(w) = a.restart_window {
+        spec.restart_policy.window = w;
+    }
+    apply_update_flags(
+        &mut spec.update_config,
+        "update",
+        a.update_parallelism,
+        a.update_delay,
+        a.update_monitor,
+        &a.update_failure_action,
+        a.update_max_failure_ratio,
+        &a.update_order,
+    )?;
+    apply_update_flags(
+        &mut spec.rollback_config,
+        "rollback",
+        a.rollback_parallelism,
+        a.rollback_delay,
+        a.rollback_monitor,
+        &a.rollback_failure_action,
+        a.rollback_max_failure_ratio,
+        &a.rollback_order,
+    )?;
+    if spec.rollback_config.failure_action == FailureAction::Rollback {
+        bail!("--rollback-failure-action rollback: a rollback is never rolled back; use pause or continue");
+    }
+    if let Some(g) = a.stop_grace_period {
+        spec.stop_grace_period = g;
+    }
+    spec.stop_signal = a.stop_signal.clone();
+    spec.validate()
+        .map_err(|e| anyhow!("invalid service: {e}"))?;
+    Ok(spec)
+}
+
+pub async fn run(c: Client, cmd: ServiceCmd) -> anyhow::Result<i32> {
+    match cmd {
+        ServiceCmd::Create(a) => {
+            let spec = build_spec(&a)?;
+            let svc: Service = c.post("/v1/services", &spec).await?;
+            if a.detach {
+                println!("{}", svc.id);
+                return Ok(0);
+            }
+            eprintln!("{}", svc.id);
+            let ok = wait::converge(&c, &[svc.spec.name.clone()], a.timeout.as_duration()).await?;
+            Ok(if ok { 0 } else { 1 })
+        }
+        ServiceCmd::Ls { format } => {
+            let rows: Vec<ServiceRow> = c.get("/v1/services").await?;
+            output::print_services(&rows, format)?;
+            Ok(0)
+        }
+        ServiceCmd::Ps { service, format } => {
+            let rows: Vec<TaskRow> = c
+                .get(&format!("/v1/services/{}/tasks", seg(&service)))
+                .await?;
+            output::print_tasks(&rows, format)?;
+            Ok(0)
+        }
+        ServiceCmd::Inspect { services } => {
+            let mut out = Vec::new();
+            for s in &services {
+                let v: serde_json::Value = c.get(&format!("/v1/services/{}", seg(s))).await?;
+                out.push(v);
+            }
+            output::print_inspect(out)?;
+            Ok(0)
+        }
+        ServiceCmd::Scale { scales, detach } => {
+            let mut names = Vec::new();
+            for s in &scales {
+                let (name, n) = s
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("{s:?}: write SERVICE=REPLICAS, e.g. web=5"))?;
+                let n: u64 = n
+                    .parse()
+                    .with_context(|| format!("{s:?}: replicas must be a whole number >= 0"))?;
+                let svc: Service = c
+                    .post(
+                        &format!("/v1/services/{}/scale", seg(name)),
+                        &ScaleRequest { replicas: n },
+                    )
+                    .await?;
+                println!("{} scaled to {n}", svc.spec.name);
+                names.push(svc.spec.name);
+            }
+            if detach {
+                return Ok(0);
+            }
+            let ok = wait::converge(&c, &names, Duration::from_secs(120)).await?;
+            Ok(if ok { 0 } else { 1 })
+        }
+        ServiceCmd::Rm { services, detach } => {
+            let mut failed = false;
+            let mut task_ids = Vec::new();
+            for s in &services {
+                let tasks: Vec<TaskRow> =
+                    match c.get(&format!("/v1/services/{}/tasks", seg(s))).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            failed = true;
+                            continue;
+                        }
+                    };
+                match c.delete(&format!("/v1/services/{}", seg(s))).await {
+                    Ok(()) => {
+                        println!("{s}");
+                        task_ids.extend(tasks.into_iter().map(|t| t.id));
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if !detach {
+                wait::tasks_gone(&c, &task_ids, Duration::from_secs(60)).await?;
+            }
+            Ok(if failed { 1 } else { 0 })
+        }
+        ServiceCmd::Logs { service, tail } => {
+            let q = tail.map(|n| format!("?tail={n}")).unwrap_or_default();
+            let text = c
+                .get_text(&format!("/v1/services/{}/logs{q}", seg(&service)))
+                .await?;
+            print!("{text}");
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_forms() {
+        let p = parse_publish("8080:80").expect("short");
+        assert_eq!(
+            (p.published, p.target, p.mode),
+            (Some(8080), 80, PublishMode::Ingress)
+        );
+        let p = parse_publish("53:53/udp,mode=host").expect("udp host");
+        assert_eq!((p.protocol, p.mode), (Protocol::Udp, PublishMode::Host));
+        let p = parse_publish("published=9000,target=90,mode=host").expect("long");
+        assert_eq!((p.published, p.target), (Some(9000), 90));
+        assert!(parse_publish("x:80").is_err());
+        assert!(parse_publish("8080:80,colour=red").is_err());
+        assert!(parse_publish("0:80").is_err());
+    }
+}

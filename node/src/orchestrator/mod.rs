@@ -1,0 +1,129 @@
+//! The orchestrator: leader-only. Watches the published cluster state and
+//! proposes the commands that make tasks match services.
+//!
+//! Split in two: [`orchestrate`] is a pure function (state, now) -> commands,
+//! built from [`reconcile`] (what tasks should exist) and [`placement`]
+//! (where they go); [`Orchestrator`] is the actor that runs it whenever the
+//! state changes or a restart delay expires, while this node leads. It waits
+//! for each proposal to commit before deciding again, so it never acts twice
+//! on the same state. A new leader reconciles everything once at start.
+
+pub mod placement;
+pub mod reconcile;
+pub mod restart;
+
+use crate::raft::RaftHandle;
+use crate::store::ClusterState;
+use skein_protocol::{Command, Millis, TaskState};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The commands that move `state` toward what its services ask for, and the
+/// time to look again if nothing else happens.
+pub fn orchestrate(
+    state: &ClusterState,
+    now: Millis,
+    new_id: &mut dyn FnMut() -> String,
+) -> (Vec<Command>, Option<Millis>) {
+    let plan = reconcile::reconcile(state, now, new_id);
+    let mut cmds = Vec::new();
+    if !plan.remove.is_empty() {
+        cmds.push(Command::RemoveTasks(plan.remove.clone()));
+    }
+    if !plan.shutdown.is_empty() {
+        cmds.push(Command::SetDesiredState(
+            plan.shutdown
+                .iter()
+                .map(|id| (id.clone(), TaskState::Shutdown))
+                .collect(),
+        ));
+    }
+    for (id, status) in &plan.update_status {
+        cmds.push(Command::SetUpdateStatus {
+            id: id.clone(),
+            status: status.clone(),
+        });
+    }
+    if !plan.create.is_empty() {
+        cmds.push(Command::CreateTasks(plan.create.clone()));
+    }
+    // Schedule on the state as it will be once the plan is applied.
+    let mut next = state.clone();
+    let mut ev = Vec::new();
+    for c in &cmds {
+        // These commands cannot fail (they skip unknown ids).
+        let _ = next.apply(c, &mut ev);
+    }
+    let pending: Vec<&skein_protocol::Task> = next
+        .tasks
+        .values()
+        .filter(|t| t.desired_state == TaskState::Running && t.status.state <= TaskState::Pending)
+        .collect();
+    if !pending.is_empty() {
+        let placed = placement::place(&next, &pending);
+        if !placed.assignments.is_empty() {
+            cmds.push(Command::AssignTasks {
+                assignments: placed.assignments,
+                at: now,
+            });
+        }
+        let unplaced: Vec<_> = placed
+            .unplaced
+            .into_iter()
+            .filter(|(id, msg)| next.tasks.get(id).is_some_and(|t| &t.status.message != msg))
+            .collect();
+        if !unplaced.is_empty() {
+            cmds.push(Command::SetPendingMessage(unplaced));
+        }
+    }
+    (cmds, plan.wake_at)
+}
+
+pub struct Orchestrator {
+    raft: RaftHandle,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Orchestrator {
+    pub fn new(raft: RaftHandle, shutdown: watch::Receiver<bool>) -> Self {
+        Orchestrator { raft, shutdown }
+    }
+
+    pub async fn run(mut self) {
+        let mut published = self.raft.subscribe();
+        let mut new_id = || crate::util::random_hex(6);
+        // Rechecks now and then even without events (node timeouts, clocks).
+        let idle = Duration::from_secs(2);
+        loop {
+            let snap = published.borrow_and_update().clone();
+            let mut wait = idle;
+            if snap.is_leader {
+                let now = crate::util::now_ms();
+                let (cmds, wake_at) = orchestrate(&snap.state, now, &mut new_id);
+                if let Some(at) = wake_at {
+                    wait = wait.min(Duration::from_millis(at.saturating_sub(now).max(10)));
+                }
+                if !cmds.is_empty() {
+                    tracing::debug!(commands = cmds.len(), "orchestrator proposes");
+                    if let Err(e) = self.raft.propose(Command::Batch(cmds)).await {
+                        tracing::warn!(error = %e, "orchestrator proposal failed");
+                        wait = Duration::from_millis(200);
+                    } else {
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = published.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.changed() => return,
+            }
+            if *self.shutdown.borrow() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! The replicated cluster state and its deterministic `apply`.
+//!
+//! Owner: the Raft driver, which applies committed commands in log order and
+//! publishes the result. Everyone else reads published snapshots.
+//! Invariants:
+//! - `apply` is a pure function of (state, command): no clock, no randomness,
+//!   no I/O, so every manager computes the same state from the same log;
+//! - a task's observed state only moves forward; one writer per field
+//!   (user: service spec; orchestrator: desired state and node; worker: status);
+//! - a refused command changes nothing and says why ([`ApplyError`]).
+
+use serde::{Deserialize, Serialize};
+use skein_protocol::{
+    Command, Node, NodeId, Service, ServiceId, Task, TaskId, TaskState, STACK_LABEL,
+};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster_id: String,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub services: BTreeMap<ServiceId, Service>,
+    pub tasks: BTreeMap<TaskId, Task>,
+}
+
+/// Why a command was refused. Deterministic: every manager refuses alike.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("service {0:?} already exists: pick another name or update it")]
+    ServiceExists(String),
+    #[error("no such service: {0}")]
+    NoSuchService(String),
+    #[error(
+        "service {name} was changed by someone else (version {found}, expected {expected}): retry"
+    )]
+    VersionConflict {
+        name: String,
+        found: u64,
+        expected: u64,
+    },
+    #[error("no such node: {0}")]
+    NoSuchNode(String),
+    #[error("node name {0:?} is taken by another node")]
+    NodeNameTaken(String),
+}
+
+/// What changed, for watchers (the orchestrator wakes up on these).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Node(NodeId),
+    Service(ServiceId),
+    Task(TaskId),
+}
+
+impl ClusterState {
+    /// Applies one committed command. On error nothing changed.
+    pub fn apply(&mut self, cmd: &Command, events: &mut Vec<Event>) -> Result<(), ApplyError> {
+        if let Command::Batch(cmds) = cmd {
+            // All or nothing: check on a copy only when the batch could fail part-way.
+            if cmds.iter().any(can_fail) {
+                let mut copy = self.clone();
+                let mut ev = Vec::new();
+                for c in cmds {
+                    copy.apply(c, &mut ev)?;
+                }
+                *self = copy;
+                events.extend(ev);
+            } else {
+                for c in cmds {
+                    self.apply(c, events)?;
+                }
+            }
+            return Ok(());
+        }
+        self.apply_one(cmd, events)
+    }
+
+    fn apply_one(&mut self, cmd: &Command, ev: &mut Vec<Event>) -> Result<(), ApplyError> {
+        match cmd {
+            Command::UpsertNode(node) => {
+                if let Some(other) = self
+                    .nodes
+                    .values()
+                    .find(|n| n.name == node.name && n.id != node.id)
+                {
+                    return Err(ApplyError::NodeNameTaken(other.name.clone()));
+                }
+                let merged = match self.nodes.get(&node.id) {
+                    // The node describes itself; the operator's fields stay.
+                    Some(old) => Node {
+                        role: old.role,
+                        availability: old.availability,
+                        created_at: old.created_at,
+                        ..node.clone()
+                    },
+                    None => node.clone(),
+                };
+                self.nodes.insert(node.id.clone(), merged);
+                ev.push(Event::Node(node.id.clone()));
+            }
+            Command::SetNodeStatus {
+                id,
+                status,
+                message,
+                at,
+            } => {
+                let n = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
+                n.status = *status;
+                n.status_message = message.clone();
+                n.updated_at = *at;
+                n.last_seen = *at;
+                ev.push(Event::Node(id.clone()));
+            }
+            Command::UpdateNode {
+                id,
+                role,
+                availability,
+                labels,
+                at,
+            } => {
+                let n = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
+                if let Some(r) = role {
+                    n.role = *r;
+                }
+                if let Some(a) = availability {
+                    n.availability = *a;
+                }
+                if let Some(l) = labels {
+                    n.labels = l.clone();
+                }
+                n.updated_at = *at;
+                ev.push(Event::Node(id.clone()));
+            }
+            Command::RemoveNode { id } => {
+                self.nodes
+                    .remove(id)
+                    .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
+                ev.push(Event::Node(id.clone()));
+            }
+            Command::CreateService(svc) => {
+                if self.service_by_name(&svc.spec.name).is_some()
+                    || self.services.contains_key(&svc.id)
+                {
+                    return Err(ApplyError::ServiceExists(svc.spec.name.clone()));
+                }
+                self.services.insert(svc.id.clone(), svc.clone());
+                ev.push(Event::Service(svc.id.clone()));
+            }
+            Command::UpdateService {
+                id,
+                expected_version,
+                spec,
+                previous_spec,
+                at,
+            } => {
+                let s = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NoSuchService(id.clone()))?;
+                if s.version != *expected_version {
+                    return Err(ApplyError::VersionConflict {
+                        name: s.spec.name.clone(),
+                        found: s.version,
+                        expected: *expected_version,
+                    });
+                }
+                s.spec = spec.clone();
+                s.previous_spec = previous_spec.clone();
+                s.version += 1;
+                s.updated_at = *at;
+                ev.push(Event::Service(id.clone()));
+            }
+            Command::SetUpdateStatus { id, status } => {
+                let s = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NoSuchService(id.clone()))?;
+                s.update_status = status.clone();
+                ev.push(Event::Service(id.clone()));
+            }
+            Command::RemoveService { id, at: _ } => {
+                self.services
+                    .remove(id)
+                    .ok_or_else(|| ApplyError::NoSuchService(id.clone()))?;
+                for t in self.tasks.values_mut().filter(|t| &t.service_id == id) {
+                    if t.desired_state < TaskState::Shutdown {
+                        t.desired_state = TaskState::Shutdown;
+                        ev.push(Event::Task(t.id.clone()));
+                    }
+                }
+                ev.push(Event::Service(id.clone()));
+            }
+            Command::CreateTasks(tasks) => {
+                for t in tasks {
+                    // Ids are unique by construction; an existing id is never overwritten.
+                    if !self.tasks.contains_key(&t.id) {
+                        self.tasks.insert(t.id.clone(), t.clone());
+                        ev.push(Event::Task(t.id.clone()));
+                    }
+                }
+            }
+            Command::SetDesiredState(changes) => {
+                for (id, desired) in changes {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        if *desired > t.desired_state {
+                            t.desired_state = *desired;
+                            ev.push(Event::Task(id.clone()));
+                        }
+                    }
+                }
+            }
+            Command::AssignTasks { assignments, at } => {
+                for (id, node) in assignments {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        if t.status.state < TaskState::Assigned {
+                            t.node_id = Some(node.clone());
+                            t.status.state = TaskState::Assigned;
+                            t.status.timestamp = *at;
+                            t.status.message = "assigned".into();
+                            ev.push(Event::Task(id.clone()));
+                        }
+                    }
+                }
+            }
+            Command::SetPendingMessage(msgs) => {
+                for (id, msg) in msgs {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        if t.status.state <= TaskState::Pending && &t.status.message != msg {
+                            t.status.state = TaskState::Pending;
+                            t.status.message = msg.clone();
+                            ev.push(Event::Task(id.clone()));
+                        }
+                    }
+                }
+            }
+            Command::SetTaskStatus(updates) => {
+                for (id, status) in updates {
+                    if let Some(t) = self.tasks.get_mut(id) {
+                        let moves_forward = status.state > t.status.state;
+                        let same_state_news = status.state == t.status.state && *status != t.status;
+                        if moves_forward || same_state_news {
+                            t.status = status.clone();
+                            ev.push(Event::Task(id.clone()));
+                        }
+                    }
+                }
+            }
+            Command::RemoveTasks(ids) => {
+                for id in ids {
+                    if self.tasks.remove(id).is_some() {
+                        ev.push(Event::Task(id.clone()));
+                    }
+                }
+            }
+            Command::Batch(_) => return self.apply(cmd, ev),
+        }
+        Ok(())
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.services.values().find(|s| s.spec.name == name)
+    }
+
+    /// A service by exact id, exact name, or unique id prefix (as docker does).
+    pub fn find_service(&self, key: &str) -> Option<&Service> {
+        if let Some(s) = self.services.get(key) {
+            return Some(s);
+        }
+        if let Some(s) = self.service_by_name(key) {
+            return Some(s);
+        }
+        let mut it = self.services.values().filter(|s| s.id.starts_with(key));
+        match (it.next(), it.next()) {
+            (Some(s), None) if !key.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A node by exact id, exact name, or unique id prefix.
+    pub fn find_node(&self, key: &str) -> Option<&Node> {
+        if let Some(n) = self.nodes.get(key) {
+            return Some(n);
+        }
+        if let Some(n) = self.nodes.values().find(|n| n.name == key) {
+            return Some(n);
+        }
+        let mut it = self.nodes.values().filter(|n| n.id.starts_with(key));
+        match (it.next(), it.next()) {
+            (Some(n), None) if !key.is_empty() => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks
+            .values()
+            .filter(move |t| t.service_id == service_id)
+    }
+
+    pub fn tasks_on<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks
+            .values()
+            .filter(move |t| t.node_id.as_deref() == Some(node_id))
+    }
+
+    /// Services of a stack, by the stack label.
+    pub fn stack_services<'a>(&'a self, stack: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services
+            .values()
+            .filter(move |s| s.spec.labels.get(STACK_LABEL).map(String::as_str) == Some(stack))
+    }
+}
+
+fn can_fail(cmd: &Command) -> bool {
+    !matches!(
+        cmd,
+        Command::CreateTasks(_)
+            | Command::SetDesiredState(_)
+            | Command::AssignTasks { .. }
+            | Command::SetPendingMessage(_)
+            | Command::SetTaskStatus(_)
+            | Command::RemoveTasks(_)
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+use super::*;
+use proptest::prelude::*;
+use skein_protocol::{ServiceSpec, TaskStatus};
+
+fn service(id: &str, name: &str) -> Service {
+    Service {
+        id: id.into(),
+        spec: ServiceSpec::new(name, "sleep"),
+        previous_spec: None,
+        version: 1,
+        update_status: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn task(id: &str, svc: &str) -> Task {
+    Task {
+        id: id.into(),
+        service_id: svc.into(),
+        service_name: "web".into(),
+        slot: Some(1),
+        node_id: None,
+        spec_version: 1,
+        spec: ServiceSpec::new("web", "sleep"),
+        desired_state: TaskState::Running,
+        status: TaskStatus::default(),
+        created_at: 1,
+        restarts: Vec::new(),
+    }
+}
+
+fn status(state: TaskState) -> TaskStatus {
+    TaskStatus {
+        state,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn duplicate_service_names_are_refused() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    st.apply(&Command::CreateService(service("a", "web")), &mut ev)
+        .expect("first");
+    let err = st
+        .apply(&Command::CreateService(service("b", "web")), &mut ev)
+        .expect_err("second");
+    assert_eq!(err, ApplyError::ServiceExists("web".into()));
+    assert_eq!(st.services.len(), 1);
+}
+
+#[test]
+fn stale_updates_are_refused() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    st.apply(&Command::CreateService(service("a", "web")), &mut ev)
+        .expect("create");
+    let update = |v| Command::UpdateService {
+        id: "a".into(),
+        expected_version: v,
+        spec: ServiceSpec::new("web", "sleep2"),
+        previous_spec: None,
+        at: 2,
+    };
+    st.apply(&update(1), &mut ev).expect("current version");
+    assert_eq!(st.services["a"].version, 2);
+    assert!(matches!(
+        st.apply(&update(1), &mut ev),
+        Err(ApplyError::VersionConflict { found: 2, .. })
+    ));
+}
+
+#[test]
+fn a_failing_batch_changes_nothing() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    let before = st.clone();
+    let res = st.apply(
+        &Command::Batch(vec![
+            Command::CreateService(service("a", "web")),
+            Command::CreateTasks(vec![task("t1", "a")]),
+            Command::RemoveService {
+                id: "nope".into(),
+                at: 3,
+            },
+        ]),
+        &mut ev,
+    );
+    assert!(res.is_err());
+    assert_eq!(st, before);
+    assert!(ev.is_empty());
+}
+
+#[test]
+fn removing_a_service_shuts_its_tasks_down() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    st.apply(&Command::CreateService(service("a", "web")), &mut ev)
+        .expect("create");
+    st.apply(&Command::CreateTasks(vec![task("t1", "a")]), &mut ev)
+        .expect("tasks");
+    st.apply(
+        &Command::RemoveService {
+            id: "a".into(),
+            at: 2,
+        },
+        &mut ev,
+    )
+    .expect("remove");
+    assert!(st.services.is_empty());
+    assert_eq!(st.tasks["t1"].desired_state, TaskState::Shutdown);
+}
+
+#[test]
+fn lookups_by_name_id_and_prefix() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    st.apply(&Command::CreateService(service("abc123", "web")), &mut ev)
+        .expect("create");
+    st.apply(&Command::CreateService(service("abd456", "db")), &mut ev)
+        .expect("create");
+    assert_eq!(
+        st.find_service("web").map(|s| s.id.as_str()),
+        Some("abc123")
+    );
+    assert_eq!(
+        st.find_service("abd").map(|s| s.id.as_str()),
+        Some("abd456")
+    );
+    assert!(st.find_service("ab").is_none(), "ambiguous prefix");
+    assert!(st.find_service("").is_none());
+    assert!(st.find_service("zzz").is_none());
+}
+
+fn any_state() -> impl Strategy<Value = TaskState> {
+    prop_oneof![
+        Just(TaskState::New),
+        Just(TaskState::Pending),
+        Just(TaskState::Assigned),
+        Just(TaskState::Starting),
+        Just(TaskState::Running),
+        Just(TaskState::Complete),
+        Just(TaskState::Failed),
+        Just(TaskState::Shutdown),
+        Just(TaskState::Rejected),
+        Just(TaskState::Orphaned),
+    ]
+}
+
+proptest! {
+    /// Whatever order status reports and desired-state changes arrive in, a
+    /// task's observed and desired states never move backwards.
+    #[test]
+    fn task_states_only_move_forward(
+        ops in proptest::collection::vec((any::<bool>(), any_state()), 1..40)
+    ) {
+        let mut st = ClusterState::default();
+        let mut ev = Vec::new();
+        st.apply(&Command::CreateTasks(vec![task("t", "s")]), &mut ev).expect("create");
+        let mut last = (TaskState::New, TaskState::Running);
+        for (is_status, state) in ops {
+            let cmd = if is_status {
+                Command::SetTaskStatus(vec![("t".into(), status(state))])
+            } else {
+                Command::SetDesiredState(vec![("t".into(), state)])
+            };
+            st.apply(&cmd, &mut ev).expect("apply");
+            let t = &st.tasks["t"];
+            prop_assert!(t.status.state >= last.0);
+            prop_assert!(t.desired_state >= last.1);
+            last = (t.status.state, t.desired_state);
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The worker: node-side. Makes the tasks on this node match the
+//! assignments the dispatcher sends, and reports what it observes.
+//!
+//! Invariants:
+//! - a task id is started at most once on this node: a task the runtime
+//!   already has (running or exited, also from before an agent restart) is
+//!   adopted, never started again;
+//! - until the first assignment set arrives nothing is started or removed,
+//!   so a restarting agent adopts its live tasks before acting;
+//! - runtime instances of tasks the node is no longer assigned are stopped
+//!   and removed;
+//! - the worker is the only writer of task status; it re-reports whatever
+//!   the assignments show the store has not recorded yet.
+
+use crate::runtime::{Observed, ObservedState, Runtime, RuntimeError};
+use skein_protocol::wire::{Assignments, StatusReport};
+use skein_protocol::{RuntimeKind, Task, TaskId, TaskState, TaskStatus};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// The runtimes this node offers; the first one is its default.
+#[derive(Clone)]
+pub struct Runtimes {
+    default: RuntimeKind,
+    map: BTreeMap<RuntimeKind, Arc<dyn Runtime>>,
+}
+
+impl Runtimes {
+    pub fn new(default: Arc<dyn Runtime>) -> Self {
+        let kind = default.kind();
+        let mut map = BTreeMap::new();
+        map.insert(kind, default);
+        Runtimes { default: kind, map }
+    }
+    pub fn add(&mut self, rt: Arc<dyn Runtime>) {
+        self.map.insert(rt.kind(), rt);
+    }
+    pub fn default_kind(&self) -> RuntimeKind {
+        self.default
+    }
+    /// Default first.
+    pub fn kinds(&self) -> Vec<RuntimeKind> {
+        let mut v = vec![self.default];
+        v.extend(self.map.keys().copied().filter(|k| *k != self.default));
+        v
+    }
+    pub fn for_task(&self, task: &Task) -> Option<&Arc<dyn Runtime>> {
+        self.map.get(&task.spec.runtime.unwrap_or(self.default))
+    }
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
+        self.map.values()
+    }
+    /// A task's output, from whichever runtime has it.
+    pub async fn logs(&self, task: &Task, tail: Option<usize>) -> Result<Vec<u8>, RuntimeError> {
+        match self.for_task(task) {
+            Some(rt) => rt.logs(&task.id, tail).await,
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// What finished in the background.
+enum Done {
+    Started {
+        id: TaskId,
+        result: Result<String, RuntimeError>,
+    },
+    Stopped {
+        id: TaskId,
+    },
+    Removed {
+        id: TaskId,
+    },
+}
+
+#[derive(Default)]
+struct Local {
+    task: Option<Task>,
+    /// This worker asked the runtime to start it.
+    started: bool,
+    /// A start or stop is in flight.
+    busy: bool,
+    /// Set when a start failed: reported instead of observed state.
+    start_error: Option<TaskStatus>,
+    stop_done: bool,
+    /// Last status sent and when.
+    sent: Option<(TaskStatus, u64)>,
+}
+
+pub struct Worker {
+    node_id: String,
+    runtimes: Runtimes,
+    assignments: mpsc::Receiver<Assignments>,
+    reports: mpsc::Sender<StatusReport>,
+    tasks: HashMap<TaskId, Local>,
+    sequence: u64,
+    synced: bool,
+    removing: HashSet<TaskId>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    poll: Duration,
+}
+
+/// Re-send a status the store has not recorded after this long.
+const RESEND_MS: u64 = 2000;
+
+impl Worker {
+    pub fn new(
+        node_id: String,
+        runtimes: Runtimes,
+        assignments: mpsc::Receiver<Assignments>,
+        reports: mpsc::Sender<StatusReport>,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Worker {
+            node_id,
+            runtimes,
+            assignments,
+            reports,
+            tasks: HashMap::new(),
+            sequence: 0,
+            synced: false,
+            removing: HashSet::new(),
+            done_tx,
+            done_rx,
+            poll: Duration::from_millis(500),
+        }
+    }
+
+    pub fn with_poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                a = self.assignments.recv() => match a {
+                    Some(a) => self.on_assignments(a),
+                    None => return,
+                },
+                Some(d) = self.done_rx.recv() => self.on_done(d),
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => {
+                    // Tasks keep running while the agent is away: nothing to stop here.
+                    return;
+                }
+            }
+            self.sync().await;
+        }
+    }
+
+    fn on_assignments(&mut self, a: Assignments) {
+        if a.sequence <= self.sequence && self.synced {
+            return;
+        }
+        self.sequence = a.sequence;
+        self.synced = true;
+        let ids: HashSet<&TaskId> = a.tasks.iter().map(|t| &t.id).collect();
+        for (id, local) in self.tasks.iter_mut() {
+            if !ids.contains(id) {
+                local.task = None;
+            }
+        }
+        for t in a.tasks {
+            let id = t.id.clone();
+            self.tasks.entry(id).or_default().task = Some(t);
+        }
+    }
+
+    fn on_done(&mut self, d: Done) {
+        match d {
+            Done::Started { id, result } => {
+                if let Some(l) = self.tasks.get_mut(&id) {
+                    l.busy = false;
+                    if let Err(e) = result {
+                        let state = match e {
+                            RuntimeError::Invalid(_) => TaskState::Rejected,
+                            _ => TaskState::Failed,
+                        };
+                        let now = crate::util::now_ms();
+                        l.start_error = Some(TaskStatus {
+                            state,
+                            timestamp: now,
+                            finished_at: Some(now),
+                            error: e.to_string(),
+                            message: "start failed".into(),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            Done::Stopped { id } => {
+                if let Some(l) = self.tasks.get_mut(&id) {
+                    l.busy = false;
+                    l.stop_done = true;
+                }
+            }
+            Done::Removed { id } => {
+                self.removing.remove(&id);
+            }
+        }
+    }
+
+    async fn observe(&self) -> HashMap<TaskId, Observed> {
+        let mut out = HashMap::new();
+        for rt in self.runtimes.all() {
+            match rt.list().await {
+                Ok(list) => out.extend(list.into_iter().map(|o| (o.task_id.clone(), o))),
+                Err(e) => tracing::warn!(runtime = %rt.kind(), error = %e, "cannot list tasks"),
+            }
+        }
+        out
+    }
+
+    async fn sync(&mut self) {
+        if !self.synced {
+            return;
+        }
+        let observed = self.observe().await;
+        let now = crate::util::now_ms();
+        let mut updates = Vec::new();
+
+        // Runtime instances nobody assigned (removed services, reaped tasks).
+        for (id, o) in &observed {
+            let assigned = self.tasks.get(id).is_some_and(|l| l.task.is_some());
+            if !assigned && !self.removing.contains(id) {
+                let Some(rt) = self.runtime_of(id, o) else {
+                    continue;
+                };
+                self.removing.insert(id.clone());
+                let done = self.done_tx.clone();
+                let id = id.clone();
+                tracing::info!(task = %id, "removing a task this node is no longer assigned");
+                tokio::spawn(async move {
+                    if let Err(e) = rt.stop(&id, Duration::from_secs(10)).await {
+                        tracing::warn!(task = %id, error = %e, "stop failed");
+                    }
+                    if let Err(e) = rt.remove(&id).await {
+                        tracing::warn!(task = %id, error = %e, "remove failed");
+                    }
+                    let _ = done.send(Done::Removed { id });
+                });
+            }
+        }
+        self.tasks
+            .retain(|id, l| l.task.is_some() || l.busy || observed.contains_key(id));
+
+        for (id, local) in self.tasks.iter_mut() {
+            let Some(task) = local.task.clone() else {
+                continue;
+            };
+            if local.busy {
+                continue;
+            }
+            let obs = observed.get(id);
+            let stored = task.status.state;
+            let want: Option<TaskStatus> = if stored.is_terminal() {
+                // Finished in the store: make sure nothing of it still runs.
+                if matches!(obs, Some(o) if o.state == ObservedState::Running) {
+                    Self::spawn_stop(&self.runtimes, &self.done_tx, local, &task);
+                }
+                None
+            } else if task.desired_state > TaskState::Running {
+                match obs {
+                    Some(o) if o.state == ObservedState::Running && !local.stop_done => {
+                        Self::spawn_stop(&self.runtimes, &self.done_tx, local, &task);
+                        None
+                    }
+                    _ => Some(TaskStatus {
+                        state: TaskState::Shutdown,
+                        timestamp: now,
+                        finished_at: Some(now),
+                        exit_code: match obs.map(|o| &o.state) {
+                            Some(ObservedState::Exited { exit_code, .. }) => Some(*exit_code),
+                            _ => None,
+                        },
+                        message: "shutdown".into(),
+                        runtime_id: obs.map(|o| o.runtime_id.clone()).unwrap_or_default(),
+                        started_at: task.status.started_at,
+                        ..Default::default()
+                    }),
+                }
+            } else if let Some(err) = &local.start_error {
+                Some(err.clone())
+            } else {
+                match obs {
+                    Some(o) => Some(status_of(o, now)),
+                    None if local.started || stored >= TaskState::Starting => Some(TaskStatus {
+                        state: TaskState::Failed,
+                        timestamp: now,
+                        finished_at: Some(now),
+                        error: "task is gone from its node (lost while the agent was down?)".into(),
+                        message: "lost".into(),
+                        ..Default::default()
+                    }),
+                    None => match self.runtimes.for_task(&task) {
+                        Some(rt) => {
+                            local.started = true;
+                            local.busy = true;
+                            let rt = rt.clone();
+                            let done = self.done_tx.clone();
+                            let t = task.clone();
+                            tokio::spawn(async move {
+                                let result = rt.start(&t).await;
+                                let _ = done.send(Done::Started { id: t.id, result });
+                            });
+                            Some(TaskStatus {
+                                state: TaskState::Starting,
+                                timestamp: now,
+                                message: "starting".into(),
+                                ..Default::default()
+                            })
+                        }
+                        None => Some(TaskStatus {
+                            state: TaskState::Rejected,
+                            timestamp: now,
+                            error: format!(
+                                "runtime {} is not available on this node",
+                                task.spec.runtime.map(|k| k.to_string()).unwrap_or_default()
+                            ),
+                            message: "rejected".into(),
+                            ..Default::default()
+                        }),
+                    },
+                }
+            };
+            if let Some(w) = want {
+                if needs_report(&task.status, &w, local.sent.as_ref(), now) {
+                    local.sent = Some((w.clone(), now));
+                    updates.push((id.clone(), w));
+                }
+            }
+        }
+        if !updates.is_empty() {
+            let report = StatusReport {
+                node_id: self.node_id.clone(),
+                updates,
+            };
+            if self.reports.send(report).await.is_err() {
+                tracing::warn!("dispatcher is gone; status not reported");
+            }
+        }
+    }
+
+    fn spawn_stop(
+        runtimes: &Runtimes,
+        done_tx: &mpsc::UnboundedSender<Done>,
+        local: &mut Local,
+        task: &Task,
+    ) {
+        let Some(rt) = runtimes.for_task(task).cloned() else {
+            return;
+        };
+        local.busy = true;
+        let done = done_tx.clone();
+        let id = task.id.clone();
+        let grace = task.spec.stop_grace_period.as_duration();
+        tokio::spawn(async move {
+            if let Err(e) = rt.stop(&id, grace).await {
+                tracing::warn!(task = %id, error = %e, "stop failed");
+            }
+            let _ = done.send(Done::Stopped { id });
+        });
+    }
+
+    fn runtime_of(&self, id: &str, _o: &Observed) -> Option<Arc<dyn Runtime>> {
+        if let Some(t) = self.tasks.get(id).and_then(|l| l.task.as_ref()) {
+            return self.runtimes.for_task(t).cloned();
+        }
+        // Unknown task: ask each runtime; stop/remove of an unknown id is harmless.
+        self.runtimes.all().next().cloned()
+    }
+}
+
+/// The status a runtime observation means.
+fn status_of(o: &Observed, now: u64) -> TaskStatus {
+    match &o.state {
+        ObservedState::Running => TaskStatus {
+            state: TaskState::Running,
+            timestamp: now,
+            started_at: Some(o.started_at),
+            message: "running".into(),
+            runtime_id: o.runtime_id.clone(),
+            ..Default::default()
+        },
+        ObservedState::Exited {
+            exit_code,
+            finished_at,
+        } => TaskStatus {
+            state: if *exit_code == 0 {
+                TaskState::Complete
+            } else {
+                TaskState::Failed
+            },
+            timestamp: *finished_at,
+            started_at: Some(o.started_at),
+            finished_at: Some(*finished_at),
+            exit_code: Some(*exit_code),
+            error: if *exit_code == 0 {
+                String::new()
+            } else {
+                format!("task exited with code {exit_code}")
+            },
+            message: "exited".into(),
+            runtime_id: o.runtime_id.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Report when the store is behind what we see, unless we just did.
+fn needs_report(
+    stored: &TaskStatus,
+    want: &TaskStatus,
+    sent: Option<&(TaskStatus, u64)>,
+    now: u64,
+) -> bool {
+    let behind = want.state > stored.state
+        || (want.state == stored.state
+            && (want.runtime_id != stored.runtime_id || want.health != stored.health));
+    if !behind {
+        return false;
+    }
+    match sent {
+        Some((s, at)) if s.state == want.state && now.saturating_sub(*at) < RESEND_MS => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests;
