@@ -1030,6 +1030,10 @@ impl Ctx<'_> {
             Err(e) => {
                 let (line, column) = e.location().map(|l| (l.line(), l.column())).unzip();
                 let msg = strip_mark(&e.to_string(), line, column);
+                let (line, column) = match self.duplicate_key_at(&msg) {
+                    Some((l, c)) => (Some(l), Some(c)),
+                    None => (line, column),
+                };
                 return Err(StackError::Invalid {
                     at: Position {
                         file: self.file.to_string(),
@@ -1053,6 +1057,20 @@ impl Ctx<'_> {
         let merged = serde_norway::to_string(&value)
             .map_err(|e| self.err("", format!("cannot expand YAML merges (<<): {e}")))?;
         serde_norway::from_str(&merged).map_err(|e| self.serde_error(&e, false))
+    }
+
+    /// "services: duplicate entry with key \"web\"": where the second one is.
+    fn duplicate_key_at(&self, msg: &str) -> Option<(usize, usize)> {
+        let (parent, rest) = split_path(msg);
+        let key = rest.strip_prefix("duplicate entry with key ")?;
+        let key: String = serde_norway::from_str(key).ok()?;
+        let path = join_path(parent, &key);
+        self.index
+            .entries
+            .iter()
+            .filter(|(p, _, _)| *p == path)
+            .nth(1)
+            .map(|(_, l, c)| (*l, *c))
     }
 
     fn serde_error(&self, e: &serde_norway::Error, lines_are_ours: bool) -> StackError {
@@ -1091,7 +1109,7 @@ impl Ctx<'_> {
         // Top-level keys serde did not map.
         for key in self.sorted_by_line("", raw.extra.keys()) {
             match key.as_str() {
-                k if k.starts_with("x-") => {}
+                k if k.starts_with("x-") => self.warn_skein_typo(k, k),
                 "name" => self.warn(
                     "name",
                     "ignored: the stack's name comes from `skein stack deploy NAME`",
@@ -1162,6 +1180,20 @@ impl Ctx<'_> {
                 }
                 host_ports.insert((published, p.protocol), (key.clone(), i));
             }
+            if let (ServiceMode::Replicated, Some(n), Some((port, proto))) =
+                (spec.mode, spec.replicas, spec.host_ports().next())
+            {
+                if n > 1 {
+                    self.warn(
+                        &format!("{base}.deploy.replicas"),
+                        format!(
+                            "{n} replicas publish host port {port}/{}: a node can run only one of them, \
+                             so they need {n} nodes",
+                            proto_name(proto)
+                        ),
+                    );
+                }
+            }
             specs.push(spec);
         }
         // Using a volume, secret or config on a service is an error, so every
@@ -1214,6 +1246,7 @@ impl Ctx<'_> {
         let at = |k: &str| format!("{base}.{k}");
         for extra in self.sorted_by_line(&base, raw.extra.keys()) {
             if extra.starts_with("x-") {
+                self.warn_skein_typo(&at(&extra), &extra);
                 continue;
             }
             if let Some((_, hint)) = SERVICE_UNSUPPORTED.iter().find(|(k, _)| *k == extra) {
@@ -1314,6 +1347,16 @@ impl Ctx<'_> {
         Ok(spec)
     }
 
+    /// `x-skien:` is an extension compose ignores, but surely meant x-skein.
+    fn warn_skein_typo(&mut self, path: &str, key: &str) {
+        if suggest::distance(key, "x-skein") <= 2 {
+            self.warn(
+                path,
+                format!("{key:?} is ignored as an extension key: did you mean \"x-skein\"?"),
+            );
+        }
+    }
+
     fn words(&self, path: &str, v: StrOrList) -> Result<Vec<String>, StackError> {
         match v {
             StrOrList::List(l) => Ok(l),
@@ -1389,6 +1432,7 @@ impl Ctx<'_> {
     }
 
     fn port(&mut self, path: &str, raw: RawPort) -> Result<PortConfig, StackError> {
+        let short = matches!(raw, RawPort::Short(_));
         let mut port = match raw {
             RawPort::Short(p) => p,
             RawPort::Long(l) => {
@@ -1420,8 +1464,12 @@ impl Ctx<'_> {
             let msg = match port.published {
                 Some(p) => format!(
                     "port {p}/{proto} uses ingress mode (the default), which skein does not have yet \
-                     (no routing mesh): it is published in host mode, on the node running each task \
-                     (write mode: host to silence this)"
+                     (no routing mesh): it is published in host mode, on the node running each task{}",
+                    if short {
+                        " (write {target: T, published: P, mode: host} to say so)"
+                    } else {
+                        " (write mode: host to say so)"
+                    }
                 ),
                 None => format!(
                     "target port {}/{proto} has no published port and skein has no routing mesh: \

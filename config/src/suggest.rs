@@ -117,7 +117,28 @@ pub(crate) fn reword(msg: &str) -> Reworded {
             return keep(&format!("key {key:?} is given twice: keep one"));
         }
     }
-    keep(msg)
+    keep(&plain_types(msg))
+}
+
+/// serde names Rust types in "expected u64"; say what a user writes instead.
+fn plain_types(msg: &str) -> String {
+    [
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ]
+    .iter()
+    .fold(msg.to_string(), |m, (from, to)| {
+        // Only whole words: "expected u64" but not "expected u64s".
+        match m.find(from) {
+            Some(i) if !m[i + from.len()..].starts_with(|c: char| c.is_alphanumeric()) => {
+                format!("{}{to}{}", &m[..i], &m[i + from.len()..])
+            }
+            _ => m,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -166,5 +187,9 @@ mod tests {
             r#"missing key "target""#
         );
         assert_eq!(reword("invalid type: map").message, "invalid type: map");
+        assert_eq!(
+            reword("invalid value: integer `-1`, expected u64").message,
+            "invalid value: integer `-1`, expected a whole number (0 or more)"
+        );
     }
 }

@@ -191,9 +191,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(bounded, orchestrator_task).await;
     let _ = tokio::time::timeout(bounded, worker_task).await;
     let _ = tokio::time::timeout(bounded, dispatcher_task).await;
-    match tokio::time::timeout(bounded, raft_task).await {
-        Ok(Ok(Err(e))) => return Err(e.into()),
-        Ok(_) | Err(_) => {}
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(bounded, raft_task).await {
+        return Err(e.into());
     }
     db.flush()?;
     Ok(())

@@ -33,5 +33,5 @@ pub enum WireMessage {
         at: Millis,
     },
     /// A follower forwards a client's command to the leader.
-    Propose(Command),
+    Propose(Box<Command>),
 }

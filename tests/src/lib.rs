@@ -1,1 +1,251 @@
+//! Harness for the multi-process tests: real `skein agent` processes on
+//! loopback, driven through the real CLI. Every agent gets a fresh data dir
+//! and free API port; dropping an [`Agent`] kills it and every task process
+//! it started (also when the test failed), then removes its data dir.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `skein` binary under test: `SKEIN_BIN`, else the workspace's debug build.
+pub fn skein_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SKEIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/skein");
+    assert!(
+        p.exists(),
+        "{} does not exist: run `cargo build` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Processes whose argv is exactly `argv`.
+pub fn processes_with_argv(argv: &[&str]) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        // Zombies have an empty cmdline and are not counted.
+        if !args.is_empty() && args.iter().map(String::as_str).eq(argv.iter().copied()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub api: String,
+    extra: Vec<String>,
+}
+
+impl Agent {
+    /// A new single-node cluster on the process runtime.
+    pub fn start(extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Agent {
+            child: None,
+            dir,
+            api: format!("127.0.0.1:{}", free_port()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("agent log");
+        let log2 = log.try_clone().expect("agent log");
+        let child = Command::new(skein_bin())
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args([
+                "--runtime",
+                "process",
+                "--api",
+                &self.api,
+                "--name",
+                "test-node",
+            ])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("start skein agent");
+        self.child = Some(child);
+        let api = self.api.clone();
+        wait_for("the agent's API", Duration::from_secs(30), || {
+            let out = self.cli(&["node", "ls", "--format", "json"]);
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ready"))
+                .then_some(())
+        });
+        let _ = api;
+    }
+
+    /// `kill -9` the agent: its tasks keep running.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again on the same data dir.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs `skein -H API ARGS...`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(skein_bin())
+            .args(["-H", &self.api])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run skein")
+    }
+
+    /// Runs the CLI and insists it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "skein {args:?} failed: {}\n{}\n--- agent log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a listing with `--format json` and parses it.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        let text = self.ok(&a);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {text}"))
+    }
+
+    /// `service ps` rows that are running and meant to be.
+    pub fn running_tasks(&self, service: &str) -> Vec<serde_json::Value> {
+        let rows = self.json(&["service", "ps", service]);
+        rows.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|t| t["state"] == "running" && t["desired_state"] == "running")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A raw HTTP request to the API; returns (status, body).
+    pub fn http(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.api).expect("connect to API");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.api,
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("send");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
+        (status, body)
+    }
+
+    /// Kills every task process this agent's runtime started.
+    fn kill_tasks(&self) {
+        let tasks = self.data_dir().join("tasks");
+        let Ok(dir) = std::fs::read_dir(&tasks) else {
+            return;
+        };
+        for e in dir.flatten() {
+            for (file, group) in [("child.json", true), ("shim.json", false)] {
+                let Ok(text) = std::fs::read_to_string(e.path().join(file)) else {
+                    continue;
+                };
+                let pid = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["pid"].as_i64())
+                    .and_then(|p| i32::try_from(p).ok())
+                    .filter(|p| *p > 1);
+                if let Some(pid) = pid {
+                    // SAFETY: kill(2) with a pid read from our own task dir; no memory is touched.
+                    unsafe {
+                        libc::kill(if group { -pid } else { pid }, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        self.kill_tasks();
+    }
+}

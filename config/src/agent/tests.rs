@@ -1,1 +1,492 @@
 use super::*;
+use std::collections::HashMap;
+
+/// An environment made of these pairs only (plus HOME, so the default data
+/// dir never depends on the machine running the tests).
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let mut map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    map.entry("HOME".into())
+        .or_insert_with(|| "/home/tester".into());
+    move |k: &str| map.get(k).cloned()
+}
+
+fn load(over: &AgentOverrides, env: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+    load_agent_config(over, &env_of(env))
+}
+
+fn ok(over: &AgentOverrides, env: &[(&str, &str)]) -> AgentConfig {
+    match load(over, env) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a config, got: {e}"),
+    }
+}
+
+fn err(over: &AgentOverrides, env: &[(&str, &str)]) -> String {
+    match load(over, env) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A config file in a temp dir; keep the dir alive while using the path.
+fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("skein.toml");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
+}
+
+fn with_file(path: &std::path::Path) -> AgentOverrides {
+    AgentOverrides {
+        config: Some(path.to_path_buf()),
+        ..AgentOverrides::default()
+    }
+}
+
+const FULL: &str = r#"data_dir = "/srv/skein"
+name = "edge-07"
+api = "0.0.0.0:9000"
+listen = "10.0.0.7:7946"
+runtime = "process"
+region = "eu-west"
+join = ["10.0.0.1:7946", "/ip4/10.0.0.2/tcp/7946"]
+heartbeat_ms = 2000
+
+[labels]
+zone = "east"
+rack = "r1"
+
+[raft]
+tick_ms = 200
+election_ticks = 20
+heartbeat_ticks = 2
+snapshot_entries = 500
+"#;
+
+#[test]
+fn defaults_when_nothing_is_given() {
+    let c = ok(&AgentOverrides::default(), &[]);
+    let want_dir = if running_as_root() {
+        PathBuf::from("/var/lib/skein")
+    } else {
+        PathBuf::from("/home/tester/.local/share/skein")
+    };
+    assert_eq!(c.data_dir, want_dir);
+    assert_eq!(c.name, default_name());
+    assert_eq!(c.api, "127.0.0.1:7947".parse::<SocketAddr>().expect("addr"));
+    assert_eq!(c.listen, "127.0.0.1:7946");
+    assert_eq!(c.runtime, RuntimeChoice::Auto);
+    assert!(c.labels.is_empty());
+    assert_eq!(c.region, "default");
+    assert!(c.join.is_empty());
+    assert_eq!(c.raft, RaftTuning::default());
+    assert_eq!(
+        c.raft,
+        RaftTuning {
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            snapshot_entries: 1000
+        }
+    );
+    assert_eq!(c.heartbeat_ms, 1000);
+}
+
+#[test]
+fn default_data_dir_depends_on_root_and_home() {
+    assert_eq!(
+        default_data_dir(true, None),
+        Ok(PathBuf::from("/var/lib/skein"))
+    );
+    assert_eq!(
+        default_data_dir(false, Some("/home/a".into())),
+        Ok(PathBuf::from("/home/a/.local/share/skein"))
+    );
+    assert!(default_data_dir(false, None).is_err());
+    assert!(default_data_dir(false, Some(" ".into())).is_err());
+}
+
+#[test]
+fn the_file_gives_every_key() {
+    let (_dir, path) = file(FULL);
+    let c = ok(&with_file(&path), &[]);
+    assert_eq!(c.data_dir, PathBuf::from("/srv/skein"));
+    assert_eq!(c.name, "edge-07");
+    assert_eq!(c.api, "0.0.0.0:9000".parse::<SocketAddr>().expect("addr"));
+    assert_eq!(c.listen, "10.0.0.7:7946");
+    assert_eq!(c.runtime, RuntimeChoice::Process);
+    assert_eq!(c.region, "eu-west");
+    assert_eq!(c.join, ["10.0.0.1:7946", "/ip4/10.0.0.2/tcp/7946"]);
+    assert_eq!(c.heartbeat_ms, 2000);
+    assert_eq!(c.labels.get("zone").map(String::as_str), Some("east"));
+    assert_eq!(c.labels.get("rack").map(String::as_str), Some("r1"));
+    assert_eq!(
+        c.raft,
+        RaftTuning {
+            tick_ms: 200,
+            election_ticks: 20,
+            heartbeat_ticks: 2,
+            snapshot_entries: 500
+        }
+    );
+}
+
+#[test]
+fn env_beats_file_and_flags_beat_env() {
+    let (_dir, path) = file(FULL);
+    let env = [
+        ("SKEIN_DATA_DIR", "/env/dir"),
+        ("SKEIN_NAME", "from-env"),
+        ("SKEIN_API", "127.0.0.1:8001"),
+        ("SKEIN_LISTEN", "0.0.0.0:8002"),
+        ("SKEIN_RUNTIME", "docker"),
+        ("SKEIN_REGION", "env-region"),
+        ("SKEIN_JOIN", "a.local:7946, b.local:7946"),
+    ];
+    let c = ok(&with_file(&path), &env);
+    assert_eq!(c.data_dir, PathBuf::from("/env/dir"));
+    assert_eq!(c.name, "from-env");
+    assert_eq!(c.api.port(), 8001);
+    assert_eq!(c.listen, "0.0.0.0:8002");
+    assert_eq!(c.runtime, RuntimeChoice::Docker);
+    assert_eq!(c.region, "env-region");
+    assert_eq!(c.join, ["a.local:7946", "b.local:7946"]);
+    // The file still gives what the environment does not.
+    assert_eq!(c.raft.tick_ms, 200);
+
+    let over = AgentOverrides {
+        config: Some(path.clone()),
+        data_dir: Some("/flag/dir".into()),
+        name: Some("from-flag".into()),
+        api: Some("127.0.0.1:9001".into()),
+        listen: Some("[::1]:9002".into()),
+        runtime: Some("auto".into()),
+        labels: vec![],
+        region: Some("flag-region".into()),
+        join: vec!["c.local:7946".into()],
+    };
+    let c = ok(&over, &env);
+    assert_eq!(c.data_dir, PathBuf::from("/flag/dir"));
+    assert_eq!(c.name, "from-flag");
+    assert_eq!(c.api.port(), 9001);
+    assert_eq!(c.listen, "[::1]:9002");
+    assert_eq!(c.runtime, RuntimeChoice::Auto);
+    assert_eq!(c.region, "flag-region");
+    assert_eq!(c.join, ["c.local:7946"]);
+}
+
+#[test]
+fn labels_merge_per_key_with_the_higher_source_winning() {
+    let (_dir, path) = file("[labels]\nzone = \"file\"\nrack = \"r1\"\n");
+    let over = AgentOverrides {
+        config: Some(path.clone()),
+        labels: vec!["gpu=yes".into(), "zone=flag".into()],
+        ..AgentOverrides::default()
+    };
+    let c = ok(&over, &[("SKEIN_LABELS", "zone=env, ssd=true")]);
+    let want: BTreeMap<String, String> = [
+        ("gpu", "yes"),
+        ("rack", "r1"),
+        ("ssd", "true"),
+        ("zone", "flag"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(c.labels, want);
+}
+
+#[test]
+fn config_file_from_env_and_flag() {
+    let (_d1, env_path) = file("name = \"env-file\"\n");
+    let (_d2, flag_path) = file("name = \"flag-file\"\n");
+    let env_file = env_path.to_string_lossy().to_string();
+    let c = ok(&AgentOverrides::default(), &[("SKEIN_CONFIG", &env_file)]);
+    assert_eq!(c.name, "env-file");
+    let c = ok(&with_file(&flag_path), &[("SKEIN_CONFIG", &env_file)]);
+    assert_eq!(c.name, "flag-file");
+}
+
+#[test]
+fn a_missing_config_file_names_it_and_where_it_came_from() {
+    let e = err(&with_file(std::path::Path::new("/no/such/skein.toml")), &[]);
+    assert!(
+        e.starts_with("cannot read the config file /no/such/skein.toml (from flag --config)"),
+        "{e}"
+    );
+    let e = err(
+        &AgentOverrides::default(),
+        &[("SKEIN_CONFIG", "/no/such/x.toml")],
+    );
+    assert!(e.contains("(from env SKEIN_CONFIG)"), "{e}");
+}
+
+#[test]
+fn empty_environment_variables_count_as_unset() {
+    let c = ok(
+        &AgentOverrides::default(),
+        &[
+            ("SKEIN_API", ""),
+            ("SKEIN_NAME", "  "),
+            ("SKEIN_LABELS", ""),
+        ],
+    );
+    assert_eq!(c.api.port(), 7947);
+    assert!(c.labels.is_empty());
+}
+
+#[test]
+fn home_is_expanded_in_file_and_env_values() {
+    let c = ok(
+        &AgentOverrides::default(),
+        &[("SKEIN_DATA_DIR", "~/skein-data")],
+    );
+    assert_eq!(c.data_dir, PathBuf::from("/home/tester/skein-data"));
+    let (_dir, path) = file("data_dir = \"~\"\n");
+    let c = ok(&with_file(&path), &[]);
+    assert_eq!(c.data_dir, PathBuf::from("/home/tester"));
+}
+
+// --- bad values name the key, where it came from and the fix -----------------
+
+#[test]
+fn bad_api_names_its_source() {
+    let over = AgentOverrides {
+        api: Some("localhost:7947".into()),
+        ..AgentOverrides::default()
+    };
+    let e = err(&over, &[]);
+    assert!(
+        e.starts_with("flag --api: api = \"localhost:7947\": not a socket address"),
+        "{e}"
+    );
+    assert!(e.contains("127.0.0.1:7947"), "{e}");
+    let e = err(&AgentOverrides::default(), &[("SKEIN_API", "nonsense")]);
+    assert!(
+        e.starts_with("env SKEIN_API: api = \"nonsense\": not a socket address"),
+        "{e}"
+    );
+    let (_dir, path) = file("name = \"n1\"\napi = \"1.2.3.4\"\n");
+    let e = err(&with_file(&path), &[]);
+    assert_eq!(
+        e,
+        format!(
+            "{}:2:7: api = \"1.2.3.4\": not a socket address: write IP:PORT with an IP address, e.g. 127.0.0.1:7947 or [::1]:7947",
+            path.display()
+        )
+    );
+    match load(&with_file(&path), &[]) {
+        Err(ConfigError::Invalid { key, origin, .. }) => {
+            assert_eq!(key, "api");
+            assert!(
+                matches!(
+                    origin,
+                    Origin::File {
+                        line: 2,
+                        column: 7,
+                        ..
+                    }
+                ),
+                "{origin:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn listen_must_be_host_port() {
+    for bad in [
+        "7946",
+        "host",
+        ":7946",
+        "10.0.0.1:port",
+        "10.0.0.1:70000",
+        "::1:7946",
+        "[zz]:1",
+        "bad_host:1",
+    ] {
+        let over = AgentOverrides {
+            listen: Some(bad.into()),
+            ..AgentOverrides::default()
+        };
+        let e = err(&over, &[]);
+        assert!(
+            e.starts_with(&format!("flag --listen: listen = {bad:?}:")),
+            "{e}"
+        );
+        assert!(e.contains("HOST:PORT"), "{e}");
+    }
+    for good in [
+        "0.0.0.0:7946",
+        "node-1.example.org:7946",
+        "[::]:7946",
+        "localhost:0",
+    ] {
+        assert_eq!(check_host_port(good), Ok(()), "{good}");
+    }
+}
+
+#[test]
+fn join_entries_are_checked() {
+    let e = err(
+        &AgentOverrides::default(),
+        &[("SKEIN_JOIN", "10.0.0.1:7946,10.0.0.2")],
+    );
+    assert!(
+        e.starts_with("env SKEIN_JOIN: join = \"10.0.0.2\": has no port"),
+        "{e}"
+    );
+    assert_eq!(check_join("/ip4/1.2.3.4/tcp/7946"), Ok(()));
+    assert!(check_join("/ip4//tcp").is_err());
+}
+
+#[test]
+fn unknown_runtime_names_the_allowed_ones() {
+    let e = err(&AgentOverrides::default(), &[("SKEIN_RUNTIME", "dcoker")]);
+    assert_eq!(
+        e,
+        "env SKEIN_RUNTIME: runtime = \"dcoker\": unknown value \"dcoker\" (did you mean \"docker\"?): use auto, docker or process"
+    );
+    let (_dir, path) = file("runtime = \"podman\"\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(e.contains(":1:11: runtime = \"podman\""), "{e}");
+}
+
+#[test]
+fn labels_need_key_and_value() {
+    let over = AgentOverrides {
+        labels: vec!["zone".into()],
+        ..AgentOverrides::default()
+    };
+    let e = err(&over, &[]);
+    assert!(
+        e.starts_with("flag --label: labels = \"zone\": a label needs a value: write KEY=VALUE"),
+        "{e}"
+    );
+    let e = err(&AgentOverrides::default(), &[("SKEIN_LABELS", "a=1,=2")]);
+    assert!(
+        e.starts_with("env SKEIN_LABELS: labels = \"=2\": a label needs a key"),
+        "{e}"
+    );
+    let (_dir, path) = file("[labels]\n\"bad key\" = \"x\"\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(e.contains("labels = \"bad key=x\""), "{e}");
+}
+
+#[test]
+fn node_and_region_names_are_validated() {
+    let over = AgentOverrides {
+        name: Some("-bad".into()),
+        ..AgentOverrides::default()
+    };
+    let e = err(&over, &[]);
+    assert!(
+        e.starts_with("flag --name: name = \"-bad\": not a valid node name"),
+        "{e}"
+    );
+    let e = err(
+        &AgentOverrides::default(),
+        &[("SKEIN_NAME", &"x".repeat(64))],
+    );
+    assert!(e.contains("at most 63"), "{e}");
+    let e = err(&AgentOverrides::default(), &[("SKEIN_REGION", "eu west")]);
+    assert!(
+        e.starts_with("env SKEIN_REGION: region = \"eu west\": not a valid region name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn raft_timing_must_be_workable() {
+    let (_dir, path) = file("[raft]\nelection_ticks = 1\nheartbeat_ticks = 1\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(e.contains(":2:18: raft.election_ticks = \"1\": election_ticks (1) must be greater than heartbeat_ticks (1)"), "{e}");
+    // The default election_ticks (10) is blamed on the key the file did set.
+    let (_dir, path) = file("[raft]\nheartbeat_ticks = 12\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(e.contains(":2:19: raft.heartbeat_ticks = \"12\""), "{e}");
+    let (_dir, path) = file("[raft]\ntick_ms = 0\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(
+        e.contains(":2:11: raft.tick_ms = \"0\": must be more than 0"),
+        "{e}"
+    );
+    let (_dir, path) = file("[raft]\nheartbeat_ticks = 0\n");
+    assert!(err(&with_file(&path), &[]).contains("raft.heartbeat_ticks = \"0\""));
+    let (_dir, path) = file("[raft]\nsnapshot_entries = 0\n");
+    assert!(err(&with_file(&path), &[]).contains("raft.snapshot_entries = \"0\""));
+    let (_dir, path) = file("heartbeat_ms = 0\n");
+    assert!(err(&with_file(&path), &[]).contains("heartbeat_ms = \"0\""));
+}
+
+#[test]
+fn unknown_toml_keys_fail_with_their_line() {
+    let (_dir, path) = file("name = \"n\"\nlistn = \"127.0.0.1:1\"\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(
+        e.starts_with(&format!(
+            "{}:2:1: unknown key \"listn\" (did you mean \"listen\"?)",
+            path.display()
+        )),
+        "{e}"
+    );
+    let (_dir, path) = file("name = \"n\"\n\n[raft]\ntick_ms = 100\nticks = 5\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(
+        e.starts_with(&format!(
+            "{}:5:1: raft: unknown key \"ticks\"",
+            path.display()
+        )),
+        "{e}"
+    );
+    match load(&with_file(&path), &[]) {
+        Err(ConfigError::File { line, key, .. }) => {
+            assert_eq!(line, 5);
+            assert_eq!(key.as_deref(), Some("raft"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_dir, path) = file("colour = \"blue\"\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(
+        e.contains("unknown key \"colour\": the keys allowed here are data_dir, name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_toml_types_and_syntax_name_the_key_and_line() {
+    let (_dir, path) = file("name = \"n\"\n[raft]\ntick_ms = \"fast\"\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(
+        e.starts_with(&format!(
+            "{}:3:11: raft.tick_ms: invalid type",
+            path.display()
+        )),
+        "{e}"
+    );
+    let (_dir, path) = file("[raft]\nelection_ticks = -1\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(
+        e.contains(":2:18: raft.election_ticks: invalid value"),
+        "{e}"
+    );
+    let (_dir, path) = file("name = \n");
+    let e = err(&with_file(&path), &[]);
+    assert!(e.starts_with(&format!("{}:1:", path.display())), "{e}");
+}
+
+#[test]
+fn runtime_choice_round_trips() {
+    for r in [
+        RuntimeChoice::Auto,
+        RuntimeChoice::Docker,
+        RuntimeChoice::Process,
+    ] {
+        assert_eq!(r.to_string().parse::<RuntimeChoice>(), Ok(r));
+    }
+}

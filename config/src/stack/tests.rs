@@ -155,10 +155,23 @@ fn invalid_service_name_is_located() {
 }
 
 #[test]
-fn duplicate_service_is_an_error() {
+fn duplicate_service_is_an_error_at_the_second_one() {
     let e = fail("services:\n  web:\n    image: x\n  web:\n    image: y\n");
-    assert!(e.to_string().contains("web"), "{e}");
-    assert!(line_of(&e).is_some(), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "stack.yml:4:3: invalid YAML: services: duplicate entry with key \"web\""
+    );
+}
+
+#[test]
+fn a_misspelled_x_skein_is_warned_about() {
+    let s = parse("x-skien:\n  runtime: process\nservices:\n  web:\n    image: a\n    x-skin: {runtime: docker}\n");
+    assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+    assert!(s.warnings[0].starts_with(
+        "stack.yml:1:1: x-skien: \"x-skien\" is ignored as an extension key: did you mean \"x-skein\"?"
+    ));
+    assert!(s.warnings[1].starts_with("stack.yml:6:5: services.web.x-skin:"));
+    assert_eq!(s.services[0].runtime, None);
 }
 
 #[test]
@@ -872,36 +885,21 @@ volumes:
     let names: Vec<&str> = s.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["shop_api", "shop_db", "shop_proxy"]);
     let w = &s.warnings;
-    assert_eq!(w.len(), 7, "{w:#?}");
-    assert!(
-        w[0].starts_with("prod.yml:13:5: services.db.networks: ignored"),
-        "{w:#?}"
-    );
-    assert!(
-        w[1].starts_with("prod.yml:21:5: services.api.depends_on: ignored"),
-        "{w:#?}"
-    );
-    assert!(
-        w[2].starts_with("prod.yml:26:7: services.api.ports[0]: port 8000/tcp"),
-        "{w:#?}"
-    );
-    assert!(
-        w[3].starts_with("prod.yml:27:5: services.api.networks: ignored"),
-        "{w:#?}"
-    );
-    assert!(
-        w[4].starts_with("prod.yml:43:5: services.proxy.networks: ignored"),
-        "{w:#?}"
-    );
-    assert!(
-        w[5].starts_with("prod.yml:48:1: networks: ignored network(s) front, back"),
-        "{w:#?}"
-    );
-    assert!(w[5].contains("host network"));
-    assert!(
-        w[6].starts_with("prod.yml:53:1: volumes: db-data declared but used by no service"),
-        "{w:#?}"
-    );
+    let want = [
+        "prod.yml:13:5: services.db.networks: ignored",
+        "prod.yml:21:5: services.api.depends_on: ignored",
+        "prod.yml:26:7: services.api.ports[0]: port 8000/tcp",
+        "prod.yml:27:5: services.api.networks: ignored",
+        "prod.yml:31:7: services.api.deploy.replicas: 2 replicas publish host port 8000/tcp",
+        "prod.yml:43:5: services.proxy.networks: ignored",
+        "prod.yml:48:1: networks: ignored network(s) front, back",
+        "prod.yml:53:1: volumes: db-data declared but used by no service",
+    ];
+    assert_eq!(w.len(), want.len(), "{w:#?}");
+    for (got, want) in w.iter().zip(want) {
+        assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+    }
+    assert!(w[6].contains("host network"));
     let api = service(&s, "shop_api");
     assert_eq!(api.ports[0].mode, PublishMode::Host);
     assert_eq!(api.replicas, Some(2));

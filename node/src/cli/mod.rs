@@ -48,12 +48,6 @@ enum Cmd {
     /// Manage stacks (compose files).
     #[command(subcommand)]
     Stack(stack::StackCmd),
-    /// Supervise one task's process (started by the agent, not by hand).
-    #[command(hide = true)]
-    Shim {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
 }
 
 #[derive(Args)]
@@ -104,9 +98,6 @@ enum NodeCmd {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    if let Cmd::Shim { args } = &cli.cmd {
-        return crate::runtime::shim::run_shim(args);
-    }
     init_tracing(matches!(cli.cmd, Cmd::Agent(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -158,7 +149,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             crate::agent::run(cfg).await?;
             Ok(0)
         }
-        Cmd::Shim { .. } => Ok(0),
         Cmd::Node(NodeCmd::Ls { format }) => {
             let rows: Vec<skein_protocol::api::NodeRow> = client()?.get("/v1/nodes").await?;
             output::print_nodes(&rows, format)?;

@@ -240,16 +240,27 @@ pub fn parse_publish(s: &str) -> anyhow::Result<PortConfig> {
     Ok(pc)
 }
 
-fn apply_update_flags(
-    uc: &mut UpdateConfig,
-    prefix: &str,
+/// The `--update-*` or `--rollback-*` flags, as given.
+struct UpdateFlags<'a> {
+    prefix: &'static str,
     parallelism: Option<u64>,
     delay: Option<Dur>,
     monitor: Option<Dur>,
-    action: &Option<String>,
+    action: &'a Option<String>,
     ratio: Option<f64>,
-    order: &Option<String>,
-) -> anyhow::Result<()> {
+    order: &'a Option<String>,
+}
+
+fn apply_update_flags(uc: &mut UpdateConfig, f: UpdateFlags<'_>) -> anyhow::Result<()> {
+    let UpdateFlags {
+        prefix,
+        parallelism,
+        delay,
+        monitor,
+        action,
+        ratio,
+        order,
+    } = f;
     if let Some(p) = parallelism {
         uc.parallelism = p;
     }
@@ -392,23 +403,27 @@ pub fn build_spec(a: &CreateArgs) -> anyhow::Result<ServiceSpec> {
     }
     apply_update_flags(
         &mut spec.update_config,
-        "update",
-        a.update_parallelism,
-        a.update_delay,
-        a.update_monitor,
-        &a.update_failure_action,
-        a.update_max_failure_ratio,
-        &a.update_order,
+        UpdateFlags {
+            prefix: "update",
+            parallelism: a.update_parallelism,
+            delay: a.update_delay,
+            monitor: a.update_monitor,
+            action: &a.update_failure_action,
+            ratio: a.update_max_failure_ratio,
+            order: &a.update_order,
+        },
     )?;
     apply_update_flags(
         &mut spec.rollback_config,
-        "rollback",
-        a.rollback_parallelism,
-        a.rollback_delay,
-        a.rollback_monitor,
-        &a.rollback_failure_action,
-        a.rollback_max_failure_ratio,
-        &a.rollback_order,
+        UpdateFlags {
+            prefix: "rollback",
+            parallelism: a.rollback_parallelism,
+            delay: a.rollback_delay,
+            monitor: a.rollback_monitor,
+            action: &a.rollback_failure_action,
+            ratio: a.rollback_max_failure_ratio,
+            order: &a.rollback_order,
+        },
     )?;
     if spec.rollback_config.failure_action == FailureAction::Rollback {
         bail!("--rollback-failure-action rollback: a rollback is never rolled back; use pause or continue");
@@ -432,7 +447,12 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             eprintln!("{}", svc.id);
-            let ok = wait::converge(&c, &[svc.spec.name.clone()], a.timeout.as_duration()).await?;
+            let ok = wait::converge(
+                &c,
+                std::slice::from_ref(&svc.spec.name),
+                a.timeout.as_duration(),
+            )
+            .await?;
             Ok(if ok { 0 } else { 1 })
         }
         ServiceCmd::Ls { format } => {

@@ -70,7 +70,7 @@ type Reply = oneshot::Sender<Result<(), ProposeError>>;
 
 enum Request {
     Propose {
-        cmd: Command,
+        cmd: Box<Command>,
         reply: Reply,
     },
     /// A message from a peer (the transport issue wires this up).
@@ -89,7 +89,10 @@ impl RaftHandle {
     pub async fn propose(&self, cmd: Command) -> Result<(), ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Propose { cmd, reply })
+            .send(Request::Propose {
+                cmd: Box::new(cmd),
+                reply,
+            })
             .await
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
@@ -378,13 +381,13 @@ impl RaftNode {
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&entry.data)
-                        .map_err(|e| raft::Error::CodecError(e.into()))?;
+                        .map_err(raft::Error::CodecError)?;
                     let cs = self.node.apply_conf_change(&cc)?;
                     self.store.set_conf_state(&cs)?;
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data)
-                        .map_err(|e| raft::Error::CodecError(e.into()))?;
+                        .map_err(raft::Error::CodecError)?;
                     let cs = self.node.apply_conf_change(&cc)?;
                     self.store.set_conf_state(&cs)?;
                 }

@@ -426,10 +426,7 @@ fn needs_report(
     if !behind {
         return false;
     }
-    match sent {
-        Some((s, at)) if s.state == want.state && now.saturating_sub(*at) < RESEND_MS => false,
-        _ => true,
-    }
+    !matches!(sent, Some((s, at)) if s.state == want.state && now.saturating_sub(*at) < RESEND_MS)
 }
 
 #[cfg(test)]

@@ -1,0 +1,186 @@
+//! One real agent on loopback, driven through the CLI as a user would.
+
+use skein_tests::{processes_with_argv, wait_for, Agent};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(40);
+
+#[test]
+fn replicated_tasks_survive_an_agent_kill_and_restart() {
+    let mut a = Agent::start(&[]);
+    let argv = ["sleep", "3601"];
+    a.ok(&[
+        "service",
+        "create",
+        "--name",
+        "s1",
+        "--replicas",
+        "3",
+        "sleep",
+        "3601",
+    ]);
+    assert_eq!(a.running_tasks("s1").len(), 3);
+    assert_eq!(processes_with_argv(&argv).len(), 3);
+
+    a.kill9();
+    // The tasks do not depend on the agent.
+    assert_eq!(processes_with_argv(&argv).len(), 3);
+    let before: Vec<i32> = {
+        let mut p = processes_with_argv(&argv);
+        p.sort();
+        p
+    };
+    a.restart();
+    // Give the restarted agent time to (wrongly) start or stop anything.
+    wait_for("3 running tasks after restart", T, || {
+        (a.running_tasks("s1").len() == 3).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(a.running_tasks("s1").len(), 3);
+    let mut after = processes_with_argv(&argv);
+    after.sort();
+    assert_eq!(after, before, "the same 3 processes, adopted, none added");
+
+    a.ok(&["service", "scale", "s1=5"]);
+    assert_eq!(a.running_tasks("s1").len(), 5);
+    assert_eq!(processes_with_argv(&argv).len(), 5);
+
+    a.ok(&["service", "rm", "s1"]);
+    wait_for("no sleep 3601 left", T, || {
+        processes_with_argv(&argv).is_empty().then_some(())
+    });
+    let ls = a.json(&["service", "ls"]);
+    assert_eq!(ls.as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn a_global_service_runs_one_task_on_the_node() {
+    let a = Agent::start(&[]);
+    let argv = ["sleep", "3602"];
+    a.ok(&[
+        "service", "create", "--name", "g", "--mode", "global", "sleep", "3602",
+    ]);
+    let tasks = a.running_tasks("g");
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["node"], "test-node");
+    assert_eq!(processes_with_argv(&argv).len(), 1);
+    let ls = a.json(&["service", "ls"]);
+    assert_eq!(ls[0]["mode"], "global");
+    assert_eq!(ls[0]["replicas"], 1);
+    assert_eq!(ls[0]["running"], 1);
+    a.ok(&["service", "rm", "g"]);
+    wait_for("no sleep 3602 left", T, || {
+        processes_with_argv(&argv).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn mistakes_are_named_and_change_nothing() {
+    let a = Agent::start(&[]);
+    let out = a.cli(&["service", "ps", "no-such-service"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-service"), "{err}");
+
+    let (status, body) = a.http("POST", "/v1/services", "application/json", "{\"name\": ");
+    assert!((400..500).contains(&status), "{status} {body}");
+    assert!(body.contains("message"), "{body}");
+    let (status, _) = a.http(
+        "POST",
+        "/v1/services",
+        "application/json",
+        "{\"name\": \"x\"}",
+    );
+    assert!((400..500).contains(&status), "missing image: {status}");
+    let (status, body) = a.http(
+        "POST",
+        "/v1/services",
+        "application/json",
+        "{\"name\": \"x\", \"image\": \"sleep\", \"mode\": \"global\", \"replicas\": 2}",
+    );
+    assert!((400..500).contains(&status), "{status}");
+    assert!(body.contains("replicas"), "{body}");
+
+    let stack = a.dir.path().join("typo.yml");
+    std::fs::write(
+        &stack,
+        "services:\n  web:\n    image: sleep\n    command: [\"3603\"]\n    deploy:\n      replicas: 2\n      update_config:\n        paralelism: 2\n",
+    )
+    .expect("write stack");
+    let out = a.cli(&[
+        "stack",
+        "deploy",
+        "-c",
+        stack.to_str().expect("utf8"),
+        "typo",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("paralelism"), "{err}");
+    assert!(err.contains("typo.yml"), "names the file: {err}");
+    assert!(err.contains(":8"), "names the line: {err}");
+    assert_eq!(a.json(&["service", "ls"]).as_array().map(Vec::len), Some(0));
+    assert!(processes_with_argv(&["sleep", "3603"]).is_empty());
+
+    // The agent is still fine after all that.
+    a.ok(&["node", "ls"]);
+}
+
+#[test]
+fn failed_tasks_are_restarted_by_policy_and_their_output_kept() {
+    let a = Agent::start(&[]);
+    let out = a.cli(&[
+        "service",
+        "create",
+        "--name",
+        "crashy",
+        "--restart-delay",
+        "200ms",
+        "--restart-max-attempts",
+        "2",
+        "--detach",
+        "sh",
+        "-c",
+        "echo boom; exit 3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = wait_for("three failed tasks", T, || {
+        let rows = a.json(&["service", "ps", "crashy"]);
+        let failed: Vec<serde_json::Value> = rows
+            .as_array()?
+            .iter()
+            .filter(|t| t["state"] == "failed")
+            .cloned()
+            .collect();
+        (failed.len() == 3).then_some(failed)
+    });
+    for r in &rows {
+        assert_eq!(r["exit_code"], 3);
+        assert!(r["error"].as_str().unwrap_or("").contains('3'), "{r}");
+    }
+    // No fourth attempt.
+    std::thread::sleep(Duration::from_millis(1500));
+    let rows = a.json(&["service", "ps", "crashy"]);
+    assert_eq!(rows.as_array().map(Vec::len), Some(3));
+    let logs = a.ok(&["service", "logs", "crashy"]);
+    assert!(logs.matches("boom").count() >= 3, "{logs}");
+}
+
+#[test]
+fn service_create_fails_when_the_program_does_not_exist() {
+    let a = Agent::start(&[]);
+    let out = a.cli(&[
+        "service",
+        "create",
+        "--name",
+        "ghost",
+        "no-such-program-xyz",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-program-xyz"), "{err}");
+}
