@@ -108,6 +108,13 @@ fn build_runtimes(cfg: &AgentConfig) -> anyhow::Result<Runtimes> {
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    if !cfg.join.is_empty() {
+        bail!(
+            "join = {:?}: joining an existing cluster is not available in this build yet; \
+             start without --join/SKEIN_JOIN to found a new single-node cluster",
+            cfg.join
+        );
+    }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {}: pick another with --data-dir",
@@ -141,7 +148,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let (raft_node, raft) = RaftNode::open(&db, identity.raft_id, opts)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let raft_task = tokio::spawn(raft_node.run(shutdown.clone()));
+    let mut raft_task = tokio::spawn(raft_node.run(shutdown.clone()));
 
     // Bind the API early so a port clash fails before anything else starts.
     let listener = tokio::net::TcpListener::bind(cfg.api)
@@ -183,7 +190,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     });
     let server_task = tokio::spawn(async move { server.await });
 
-    wait_for_signal().await;
+    let raft_died = tokio::select! {
+        _ = wait_for_signal() => None,
+        r = &mut raft_task => Some(r),
+    };
+    if let Some(r) = raft_died {
+        // The log is the only source of truth: without it this node must not go on.
+        let _ = shutdown_tx.send(true);
+        return match r {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the raft node stopped unexpectedly")),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the raft node failed")),
+            Err(e) => Err(anyhow::anyhow!("the raft node crashed: {e}")),
+        };
+    }
     tracing::info!("shutting down (tasks keep running)");
     let _ = shutdown_tx.send(true);
     let bounded = Duration::from_secs(5);

@@ -114,7 +114,7 @@ impl Orchestrator {
                 }
             }
             tokio::select! {
-                _ = published.changed() => {}
+                r = published.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.shutdown.changed() => return,
             }

@@ -16,6 +16,7 @@
 //! - pre-vote and check-quorum are on; the log is compacted behind a
 //!   snapshot every `snapshot_entries` applied entries.
 
+mod logging;
 pub mod storage;
 
 use crate::store::{ApplyError, ClusterState, Event};
@@ -151,10 +152,6 @@ pub struct RaftNode {
     last_term: u64,
 }
 
-fn logger() -> slog::Logger {
-    slog::Logger::root(tracing_slog::TracingSlogDrain, slog::o!())
-}
-
 impl RaftNode {
     /// Opens the log in `db`. An empty log becomes a new cluster whose only
     /// voter is `raft_id`; an existing one resumes where it stopped.
@@ -191,7 +188,7 @@ impl RaftNode {
             ..Default::default()
         };
         cfg.validate()?;
-        let node = RawNode::new(&cfg, store.clone(), &logger())?;
+        let node = RawNode::new(&cfg, store.clone(), &logging::logger())?;
         let (tx, rx) = mpsc::channel(1024);
         let first = Arc::new(Published {
             state: Arc::new(state.clone()),
@@ -452,3 +449,6 @@ impl RaftNode {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
