@@ -442,11 +442,10 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> anyhow::Result<i32> {
         ServiceCmd::Create(a) => {
             let spec = build_spec(&a)?;
             let svc: Service = c.post("/v1/services", &spec).await?;
+            println!("{}", svc.id);
             if a.detach {
-                println!("{}", svc.id);
                 return Ok(0);
             }
-            eprintln!("{}", svc.id);
             let ok = wait::converge(
                 &c,
                 std::slice::from_ref(&svc.spec.name),

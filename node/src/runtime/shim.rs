@@ -372,6 +372,14 @@ fn supervise(o: &ShimOptions) -> io::Result<()> {
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0);
     }
+    // Our process name is "task-shim", not "skein": `pkill skein` or
+    // `killall skein` aimed at the agent must not take the tasks with it.
+    // (The full command line still says what this is.)
+    const NAME: &[u8] = b"task-shim\0";
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, NAME.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
     let me = std::process::id() as i32;
     let my_start = procfs::start_time(me)
         .ok_or_else(|| io::Error::other("cannot read this process's /proc/self/stat"))?;
