@@ -93,6 +93,31 @@ pub struct HealthCheck {
     pub start_period: Dur,
 }
 
+/// What a mount attaches: a host path, a named volume or a tmpfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Bind,
+    #[default]
+    Volume,
+    Tmpfs,
+}
+
+/// A mount, as the compose file's long `volumes:` syntax writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    #[serde(rename = "type", default)]
+    pub kind: MountKind,
+    /// Host path (bind), volume name (volume; None: anonymous), unused for tmpfs.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Absolute path inside the task.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartCondition {
@@ -298,6 +323,9 @@ pub struct ServiceSpec {
     pub replicas: Option<u64>,
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+    /// Bind mounts, named volumes and tmpfs (Docker runtime).
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
     #[serde(default)]
     pub healthcheck: Option<HealthCheck>,
     #[serde(default)]
@@ -365,6 +393,7 @@ impl ServiceSpec {
             mode: ServiceMode::Replicated,
             replicas: Some(1),
             ports: Vec::new(),
+            mounts: Vec::new(),
             healthcheck: None,
             restart_policy: RestartPolicy::default(),
             update_config: UpdateConfig::update_default(),
@@ -397,6 +426,7 @@ impl ServiceSpec {
             && self.working_dir == other.working_dir
             && self.container_labels == other.container_labels
             && self.ports == other.ports
+            && self.mounts == other.mounts
             && self.healthcheck == other.healthcheck
             && self.resources == other.resources
             && self.stop_grace_period == other.stop_grace_period
@@ -461,6 +491,29 @@ impl ServiceSpec {
                         format!("port {pubp}/{} is published twice", proto_name(p.protocol)),
                     );
                 }
+            }
+        }
+        for (i, m) in self.mounts.iter().enumerate() {
+            if !m.target.starts_with('/') {
+                return e(
+                    &format!("mounts[{i}].target"),
+                    format!("{:?} must be an absolute path inside the task", m.target),
+                );
+            }
+            match (m.kind, m.source.as_deref()) {
+                (MountKind::Bind, Some(src)) if src.starts_with('/') => {}
+                (MountKind::Bind, _) => {
+                    return e(
+                        &format!("mounts[{i}].source"),
+                        "a bind mount needs an absolute host path as its source".into(),
+                    )
+                }
+                (MountKind::Volume, Some(name)) => {
+                    if let Err(m) = validate_name(name) {
+                        return e(&format!("mounts[{i}].source"), format!("volume name {m}"));
+                    }
+                }
+                (MountKind::Volume, None) | (MountKind::Tmpfs, _) => {}
             }
         }
         if let Some(hc) = &self.healthcheck {

@@ -175,6 +175,7 @@ impl Runtime for FakeRuntime {
                         runtime_id: runtime_id.clone(),
                         state: ObservedState::Running,
                         started_at: now,
+                        health: None,
                     },
                     logs: Vec::new(),
                 },

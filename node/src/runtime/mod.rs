@@ -39,6 +39,9 @@ pub struct Observed {
     pub state: ObservedState,
     /// Milliseconds since the epoch.
     pub started_at: u64,
+    /// The runtime's own health verdict (Docker's healthcheck); None when the
+    /// runtime does not check health (the worker probes process tasks itself).
+    pub health: Option<skein_protocol::task::Health>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

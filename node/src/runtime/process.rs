@@ -459,6 +459,7 @@ impl ProcessRuntime {
                 runtime_id: runtime_id(Some(&shim), child.as_ref()),
                 state: ObservedState::Running,
                 started_at: shim.started_at,
+                health: None,
             }),
             Disk::Exited { shim, child, exit } => Some(Observed {
                 task_id: task_id.to_string(),
@@ -468,6 +469,7 @@ impl ProcessRuntime {
                     finished_at: exit.finished_at,
                 },
                 started_at: shim.map(|s| s.started_at).unwrap_or(0),
+                health: None,
             }),
         })
     }
