@@ -67,6 +67,19 @@ pub fn processes_with_argv(argv: &[&str]) -> Vec<i32> {
     out
 }
 
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces: fields resume after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .unwrap_or_default()
+}
+
 pub struct Agent {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -214,6 +227,17 @@ impl Agent {
             .unwrap_or("")
             .to_string();
         (status, body)
+    }
+
+    /// Processes with exactly `argv` that this agent's runtime started
+    /// (their parent is a shim working in this agent's data dir), so tests
+    /// running side by side, or anything else on the machine, do not count.
+    pub fn task_processes(&self, argv: &[&str]) -> Vec<i32> {
+        let dir = self.data_dir().to_string_lossy().into_owned();
+        processes_with_argv(argv)
+            .into_iter()
+            .filter(|pid| parent_of(*pid).is_some_and(|pp| cmdline(pp).contains(&dir)))
+            .collect()
     }
 
     /// Kills every task process this agent's runtime started.

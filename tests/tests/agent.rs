@@ -1,6 +1,6 @@
 //! One real agent on loopback, driven through the CLI as a user would.
 
-use skein_tests::{processes_with_argv, wait_for, Agent};
+use skein_tests::{wait_for, Agent};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(40);
@@ -20,13 +20,13 @@ fn replicated_tasks_survive_an_agent_kill_and_restart() {
         "3601",
     ]);
     assert_eq!(a.running_tasks("s1").len(), 3);
-    assert_eq!(processes_with_argv(&argv).len(), 3);
+    assert_eq!(a.task_processes(&argv).len(), 3);
 
     a.kill9();
     // The tasks do not depend on the agent.
-    assert_eq!(processes_with_argv(&argv).len(), 3);
+    assert_eq!(a.task_processes(&argv).len(), 3);
     let before: Vec<i32> = {
-        let mut p = processes_with_argv(&argv);
+        let mut p = a.task_processes(&argv);
         p.sort();
         p
     };
@@ -37,17 +37,17 @@ fn replicated_tasks_survive_an_agent_kill_and_restart() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(a.running_tasks("s1").len(), 3);
-    let mut after = processes_with_argv(&argv);
+    let mut after = a.task_processes(&argv);
     after.sort();
     assert_eq!(after, before, "the same 3 processes, adopted, none added");
 
     a.ok(&["service", "scale", "s1=5"]);
     assert_eq!(a.running_tasks("s1").len(), 5);
-    assert_eq!(processes_with_argv(&argv).len(), 5);
+    assert_eq!(a.task_processes(&argv).len(), 5);
 
     a.ok(&["service", "rm", "s1"]);
     wait_for("no sleep 3601 left", T, || {
-        processes_with_argv(&argv).is_empty().then_some(())
+        a.task_processes(&argv).is_empty().then_some(())
     });
     let ls = a.json(&["service", "ls"]);
     assert_eq!(ls.as_array().map(Vec::len), Some(0));
@@ -63,14 +63,14 @@ fn a_global_service_runs_one_task_on_the_node() {
     let tasks = a.running_tasks("g");
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0]["node"], "test-node");
-    assert_eq!(processes_with_argv(&argv).len(), 1);
+    assert_eq!(a.task_processes(&argv).len(), 1);
     let ls = a.json(&["service", "ls"]);
     assert_eq!(ls[0]["mode"], "global");
     assert_eq!(ls[0]["replicas"], 1);
     assert_eq!(ls[0]["running"], 1);
     a.ok(&["service", "rm", "g"]);
     wait_for("no sleep 3602 left", T, || {
-        processes_with_argv(&argv).is_empty().then_some(())
+        a.task_processes(&argv).is_empty().then_some(())
     });
 }
 
@@ -120,7 +120,7 @@ fn mistakes_are_named_and_change_nothing() {
     assert!(err.contains("typo.yml"), "names the file: {err}");
     assert!(err.contains(":8"), "names the line: {err}");
     assert_eq!(a.json(&["service", "ls"]).as_array().map(Vec::len), Some(0));
-    assert!(processes_with_argv(&["sleep", "3603"]).is_empty());
+    assert!(a.task_processes(&["sleep", "3603"]).is_empty());
 
     // The agent is still fine after all that.
     a.ok(&["node", "ls"]);
@@ -183,4 +183,80 @@ fn service_create_fails_when_the_program_does_not_exist() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-program-xyz"), "{err}");
+}
+
+/// Issue 3, process runtime: on-failure with max 2 attempts ends with exactly
+/// three failed tasks, and `service ps` says why there is no fourth.
+#[test]
+fn on_failure_with_max_attempts_stops_after_three_failures() {
+    let a = Agent::start(&[]);
+    a.ok(&[
+        "service", "create", "--name", "exit3", "--detach", "--restart-condition", "on-failure",
+        "--restart-max-attempts", "2", "sh", "-c", "sleep 0.5; exit 3",
+    ]);
+    let failed = |a: &Agent| {
+        a.json(&["service", "ps", "exit3"])
+            .as_array()
+            .map(|rows| rows.iter().filter(|t| t["state"] == "failed").count())
+            .unwrap_or(0)
+    };
+    wait_for("three failed tasks", Duration::from_secs(60), || (failed(&a) == 3).then_some(()));
+    // The restart delay is 5s: wait longer than that and check nothing new started.
+    std::thread::sleep(Duration::from_secs(6));
+    let rows = a.json(&["service", "ps", "exit3"]);
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 3, "no fourth task: {rows:?}");
+    assert_eq!(failed(&a), 3);
+    assert!(
+        rows[0]["error"].as_str().unwrap_or("").contains("max_attempts (2) reached"),
+        "the newest task says why the slot stays down: {}",
+        rows[0]
+    );
+}
+
+/// Issue 3, process runtime: a failing health check replaces the task and
+/// the failed task's error names the health check.
+#[test]
+fn an_unhealthy_process_task_is_replaced() {
+    let a = Agent::start(&[]);
+    a.ok(&[
+        "service", "create", "--name", "sick", "--detach", "--health-cmd", "false",
+        "--health-interval", "1s", "--health-retries", "2", "--restart-delay", "0s", "sleep",
+        "3604",
+    ]);
+    let failed = wait_for("a task failed by its health check", T, || {
+        let rows = a.json(&["service", "ps", "sick"]);
+        rows.as_array()?
+            .iter()
+            .find(|t| t["state"] == "failed")
+            .cloned()
+    });
+    let err = failed["error"].as_str().unwrap_or("");
+    assert!(err.contains("health check failed"), "{failed}");
+    wait_for("a replacement task", T, || {
+        let rows = a.json(&["service", "ps", "sick"]);
+        (rows.as_array()?.len() >= 2).then_some(())
+    });
+    // Until it is healthy a task is never reported running.
+    let rows = a.json(&["service", "ps", "sick"]);
+    assert!(rows
+        .as_array()
+        .map(|r| r.iter().all(|t| t["state"] != "running"))
+        .unwrap_or(false));
+    a.ok(&["service", "rm", "sick"]);
+    wait_for("no sleep 3604 left", T, || {
+        a.task_processes(&["sleep", "3604"]).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_healthy_process_task_runs() {
+    let a = Agent::start(&[]);
+    a.ok(&[
+        "service", "create", "--name", "fine", "--health-cmd", "true", "--health-interval",
+        "200ms", "sleep", "3605",
+    ]);
+    let tasks = a.running_tasks("fine");
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["health"], "healthy");
 }

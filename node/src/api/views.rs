@@ -86,7 +86,37 @@ pub fn service_row(state: &ClusterState, svc: &Service) -> ServiceRow {
     }
 }
 
+/// Why a finished slot has no new task (or when it gets one): only for the
+/// newest task of its slot, when that task ended by itself on the current spec.
+fn restart_note(state: &ClusterState, t: &Task, now: u64) -> Option<String> {
+    if !matches!(
+        t.status.state,
+        TaskState::Complete | TaskState::Failed | TaskState::Rejected
+    ) {
+        return None;
+    }
+    let svc = state.services.get(&t.service_id)?;
+    if !t.spec.same_task_template(&svc.spec) {
+        return None;
+    }
+    let newer = state.tasks_of(&t.service_id).any(|o| {
+        o.slot == t.slot
+            && (t.slot.is_some() || o.node_id == t.node_id)
+            && (o.created_at, &o.id) > (t.created_at, &t.id)
+    });
+    if newer {
+        return None;
+    }
+    if let Some(slot) = t.slot {
+        if slot > svc.spec.desired_replicas().unwrap_or(0) {
+            return None;
+        }
+    }
+    crate::orchestrator::restart::explain(t, &svc.spec.restart_policy, now)
+}
+
 pub fn task_rows<'a>(state: &ClusterState, tasks: impl Iterator<Item = &'a Task>) -> Vec<TaskRow> {
+    let now = crate::util::now_ms();
     let mut tasks: Vec<&Task> = tasks.collect();
     // Like docker: by name, current task first, then its history newest first.
     tasks.sort_by(|a, b| {
@@ -125,10 +155,17 @@ pub fn task_rows<'a>(state: &ClusterState, tasks: impl Iterator<Item = &'a Task>
             state: t.status.state.to_string(),
             since: t.status.timestamp,
             image: t.spec.image.clone(),
-            error: if t.status.error.is_empty() && t.status.state == TaskState::Pending {
-                t.status.message.clone()
-            } else {
-                t.status.error.clone()
+            error: {
+                let base = if t.status.error.is_empty() && t.status.state == TaskState::Pending {
+                    t.status.message.clone()
+                } else {
+                    t.status.error.clone()
+                };
+                match restart_note(state, t, now) {
+                    Some(note) if base.is_empty() => note,
+                    Some(note) => format!("{base}; {note}"),
+                    None => base,
+                }
             },
             exit_code: t.status.exit_code,
             health: t.status.health.map(|h| format!("{h:?}").to_lowercase()),

@@ -55,6 +55,33 @@ pub fn decide(finished: &Task, policy: &RestartPolicy, now: Millis) -> RestartDe
     RestartDecision::Now { restarts }
 }
 
+/// For `service ps`: why the slot of `finished` (its newest task) has no
+/// new task, or when it will. None when a replacement is due now.
+pub fn explain(finished: &Task, policy: &RestartPolicy, now: Millis) -> Option<String> {
+    match decide(finished, policy, now) {
+        RestartDecision::Now { .. } => None,
+        RestartDecision::At(at) => Some(format!(
+            "restarting in {}",
+            skein_protocol::Dur::from_millis(at.saturating_sub(now))
+        )),
+        RestartDecision::Never => Some(match policy.condition {
+            RestartCondition::None => "not restarted: restart condition is none".to_string(),
+            RestartCondition::OnFailure if finished.status.state == TaskState::Complete => {
+                "not restarted: it completed and the restart condition is on-failure".to_string()
+            }
+            _ => format!(
+                "not restarted: restart_policy.max_attempts ({}) reached{}",
+                policy.max_attempts,
+                if policy.window.is_zero() {
+                    String::new()
+                } else {
+                    format!(" within the {} window", policy.window)
+                }
+            ),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,6 +143,10 @@ pub struct RaftNode {
     last_snapshot: u64,
     opts: RaftOptions,
     pending: HashMap<u64, Reply>,
+    /// Answers for applied proposals, sent only after the state that
+    /// contains them is published: a caller that reads the state after its
+    /// answer must see its own write.
+    answered: Vec<(Reply, Result<(), ProposeError>)>,
     next_proposal: u64,
     rx: mpsc::Receiver<Request>,
     published: watch::Sender<Arc<Published>>,
@@ -210,6 +214,7 @@ impl RaftNode {
             last_snapshot: applied,
             opts,
             pending: HashMap::new(),
+            answered: Vec::new(),
             next_proposal: 1,
             rx,
             published,
@@ -240,6 +245,7 @@ impl RaftNode {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.handle_ready()?;
         self.publish();
+        self.send_answers();
         loop {
             tokio::select! {
                 _ = ticker.tick() => { self.node.tick(); }
@@ -264,6 +270,13 @@ impl RaftNode {
             }
             self.handle_ready()?;
             self.publish();
+            self.send_answers();
+        }
+    }
+
+    fn send_answers(&mut self) {
+        for (reply, result) in self.answered.drain(..) {
+            let _ = reply.send(result);
         }
     }
 
@@ -371,7 +384,7 @@ impl RaftNode {
                         }
                     };
                     if let Some(reply) = self.proposal_reply(&entry.context) {
-                        let _ = reply.send(result.map_err(ProposeError::from));
+                        self.answered.push((reply, result.map_err(ProposeError::from)));
                     } else if let Err(e) = result {
                         tracing::debug!(index = entry.index, error = %e, "command refused by apply");
                     }

@@ -12,7 +12,10 @@
 //! - the worker is the only writer of task status; it re-reports whatever
 //!   the assignments show the store has not recorded yet.
 
+pub mod health;
+
 use crate::runtime::{Observed, ObservedState, Runtime, RuntimeError};
+use skein_protocol::task::Health;
 use skein_protocol::wire::{Assignments, StatusReport};
 use skein_protocol::{RuntimeKind, Task, TaskId, TaskState, TaskStatus};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -73,6 +76,11 @@ enum Done {
     Removed {
         id: TaskId,
     },
+    Probed {
+        id: TaskId,
+        began: u64,
+        result: health::ProbeResult,
+    },
 }
 
 #[derive(Default)]
@@ -82,8 +90,12 @@ struct Local {
     started: bool,
     /// A start or stop is in flight.
     busy: bool,
-    /// Set when a start failed: reported instead of observed state.
-    start_error: Option<TaskStatus>,
+    /// Set when the start failed or the task turned unhealthy: reported
+    /// instead of what the runtime shows.
+    final_status: Option<TaskStatus>,
+    /// Health of a process task, probed by this worker.
+    tracker: Option<health::Tracker>,
+    probing: bool,
     stop_done: bool,
     /// Last status sent and when.
     sent: Option<(TaskStatus, u64)>,
@@ -183,7 +195,7 @@ impl Worker {
                             _ => TaskState::Failed,
                         };
                         let now = crate::util::now_ms();
-                        l.start_error = Some(TaskStatus {
+                        l.final_status = Some(TaskStatus {
                             state,
                             timestamp: now,
                             finished_at: Some(now),
@@ -202,6 +214,14 @@ impl Worker {
             }
             Done::Removed { id } => {
                 self.removing.remove(&id);
+            }
+            Done::Probed { id, began, result } => {
+                if let Some(l) = self.tasks.get_mut(&id) {
+                    l.probing = false;
+                    if let Some(t) = l.tracker.as_mut() {
+                        t.record(result.ok, &result.output, began, crate::util::now_ms());
+                    }
+                }
             }
         }
     }
@@ -285,10 +305,22 @@ impl Worker {
                         ..Default::default()
                     }),
                 }
-            } else if let Some(err) = &local.start_error {
-                Some(err.clone())
+            } else if let Some(fin) = local.final_status.clone() {
+                if matches!(obs, Some(o) if o.state == ObservedState::Running) {
+                    Self::spawn_stop(&self.runtimes, &self.done_tx, local, &task);
+                }
+                Some(fin)
             } else {
                 match obs {
+                    Some(o) if o.state == ObservedState::Running => {
+                        let status = running_status(&self.done_tx, local, &task, o, now);
+                        if status.state == TaskState::Failed {
+                            // Unhealthy: stop it and say why, whatever it exits with.
+                            local.final_status = Some(status.clone());
+                            Self::spawn_stop(&self.runtimes, &self.done_tx, local, &task);
+                        }
+                        Some(status)
+                    }
                     Some(o) => Some(status_of(o, now)),
                     None if local.started || stored >= TaskState::Starting => Some(TaskStatus {
                         state: TaskState::Failed,
@@ -375,6 +407,68 @@ impl Worker {
         // Unknown task: ask each runtime; stop/remove of an unknown id is harmless.
         self.runtimes.all().next().cloned()
     }
+}
+
+/// The status of a task its runtime shows running: `running` without a
+/// health check or once healthy, `starting` until then, `failed` once
+/// unhealthy. Starts this worker's probe when one is due (process tasks).
+fn running_status(
+    done_tx: &mpsc::UnboundedSender<Done>,
+    local: &mut Local,
+    task: &Task,
+    o: &Observed,
+    now: u64,
+) -> TaskStatus {
+    let mut st = status_of(o, now);
+    let Some(hc) = health::effective(task.spec.healthcheck.as_ref()) else {
+        return st;
+    };
+    let verdict = match o.health {
+        Some(h) => h,
+        None => {
+            let tracker = local
+                .tracker
+                .get_or_insert_with(|| health::Tracker::new(hc, o.started_at));
+            if !local.probing && tracker.due(now) {
+                local.probing = true;
+                let done = done_tx.clone();
+                let (id, hc, env) = (task.id.clone(), hc.clone(), task.spec.env.clone());
+                let dir = task.spec.working_dir.clone();
+                tokio::spawn(async move {
+                    let began = crate::util::now_ms();
+                    let result = health::probe(&hc, &env, dir.as_deref()).await;
+                    let _ = done.send(Done::Probed { id, began, result });
+                });
+            }
+            tracker.status()
+        }
+    };
+    st.health = Some(verdict);
+    match verdict {
+        Health::Healthy => {}
+        Health::Starting => {
+            st.state = TaskState::Starting;
+            st.message = "starting: waiting for the health check".into();
+        }
+        Health::Unhealthy => {
+            let detail = local
+                .tracker
+                .as_ref()
+                .map(|t| t.last_failure.clone())
+                .filter(|s| !s.is_empty());
+            st.state = TaskState::Failed;
+            st.finished_at = Some(now);
+            st.message = "unhealthy".into();
+            st.error = match detail {
+                Some(d) => format!(
+                    "health check failed {} times in a row: {d}",
+                    hc.retries.max(1)
+                ),
+                None => format!("health check failed {} times in a row", hc.retries.max(1)),
+            };
+        }
+    }
+    st
 }
 
 /// The status a runtime observation means.
