@@ -16,4 +16,4 @@ mod suggest;
 pub use agent::{
     load_agent_config, AgentConfig, AgentOverrides, ConfigError, Origin, RaftTuning, RuntimeChoice,
 };
-pub use stack::{load_stack, parse_stack, Position, Stack, StackError};
+pub use stack::{load_stack, parse_stack, parse_stack_in, Position, Stack, StackError};

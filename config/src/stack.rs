@@ -1,10 +1,11 @@
 //! The stack file: the compose file `docker stack deploy -c FILE NAME` takes,
 //! turned into the [`ServiceSpec`]s of stack NAME.
 //!
-//! Owns: the compose shape (`services:` with their `deploy:` sections, and
-//! the top-level `version`, `networks`, `volumes`, `secrets`, `configs` and
-//! `x-skein`), its translation into specs, and the errors and warnings a user
-//! reads about it. Called by the CLI (`skein stack deploy`) and the API.
+//! Owns: the compose shape (`services:` with their `deploy:` and `volumes:`
+//! sections, and the top-level `version`, `networks`, `volumes`, `secrets`,
+//! `configs` and `x-skein`), its translation into specs, and the errors and
+//! warnings a user reads about it. Called by the CLI (`skein stack deploy`)
+//! and the API.
 //!
 //! Invariants:
 //! - all or nothing: an error means no [`Stack`]; every spec of a returned
@@ -17,20 +18,25 @@
 //!   known) and the key path, e.g. `edge.yml:14:9: services.web.deploy.update_config:
 //!   unknown key "paralelism" (did you mean "parallelism"?)`;
 //! - spec names are `STACK_SERVICE` and carry the label [`STACK_LABEL`] = STACK,
-//!   as `docker stack deploy` does; services come out sorted by name.
+//!   as `docker stack deploy` does; services come out sorted by name;
+//! - a service's `volumes:` become [`ServiceSpec::mounts`]: relative bind
+//!   paths are resolved against the stack file's directory and `~` against
+//!   `$HOME`, as compose does; a named volume must be declared under the
+//!   top-level `volumes:` and is named `STACK_VOLUME` on the engine, unless it
+//!   is `external` or has a `name`, as `docker stack deploy` does.
 
 use crate::suggest;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_norway::Value;
 use skein_protocol::{
-    validate_name, Dur, FailureAction, HealthCheck, PlacementPreference, PortConfig, Protocol,
-    PublishMode, RestartCondition, RuntimeKind, ServiceMode, ServiceSpec, UpdateConfig,
-    UpdateOrder, STACK_LABEL,
+    validate_name, Dur, FailureAction, HealthCheck, Mount, MountKind, PlacementPreference,
+    PortConfig, Protocol, PublishMode, RestartCondition, RuntimeKind, ServiceMode, ServiceSpec,
+    UpdateConfig, UpdateOrder, STACK_LABEL,
 };
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 /// A parsed stack: its services, sorted by name, and what the user should
 /// know about the parts of the file skein ignores.
@@ -108,26 +114,46 @@ impl StackError {
 }
 
 /// Reads and parses a stack file; messages name the file as `path` is written.
+/// Relative bind mount paths are resolved against the file's directory.
 pub fn load_stack(path: &Path, stack_name: &str) -> Result<Stack, StackError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| StackError::Read {
         file: file.clone(),
         source,
     })?;
-    parse_stack(&text, &file, stack_name)
+    parse_stack_in(&text, &file, &dir_of(path), stack_name)
 }
 
 /// Parses the text of a stack file named `file` (used in messages) into the
-/// specs of stack `stack_name`.
+/// specs of stack `stack_name`. Relative bind mount paths are resolved
+/// against the directory of `file` (the current directory when `file` has
+/// none); use [`parse_stack_in`] to give the directory.
 pub fn parse_stack(text: &str, file: &str, stack_name: &str) -> Result<Stack, StackError> {
+    parse_stack_in(text, file, &dir_of(Path::new(file)), stack_name)
+}
+
+/// [`parse_stack`], resolving relative bind mount paths (`./data:/data`)
+/// against `base_dir`, as compose resolves them against the project
+/// directory. A relative `base_dir` is taken from the current directory.
+pub fn parse_stack_in(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    stack_name: &str,
+) -> Result<Stack, StackError> {
     validate_name(stack_name).map_err(|message| StackError::StackName {
         name: stack_name.to_string(),
         message,
     })?;
     let mut ctx = Ctx {
         file,
+        base_dir: std::path::absolute(base_dir).ok(),
+        home: std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from),
         index: KeyIndex::build(text),
         warnings: Vec::new(),
+        volumes: Vec::new(),
     };
     let raw = ctx.parse_raw(text)?;
     let specs = ctx.convert(raw, stack_name)?;
@@ -140,6 +166,14 @@ pub fn parse_stack(text: &str, file: &str, stack_name: &str) -> Result<Stack, St
         services,
         warnings: warnings.into_iter().map(|w| w.2).collect(),
     })
+}
+
+/// The directory a file is in: `.` for a bare file name.
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -164,14 +198,40 @@ const SERVICE_KEYS: &[&str] = &[
     "deploy",
     "depends_on",
     "networks",
+    "volumes",
     "x-skein",
 ];
+
+/// The keys of a top-level volume declaration.
+const VOLUME_DECL_KEYS: &[&str] = &["external", "name", "driver", "driver_opts", "labels"];
+
+/// The modes of a short-syntax volume (`SOURCE:TARGET:MODE`), for suggestions.
+const SHORT_MOUNT_MODES: &[&str] = &[
+    "ro",
+    "rw",
+    "nocopy",
+    "z",
+    "Z",
+    "shared",
+    "slave",
+    "private",
+    "rshared",
+    "rslave",
+    "rprivate",
+    "cached",
+    "delegated",
+    "consistent",
+];
+
+/// What networks are in skein today, said wherever a file declares them.
+const NETWORKS_TODAY: &str = "networks are not implemented across nodes yet: the services of a \
+    stack reach each other by service name only on the same node (Docker runtime); the process \
+    runtime uses the host network";
 
 /// Compose service keys skein cannot honour yet: refused, with a hint.
 const SERVICE_UNSUPPORTED: &[(&str, &str)] = &[
     ("build", "build the image first and give it in `image`"),
-    ("volumes", ""),
-    ("volumes_from", ""),
+    ("volumes_from", "list the mounts under `volumes`"),
     ("secrets", ""),
     ("configs", ""),
     ("env_file", "list the variables under `environment`"),
@@ -185,7 +245,10 @@ const SERVICE_UNSUPPORTED: &[(&str, &str)] = &[
     ("userns_mode", ""),
     ("security_opt", ""),
     ("read_only", ""),
-    ("tmpfs", ""),
+    (
+        "tmpfs",
+        "list it under `volumes` as {type: tmpfs, target: PATH}",
+    ),
     ("ulimits", ""),
     ("sysctls", ""),
     ("shm_size", ""),
@@ -263,7 +326,10 @@ const SERVICE_IGNORED: &[(&str, &str)] = &[
         "the process runtime already reaps a task's children",
     ),
     ("expose", "publish ports with `ports` instead"),
-    ("network_mode", "tasks use the host network"),
+    (
+        "network_mode",
+        "skein picks the network: the stack's network on the Docker runtime, the host network on the process runtime",
+    ),
     ("pull_policy", "images must already be on the node"),
     ("profiles", "every service of the file is deployed"),
     ("attach", ""),
@@ -284,7 +350,7 @@ struct RawFile {
     #[serde(default)]
     networks: Option<Value>,
     #[serde(default)]
-    volumes: Option<Value>,
+    volumes: Option<Ordered<Option<RawVolumeDecl>>>,
     #[serde(default)]
     secrets: Option<Value>,
     #[serde(default)]
@@ -334,10 +400,153 @@ struct RawService {
     depends_on: Option<Value>,
     #[serde(default)]
     networks: Option<Value>,
+    #[serde(default)]
+    volumes: Option<Vec<RawMount>>,
     #[serde(default, rename = "x-skein")]
     x_skein: Option<XSkein>,
     #[serde(flatten)]
     extra: BTreeMap<String, Value>,
+}
+
+/// A top-level `volumes:` entry. Keys other than these are `x-*` extensions
+/// (ignored) or errors.
+#[derive(Deserialize)]
+#[serde(expecting = "a volume: nothing, {external: true} or {name: NAME}")]
+struct RawVolumeDecl {
+    #[serde(default)]
+    external: Option<External>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    driver: Option<String>,
+    #[serde(default)]
+    driver_opts: Option<Value>,
+    #[serde(default)]
+    labels: Option<Value>,
+    #[serde(flatten)]
+    extra: BTreeMap<String, Value>,
+}
+
+/// `external: true`, or the older `external: {name: NAME}`.
+struct External {
+    yes: bool,
+    name: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for External {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, expecting = "external: {name: NAME}")]
+        struct Named {
+            #[serde(default)]
+            name: Option<String>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = External;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<External, E> {
+                Ok(External { yes: v, name: None })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<External, A::Error> {
+                let n = Named::deserialize(de::value::MapAccessDeserializer::new(m))?;
+                Ok(External {
+                    yes: true,
+                    name: n.name,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One entry of a service's `volumes:`: the short syntax
+/// (`[SOURCE:]TARGET[:MODE]`) or the long one.
+enum RawMount {
+    Short(String),
+    Long(Box<LongMount>),
+}
+
+impl<'de> Deserialize<'de> for RawMount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawMount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a volume: \"./host/dir:/target[:ro]\", \"name:/target\", \"/target\" or {type: bind, source: ..., target: ...}",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawMount, E> {
+                Ok(RawMount::Short(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<RawMount, A::Error> {
+                LongMount::deserialize(de::value::MapAccessDeserializer::new(m))
+                    .map(|l| RawMount::Long(Box::new(l)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mount: {type: bind, source: ./data, target: /data, read_only: true}"
+)]
+struct LongMount {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    read_only: Option<bool>,
+    #[serde(default)]
+    bind: Option<RawBindOpts>,
+    #[serde(default)]
+    volume: Option<RawVolumeOpts>,
+    #[serde(default)]
+    tmpfs: Option<RawTmpfsOpts>,
+    #[serde(default)]
+    image: Option<Value>,
+    #[serde(default)]
+    consistency: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "bind options: {create_host_path: true}"
+)]
+struct RawBindOpts {
+    #[serde(default)]
+    create_host_path: Option<bool>,
+    #[serde(default)]
+    propagation: Option<Value>,
+    #[serde(default)]
+    selinux: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "volume options: {nocopy: true}")]
+struct RawVolumeOpts {
+    #[serde(default)]
+    nocopy: Option<bool>,
+    #[serde(default)]
+    subpath: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "tmpfs options: {size: 64M}")]
+struct RawTmpfsOpts {
+    #[serde(default)]
+    size: Option<Memory>,
+    #[serde(default)]
+    mode: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -991,9 +1200,23 @@ pub(crate) fn shell_split(s: &str) -> Result<Vec<String>, String> {
 
 struct Ctx<'a> {
     file: &'a str,
+    /// Where relative bind paths start (absolute); None if it is unknown.
+    base_dir: Option<PathBuf>,
+    /// What `~` stands for in bind paths.
+    home: Option<PathBuf>,
     index: KeyIndex,
     /// (line, column, text)
     warnings: Vec<(Option<usize>, Option<usize>, String)>,
+    /// The top-level named volumes, in file order.
+    volumes: Vec<DeclaredVolume>,
+}
+
+struct DeclaredVolume {
+    /// The key under the top-level `volumes:`.
+    key: String,
+    /// The volume's name on the engine.
+    engine_name: String,
+    used: bool,
 }
 
 impl Ctx<'_> {
@@ -1138,11 +1361,16 @@ impl Ctx<'_> {
         if let Some(names) = declared_names(raw.networks.as_ref()) {
             self.warn(
                 "networks",
-                format!(
-                    "ignored network(s) {}: skein has no overlay networks yet; every service uses the host network",
-                    names.join(", ")
-                ),
+                format!("ignored network(s) {}: {NETWORKS_TODAY}", names.join(", ")),
             );
+        }
+        for (key, decl) in raw.volumes.map(|v| v.0).unwrap_or_default() {
+            let engine_name = self.volume_decl(&key, decl, stack)?;
+            self.volumes.push(DeclaredVolume {
+                key,
+                engine_name,
+                used: false,
+            });
         }
         let top_runtime = raw.x_skein.and_then(|x| x.runtime);
         let services = match raw.services {
@@ -1196,13 +1424,22 @@ impl Ctx<'_> {
             }
             specs.push(spec);
         }
-        // Using a volume, secret or config on a service is an error, so every
+        let unused: Vec<&str> = self
+            .volumes
+            .iter()
+            .filter(|v| !v.used)
+            .map(|v| v.key.as_str())
+            .collect();
+        if !unused.is_empty() {
+            let msg = format!(
+                "{} declared but used by no service; ignored",
+                unused.join(", ")
+            );
+            self.warn("volumes", msg);
+        }
+        // Using a secret or config on a service is an error, so every
         // declaration left here is unused.
-        for (kind, decl) in [
-            ("volumes", &raw.volumes),
-            ("secrets", &raw.secrets),
-            ("configs", &raw.configs),
-        ] {
+        for (kind, decl) in [("secrets", &raw.secrets), ("configs", &raw.configs)] {
             if let Some(names) = declared_names(decl.as_ref()) {
                 self.warn(
                     kind,
@@ -1334,10 +1571,38 @@ impl Ctx<'_> {
             );
         }
         if raw.networks.is_some() {
-            self.warn(
-                &at("networks"),
-                "ignored: skein has no overlay networks yet; the service uses the host network",
-            );
+            self.warn(&at("networks"), format!("ignored: {NETWORKS_TODAY}"));
+        }
+        if let Some(volumes) = raw.volumes {
+            for (i, v) in volumes.into_iter().enumerate() {
+                let path = format!("{base}.volumes[{i}]");
+                let mount = match v {
+                    RawMount::Short(s) => self.short_mount(&path, &s)?,
+                    RawMount::Long(l) => self.long_mount(&path, *l)?,
+                };
+                let target = normalize(Path::new(&mount.target));
+                if let Some(j) = spec
+                    .mounts
+                    .iter()
+                    .position(|m| normalize(Path::new(&m.target)) == target)
+                {
+                    return Err(self.err(
+                        &path,
+                        format!(
+                            "{} is already mounted by {base}.volumes[{j}]: mount one thing per target",
+                            target.display()
+                        ),
+                    ));
+                }
+                spec.mounts.push(mount);
+            }
+            if spec.runtime == Some(RuntimeKind::Process) && !spec.mounts.is_empty() {
+                self.warn(
+                    &at("volumes"),
+                    "ignored on the process runtime (x-skein runtime: process): its tasks see the \
+                     node's own files; mounts apply on the Docker runtime only",
+                );
+            }
         }
         if let Some(d) = raw.deploy {
             self.deploy(&at("deploy"), d, &mut spec)?;
@@ -1345,6 +1610,375 @@ impl Ctx<'_> {
         spec.labels
             .insert(STACK_LABEL.to_string(), stack.to_string());
         Ok(spec)
+    }
+
+    /// A top-level `volumes:` entry -> the volume's name on the engine.
+    fn volume_decl(
+        &mut self,
+        key: &str,
+        decl: Option<RawVolumeDecl>,
+        stack: &str,
+    ) -> Result<String, StackError> {
+        let path = join_path("volumes", key);
+        let at = |k: &str| join_path(&path, k);
+        let Some(decl) = decl else {
+            return self.engine_volume_name(&path, format!("{stack}_{key}"));
+        };
+        for extra in self.sorted_by_line(&path, decl.extra.keys()) {
+            if extra.starts_with("x-") {
+                self.warn_skein_typo(&at(&extra), &extra);
+                continue;
+            }
+            return Err(StackError::Invalid {
+                at: self.position(&at(&extra)),
+                path: path.clone(),
+                message: suggest::unknown_key(&extra, VOLUME_DECL_KEYS),
+            });
+        }
+        let external = decl.external.unwrap_or(External {
+            yes: false,
+            name: None,
+        });
+        if let Some(driver) = &decl.driver {
+            if external.yes {
+                return Err(self.err(
+                    &at("driver"),
+                    "an external volume is created outside the stack: remove `driver` or `external`",
+                ));
+            }
+            if driver != "local" {
+                return Err(self.err(
+                    &at("driver"),
+                    format!(
+                        "skein does not support volume driver {driver:?} yet: only the engine's \
+                         local driver; remove `driver`"
+                    ),
+                ));
+            }
+        }
+        match &decl.driver_opts {
+            None | Some(Value::Null) => {}
+            Some(Value::Mapping(m)) if m.is_empty() => {}
+            Some(_) => {
+                return Err(self.err(
+                    &at("driver_opts"),
+                    "skein does not support `driver_opts` yet: its volumes are plain local \
+                     volumes; remove it",
+                ))
+            }
+        }
+        match &decl.labels {
+            None | Some(Value::Null) => {}
+            Some(Value::Mapping(m)) if m.is_empty() => {}
+            Some(Value::Sequence(l)) if l.is_empty() => {}
+            Some(_) => self.warn(&at("labels"), "ignored: skein does not label volumes yet"),
+        }
+        let engine_name = match (external.name, decl.name) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    &at("name"),
+                    "the name is given twice (`name` and `external.name`): keep `name`",
+                ))
+            }
+            (Some(n), None) | (None, Some(n)) => n,
+            (None, None) if external.yes => key.to_string(),
+            (None, None) => format!("{stack}_{key}"),
+        };
+        self.engine_volume_name(&path, engine_name)
+    }
+
+    fn engine_volume_name(&self, path: &str, name: String) -> Result<String, StackError> {
+        match validate_name(&name) {
+            Ok(()) => Ok(name),
+            Err(m) => Err(self.err(path, format!("volume name {m}"))),
+        }
+    }
+
+    /// The engine name of the named volume `name`, used at `path`: it must be
+    /// declared under the top-level `volumes:`.
+    fn use_volume(&mut self, path: &str, name: &str) -> Result<String, StackError> {
+        if let Some(v) = self.volumes.iter_mut().find(|v| v.key == name) {
+            v.used = true;
+            return Ok(v.engine_name.clone());
+        }
+        let declared = self.volumes.iter().map(|v| v.key.as_str());
+        let msg = match suggest::closest(name, declared) {
+            Some(s) => format!(
+                "volume {name:?} is not declared under the top-level `volumes:` (did you mean {s:?}?)"
+            ),
+            None => format!(
+                "volume {name:?} is not declared: add `{name}:` under the top-level `volumes:` \
+                 (with `external: true` if the volume exists already), or write a host path such \
+                 as ./{name} to bind-mount a directory"
+            ),
+        };
+        Err(self.err(path, msg))
+    }
+
+    /// A bind mount's host path, absolute: `~` is `$HOME`, anything relative
+    /// starts at the stack file's directory.
+    fn host_path(&self, path: &str, src: &str) -> Result<String, StackError> {
+        if src.starts_with('/') {
+            return Ok(src.to_string());
+        }
+        let resolved = if let Some(rest) = src.strip_prefix('~') {
+            let rest = match rest.strip_prefix('/') {
+                Some(r) => r,
+                None if rest.is_empty() => "",
+                None => {
+                    return Err(self.err(
+                        path,
+                        format!("{src:?}: only ~/ is expanded (to $HOME), not ~user: write the absolute path"),
+                    ))
+                }
+            };
+            let Some(home) = &self.home else {
+                return Err(self.err(
+                    path,
+                    format!("{src:?}: $HOME is not set, so ~ cannot be expanded: write the absolute path"),
+                ));
+            };
+            home.join(rest)
+        } else {
+            let Some(base) = &self.base_dir else {
+                return Err(self.err(
+                    path,
+                    format!("{src:?}: the stack file's directory is unknown, so a relative path cannot be resolved: write the absolute path"),
+                ));
+            };
+            base.join(src)
+        };
+        let clean = normalize(&resolved);
+        match clean.to_str() {
+            Some(s) => Ok(s.to_string()),
+            None => Err(self.err(
+                path,
+                format!(
+                    "{src:?} resolves to {}, which is not UTF-8: write the path differently",
+                    clean.display()
+                ),
+            )),
+        }
+    }
+
+    /// `[SOURCE:]TARGET[:MODE]`, as compose reads it: a SOURCE starting with
+    /// `/`, `.` or `~` is a host path, anything else a named volume; no
+    /// SOURCE is an anonymous volume.
+    fn short_mount(&mut self, path: &str, s: &str) -> Result<Mount, StackError> {
+        let form = "write [SOURCE:]TARGET[:ro], e.g. ./data:/data:ro or db-data:/var/lib/db";
+        let parts: Vec<&str> = s.split(':').collect();
+        let (source, target, mode) = match parts.as_slice() {
+            [t] => (None, *t, None),
+            [src, t] => (Some(*src), *t, None),
+            [src, t, m] => (Some(*src), *t, Some(*m)),
+            _ => return Err(self.err(path, format!("{s:?} has too many ':': {form}"))),
+        };
+        if source == Some("") {
+            return Err(self.err(path, format!("{s:?} has an empty source: {form}")));
+        }
+        self.check_target(path, target, &format!("{s:?}: "))?;
+        let kind = match source {
+            None => MountKind::Volume,
+            Some(src) if src.starts_with(['/', '.', '~']) => MountKind::Bind,
+            Some(_) => MountKind::Volume,
+        };
+        let mut read_only = None;
+        for opt in mode.into_iter().flat_map(|m| m.split(',')) {
+            match opt {
+                "ro" | "rw" => {
+                    let ro = opt == "ro";
+                    if read_only.is_some_and(|was| was != ro) {
+                        return Err(self.err(path, format!("{s:?} is both ro and rw: keep one")));
+                    }
+                    read_only = Some(ro);
+                }
+                "nocopy" if kind == MountKind::Volume => self.warn(path, NOCOPY_IGNORED),
+                "nocopy" => {
+                    return Err(self.err(
+                        path,
+                        format!("{s:?}: nocopy applies to volumes, not to a host path"),
+                    ))
+                }
+                "cached" | "delegated" | "consistent" => self.warn(
+                    path,
+                    format!("{opt} is ignored: it has no effect on Linux"),
+                ),
+                "z" | "Z" => {
+                    return Err(self.err(
+                        path,
+                        format!("{s:?}: skein does not support SELinux relabelling ({opt}) yet: remove it"),
+                    ))
+                }
+                "shared" | "slave" | "private" | "rshared" | "rslave" | "rprivate" => {
+                    return Err(self.err(
+                        path,
+                        format!("{s:?}: skein does not support mount propagation ({opt}) yet: remove it"),
+                    ))
+                }
+                other => {
+                    let hint = suggest::closest(other, SHORT_MOUNT_MODES.iter().copied())
+                        .map(|m| format!(" (did you mean {m:?}?)"))
+                        .unwrap_or_default();
+                    return Err(self.err(
+                        path,
+                        format!("{s:?}: unknown mode {other:?}{hint}: use ro or rw"),
+                    ));
+                }
+            }
+        }
+        let source = match (kind, source) {
+            (MountKind::Bind, Some(src)) => Some(self.host_path(path, src)?),
+            (_, Some(name)) => Some(self.use_volume(path, name)?),
+            (_, None) => None,
+        };
+        Ok(Mount {
+            kind,
+            source,
+            target: target.to_string(),
+            read_only: read_only.unwrap_or(false),
+        })
+    }
+
+    fn check_target(&self, path: &str, target: &str, what: &str) -> Result<(), StackError> {
+        if !target.starts_with('/') {
+            return Err(self.err(
+                path,
+                format!("{what}target {target:?} must be an absolute path inside the task"),
+            ));
+        }
+        if normalize(Path::new(target)) == Path::new("/") {
+            return Err(self.err(path, format!("{what}cannot mount over / in the task")));
+        }
+        Ok(())
+    }
+
+    /// `{type: bind|volume|tmpfs, source, target, read_only, bind: {...}, ...}`.
+    fn long_mount(&mut self, path: &str, l: LongMount) -> Result<Mount, StackError> {
+        let at = |k: &str| join_path(path, k);
+        let Some(kind_name) = l.kind else {
+            return Err(self.err(path, "missing key \"type\": give bind, volume or tmpfs"));
+        };
+        let kind = match kind_name.as_str() {
+            "bind" => MountKind::Bind,
+            "volume" => MountKind::Volume,
+            "tmpfs" => MountKind::Tmpfs,
+            "npipe" | "image" | "cluster" => {
+                return Err(self.err(
+                    &at("type"),
+                    format!(
+                        "skein does not support {kind_name} mounts yet: use bind, volume or tmpfs"
+                    ),
+                ))
+            }
+            other => {
+                return Err(self.err(
+                    &at("type"),
+                    suggest::unknown_value(other, &["bind", "volume", "tmpfs"]),
+                ))
+            }
+        };
+        let Some(target) = l.target else {
+            return Err(self.err(
+                path,
+                "missing key \"target\": give the absolute path inside the task",
+            ));
+        };
+        self.check_target(&at("target"), &target, "")?;
+        for (key, given, wanted) in [
+            ("bind", l.bind.is_some(), MountKind::Bind),
+            ("volume", l.volume.is_some(), MountKind::Volume),
+            ("tmpfs", l.tmpfs.is_some(), MountKind::Tmpfs),
+        ] {
+            if given && kind != wanted {
+                return Err(self.err(
+                    &at(key),
+                    format!("`{key}` options apply to type: {key} only, this mount is type: {kind_name}: remove them"),
+                ));
+            }
+        }
+        if l.image.is_some() {
+            return Err(self.err(
+                &at("image"),
+                format!("`image` options apply to type: image only, this mount is type: {kind_name}: remove them"),
+            ));
+        }
+        if l.consistency.is_some() {
+            self.warn(&at("consistency"), "ignored: it has no effect on Linux");
+        }
+        let source = l.source.filter(|s| !s.is_empty());
+        let source = match kind {
+            MountKind::Bind => {
+                let Some(src) = source else {
+                    return Err(self.err(
+                        path,
+                        "a bind mount needs `source`: the host path (relative paths start at the stack file's directory)",
+                    ));
+                };
+                if let Some(b) = l.bind {
+                    for (k, v) in [("propagation", &b.propagation), ("selinux", &b.selinux)] {
+                        if v.is_some() {
+                            return Err(self.err(
+                                &at(&format!("bind.{k}")),
+                                format!("skein does not support `{k}` yet: remove it"),
+                            ));
+                        }
+                    }
+                    if b.create_host_path == Some(true) {
+                        self.warn(
+                            &at("bind.create_host_path"),
+                            "ignored, as docker stack deploy ignores it: create the host path on \
+                             every node that may run the task",
+                        );
+                    }
+                }
+                Some(self.host_path(&at("source"), &src)?)
+            }
+            MountKind::Volume => {
+                if let Some(v) = l.volume {
+                    if v.subpath.is_some() {
+                        return Err(self.err(
+                            &at("volume.subpath"),
+                            "skein does not support `subpath` yet: remove it",
+                        ));
+                    }
+                    if v.nocopy == Some(true) {
+                        self.warn(&at("volume.nocopy"), NOCOPY_IGNORED);
+                    }
+                }
+                match source {
+                    Some(name) => Some(self.use_volume(&at("source"), &name)?),
+                    None => None,
+                }
+            }
+            MountKind::Tmpfs => {
+                if source.is_some() {
+                    return Err(self.err(&at("source"), "a tmpfs has no source: remove `source`"));
+                }
+                if let Some(t) = l.tmpfs {
+                    if t.size.is_some() {
+                        self.warn(
+                            &at("tmpfs.size"),
+                            "ignored: skein cannot limit a tmpfs yet; it gets the engine's \
+                             default size (up to half the node's memory)",
+                        );
+                    }
+                    if t.mode.is_some() {
+                        self.warn(
+                            &at("tmpfs.mode"),
+                            "ignored: skein cannot set a tmpfs's mode yet; it gets the engine's \
+                             default (1777)",
+                        );
+                    }
+                }
+                None
+            }
+        };
+        Ok(Mount {
+            kind,
+            source,
+            target,
+            read_only: l.read_only.unwrap_or(false),
+        })
     }
 
     /// `x-skien:` is an extension compose ignores, but surely meant x-skein.
@@ -1630,7 +2264,7 @@ impl Ctx<'_> {
         if d.endpoint_mode == Some(EndpointMode::Dnsrr) {
             self.warn(
                 &at("endpoint_mode"),
-                "dnsrr is ignored: skein has no service discovery yet (tasks use the host network)",
+                "dnsrr is ignored: skein has no virtual IPs or service discovery across nodes yet",
             );
         }
         Ok(())
@@ -1728,9 +2362,31 @@ fn spec_field_path(base: &str, field: &str) -> String {
         | "restart_policy" => format!("{base}.deploy.{field}"),
         "failover" | "runtime" => format!("{base}.x-skein.{field}"),
         "env" => format!("{base}.environment"),
+        "mounts" => format!("{base}.volumes{}", &field["mounts".len()..]),
         "container_labels" => format!("{base}.labels"),
         _ => format!("{base}.{field}"),
     }
+}
+
+/// What a short or long `nocopy` gets.
+const NOCOPY_IGNORED: &str = "nocopy is ignored: skein cannot carry it yet; a new volume gets a \
+    copy of what the image has at the target (the engine's default)";
+
+/// `a/./b/../c` -> `a/c`, without looking at the file system; `..` stops at `/`.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() && !path.has_root() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 fn has_merge_key(v: &Value) -> bool {

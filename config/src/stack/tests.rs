@@ -770,12 +770,468 @@ fn runtime_from_service_then_top_level_then_none() {
     assert!(e.to_string().contains("did you mean \"runtime\""), "{e}");
 }
 
+// --- volumes: mounts and named volumes ----------------------------------------
+
+fn parse_in(text: &str) -> Stack {
+    match parse_stack_in(text, "app/stack.yml", Path::new("/srv/app"), "s") {
+        Ok(s) => s,
+        Err(e) => panic!("expected the stack to parse, got: {e}"),
+    }
+}
+
+fn fail_in(text: &str) -> StackError {
+    match parse_stack_in(text, "app/stack.yml", Path::new("/srv/app"), "s") {
+        Ok(s) => panic!("expected an error, got {} services", s.services.len()),
+        Err(e) => e,
+    }
+}
+
+fn mount(kind: MountKind, source: Option<&str>, target: &str, read_only: bool) -> Mount {
+    Mount {
+        kind,
+        source: source.map(String::from),
+        target: target.to_string(),
+        read_only,
+    }
+}
+
+#[test]
+fn short_volume_syntax() {
+    let s = parse_in(
+        "\
+services:
+  web:
+    image: nginx
+    volumes:
+      - /etc/app:/etc/app:ro
+      - ./html:/usr/share/nginx/html
+      - ../shared/./conf:/conf:rw
+      - data:/var/lib/data
+      - cache:/cache:ro
+      - /scratch
+volumes:
+  data:
+  cache: {}
+",
+    );
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    let web = service(&s, "s_web");
+    assert_eq!(
+        web.mounts,
+        [
+            mount(MountKind::Bind, Some("/etc/app"), "/etc/app", true),
+            mount(
+                MountKind::Bind,
+                Some("/srv/app/html"),
+                "/usr/share/nginx/html",
+                false
+            ),
+            mount(MountKind::Bind, Some("/srv/shared/conf"), "/conf", false),
+            mount(MountKind::Volume, Some("s_data"), "/var/lib/data", false),
+            mount(MountKind::Volume, Some("s_cache"), "/cache", true),
+            mount(MountKind::Volume, None, "/scratch", false),
+        ]
+    );
+    assert!(web.validate().is_ok());
+}
+
+#[test]
+fn home_in_a_bind_path_is_expanded() {
+    let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) else {
+        return;
+    };
+    let s = parse_in("services:\n  web:\n    image: a\n    volumes: [\"~/data:/data\"]\n");
+    let want = normalize(&Path::new(&home).join("data"));
+    assert_eq!(
+        s.services[0].mounts[0].source.as_deref(),
+        want.to_str(),
+        "{:?}",
+        s.services[0].mounts
+    );
+    let e = fail_in("services:\n  web:\n    image: a\n    volumes: [\"~bob/data:/data\"]\n");
+    assert!(e.to_string().contains("only ~/ is expanded"), "{e}");
+}
+
+#[test]
+fn relative_bind_paths_start_at_the_stack_files_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("deploy");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let path = sub.join("stack.yml");
+    std::fs::write(
+        &path,
+        "services:\n  web:\n    image: a\n    volumes:\n      - ./site:/site:ro\n      - type: bind\n        source: ../logs\n        target: /logs\n",
+    )
+    .expect("write");
+    let s = load_stack(&path, "s").expect("load");
+    let base = std::path::absolute(dir.path()).expect("absolute");
+    let m = &s.services[0].mounts;
+    assert_eq!(
+        m[0].source.as_deref(),
+        base.join("deploy/site").to_str(),
+        "{m:?}"
+    );
+    assert!(m[0].read_only);
+    assert_eq!(m[1].source.as_deref(), base.join("logs").to_str(), "{m:?}");
+    // parse_stack: the directory of `file` (here: none, so the current one).
+    let s = parse("services:\n  web:\n    image: a\n    volumes: [\"./x:/x\"]\n");
+    let cwd = std::env::current_dir().expect("cwd");
+    assert_eq!(
+        s.services[0].mounts[0].source.as_deref(),
+        cwd.join("x").to_str()
+    );
+}
+
+#[test]
+fn long_volume_syntax() {
+    let s = parse_in(
+        "\
+services:
+  db:
+    image: postgres
+    volumes:
+      - type: volume
+        source: db-data
+        target: /var/lib/postgresql/data
+        volume:
+          nocopy: false
+      - type: bind
+        source: ./init
+        target: /docker-entrypoint-initdb.d
+        read_only: true
+        bind:
+          create_host_path: false
+      - type: tmpfs
+        target: /run
+      - type: volume
+        target: /anon
+      - {type: bind, source: /etc/localtime, target: /etc/localtime, read_only: true}
+volumes:
+  db-data:
+    driver: local
+",
+    );
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    assert_eq!(
+        s.services[0].mounts,
+        [
+            mount(
+                MountKind::Volume,
+                Some("s_db-data"),
+                "/var/lib/postgresql/data",
+                false
+            ),
+            mount(
+                MountKind::Bind,
+                Some("/srv/app/init"),
+                "/docker-entrypoint-initdb.d",
+                true
+            ),
+            mount(MountKind::Tmpfs, None, "/run", false),
+            mount(MountKind::Volume, None, "/anon", false),
+            mount(
+                MountKind::Bind,
+                Some("/etc/localtime"),
+                "/etc/localtime",
+                true
+            ),
+        ]
+    );
+}
+
+#[test]
+fn options_skein_cannot_carry_are_warned_about_by_name() {
+    let s = parse_in(
+        "\
+services:
+  web:
+    image: a
+    volumes:
+      - type: tmpfs
+        target: /run
+        tmpfs:
+          size: 64M
+          mode: 1777
+      - type: volume
+        source: data
+        target: /data
+        volume:
+          nocopy: true
+      - type: bind
+        source: /srv
+        target: /srv
+        bind:
+          create_host_path: true
+        consistency: cached
+      - data:/other:nocopy
+volumes:
+  data:
+",
+    );
+    let want = [
+        "app/stack.yml:8:11: services.web.volumes[0].tmpfs.size: ignored: skein cannot limit a tmpfs yet",
+        "app/stack.yml:9:11: services.web.volumes[0].tmpfs.mode: ignored",
+        "app/stack.yml:14:11: services.web.volumes[1].volume.nocopy: nocopy is ignored",
+        "app/stack.yml:19:11: services.web.volumes[2].bind.create_host_path: ignored, as docker stack deploy ignores it",
+        "app/stack.yml:20:9: services.web.volumes[2].consistency: ignored",
+        "app/stack.yml:21:7: services.web.volumes[3]: nocopy is ignored",
+    ];
+    assert_eq!(s.warnings.len(), want.len(), "{:#?}", s.warnings);
+    for (got, want) in s.warnings.iter().zip(want) {
+        assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+    }
+    assert_eq!(s.services[0].mounts.len(), 4);
+}
+
+#[test]
+fn long_volume_syntax_errors_are_located() {
+    let base = "services:\n  web:\n    image: a\n    volumes:\n      - type: bind\n        source: /x\n        target: /y\n";
+    let e = fail_in(&base.replace("        target", "        read_olny: true\n        target"));
+    assert_eq!(
+        e.to_string(),
+        "app/stack.yml:7:9: services.web.volumes[0]: unknown key \"read_olny\" (did you mean \"read_only\"?)"
+    );
+    let e = fail_in(&base.replace("type: bind", "type: bnid"));
+    assert_eq!(
+        e.to_string(),
+        "app/stack.yml:5:9: services.web.volumes[0].type: unknown value \"bnid\" (did you mean \"bind\"?): use bind, volume or tmpfs"
+    );
+    let e = fail_in(&base.replace("type: bind", "type: npipe"));
+    assert!(
+        e.to_string()
+            .contains("skein does not support npipe mounts yet"),
+        "{e}"
+    );
+    let e = fail_in(&base.replace("type: bind\n        source: /x", "source: /x"));
+    assert_eq!(e.path(), Some("services.web.volumes[0]"));
+    assert_eq!(line_of(&e), Some(5));
+    assert!(e.to_string().contains("missing key \"type\""), "{e}");
+    let e = fail_in(&base.replace("        target: /y\n", ""));
+    assert!(e.to_string().contains("missing key \"target\""), "{e}");
+    let e = fail_in(&base.replace("target: /y", "target: y"));
+    assert_eq!(e.path(), Some("services.web.volumes[0].target"));
+    assert_eq!(line_of(&e), Some(7));
+    let e = fail_in(&base.replace("        source: /x\n", ""));
+    assert!(e.to_string().contains("a bind mount needs `source`"), "{e}");
+    let e = fail_in(&base.replace("type: bind", "type: tmpfs"));
+    assert_eq!(e.path(), Some("services.web.volumes[0].source"));
+    assert!(e.to_string().contains("a tmpfs has no source"), "{e}");
+    let e = fail_in(&format!("{base}        volume: {{nocopy: true}}\n"));
+    assert_eq!(e.path(), Some("services.web.volumes[0].volume"));
+    assert_eq!(line_of(&e), Some(8));
+    assert!(e.to_string().contains("apply to type: volume only"), "{e}");
+    let e = fail_in(&format!("{base}        bind: {{propagation: rshared}}\n"));
+    assert_eq!(e.path(), Some("services.web.volumes[0].bind.propagation"));
+    assert!(
+        e.to_string()
+            .contains("skein does not support `propagation` yet"),
+        "{e}"
+    );
+    let e = fail_in(&format!("{base}        bind: {{create_host_pth: true}}\n"));
+    assert!(
+        e.to_string().contains("did you mean \"create_host_path\""),
+        "{e}"
+    );
+    let e = fail_in(&format!("{base}        tmpfs: {{size: lots}}\n").replace("bind", "tmpfs"));
+    assert!(e.to_string().contains("invalid memory size"), "{e}");
+}
+
+#[test]
+fn short_volume_syntax_errors() {
+    let e = |v: &str| {
+        fail_in(&format!(
+            "services:\n  web:\n    image: a\n    volumes:\n      - {v:?}\n"
+        ))
+    };
+    for (v, want) in [
+        (
+            "data",
+            "target \"data\" must be an absolute path inside the task",
+        ),
+        ("./a:b", "target \"b\" must be an absolute path"),
+        ("/a:/b:ro:x", "too many ':'"),
+        (":/b", "has an empty source"),
+        ("/a:/", "cannot mount over /"),
+        ("/a:/b:z", "SELinux relabelling (z)"),
+        ("/a:/b:rshared", "mount propagation (rshared)"),
+        ("/a:/b:ro,rw", "both ro and rw"),
+        (
+            "/a:/b:r0",
+            "unknown mode \"r0\" (did you mean \"ro\"?): use ro or rw",
+        ),
+        ("/a:/b:nocopy", "nocopy applies to volumes"),
+    ] {
+        let err = e(v);
+        assert_eq!(err.path(), Some("services.web.volumes[0]"), "{v}: {err}");
+        assert_eq!(line_of(&err), Some(5), "{v}: {err}");
+        assert!(err.to_string().contains(want), "{v}: {err}");
+    }
+}
+
+#[test]
+fn an_undeclared_named_volume_is_an_error_at_its_line() {
+    let e = fail_in("services:\n  web:\n    image: a\n    volumes:\n      - cache:/cache\n");
+    assert_eq!(
+        e.to_string(),
+        "app/stack.yml:5:7: services.web.volumes[0]: volume \"cache\" is not declared: add `cache:` \
+         under the top-level `volumes:` (with `external: true` if the volume exists already), or \
+         write a host path such as ./cache to bind-mount a directory"
+    );
+    let e = fail_in(
+        "services:\n  web:\n    image: a\n    volumes:\n      - type: volume\n        source: db-dat\n        target: /d\nvolumes:\n  db-data:\n",
+    );
+    assert_eq!(
+        e.to_string(),
+        "app/stack.yml:6:9: services.web.volumes[0].source: volume \"db-dat\" is not declared \
+         under the top-level `volumes:` (did you mean \"db-data\"?)"
+    );
+}
+
+#[test]
+fn named_volumes_get_the_stack_prefix_unless_external_or_named() {
+    let text = "\
+services:
+  web:
+    image: a
+    volumes:
+      - plain:/a
+      - shared:/b
+      - legacy:/c
+      - named:/d
+      - extnamed:/e
+volumes:
+  plain:
+  shared:
+    external: true
+  legacy:
+    external:
+      name: old-volume
+  named:
+    name: exact-name
+  extnamed:
+    external: true
+    name: their-volume
+    x-note: extension keys are ignored
+";
+    let s = parse_stack_in(text, "stack.yml", Path::new("/srv"), "shop").expect("parse");
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    let sources: Vec<Option<&str>> = s.services[0]
+        .mounts
+        .iter()
+        .map(|m| m.source.as_deref())
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            Some("shop_plain"),
+            Some("shared"),
+            Some("old-volume"),
+            Some("exact-name"),
+            Some("their-volume"),
+        ]
+    );
+}
+
+#[test]
+fn volume_declarations_skein_cannot_honour_are_refused_by_name() {
+    let svc = "services:\n  web:\n    image: a\n";
+    let e = fail(&format!("{svc}volumes:\n  data:\n    driver: nfs\n"));
+    assert_eq!(
+        e.to_string(),
+        "stack.yml:6:5: volumes.data.driver: skein does not support volume driver \"nfs\" yet: \
+         only the engine's local driver; remove `driver`"
+    );
+    let e = fail(&format!(
+        "{svc}volumes:\n  data:\n    driver: local\n    driver_opts:\n      type: nfs\n"
+    ));
+    assert_eq!(e.path(), Some("volumes.data.driver_opts"));
+    assert_eq!(line_of(&e), Some(7));
+    assert!(
+        e.to_string()
+            .contains("skein does not support `driver_opts` yet"),
+        "{e}"
+    );
+    let e = fail(&format!("{svc}volumes:\n  data:\n    externl: true\n"));
+    assert_eq!(
+        e.to_string(),
+        "stack.yml:6:5: volumes.data: unknown key \"externl\" (did you mean \"external\"?)"
+    );
+    let e = fail(&format!(
+        "{svc}volumes:\n  data:\n    external: true\n    driver: local\n"
+    ));
+    assert_eq!(e.path(), Some("volumes.data.driver"));
+    let e = fail(&format!(
+        "{svc}volumes:\n  data:\n    external: {{name: a}}\n    name: b\n"
+    ));
+    assert!(e.to_string().contains("the name is given twice"), "{e}");
+    let e = fail(&format!("{svc}volumes:\n  -bad:\n    external: true\n"));
+    assert_eq!(e.path(), Some("volumes.-bad"));
+    assert!(e.to_string().contains("volume name \"-bad\""), "{e}");
+    let e = fail(&format!("{svc}volumes:\n  data:\n    external: maybe\n"));
+    assert_eq!(e.path(), Some("volumes.data.external"));
+    let s = parse(&format!(
+        "{svc}volumes:\n  data:\n    labels: {{team: infra}}\n"
+    ));
+    assert!(
+        warned(&s, "volumes.data.labels: ignored"),
+        "{:?}",
+        s.warnings
+    );
+}
+
+#[test]
+fn only_unused_volumes_are_warned_about() {
+    let s = parse(
+        "services:\n  web:\n    image: a\n    volumes: [used:/u]\nvolumes:\n  spare:\n  used:\n  other:\n",
+    );
+    assert_eq!(
+        s.warnings,
+        ["stack.yml:5:1: volumes: spare, other declared but used by no service; ignored"]
+    );
+}
+
+#[test]
+fn two_mounts_on_one_target_is_an_error() {
+    let e = fail_in(
+        "services:\n  web:\n    image: a\n    volumes:\n      - /a:/data\n      - type: tmpfs\n        target: /data/\n",
+    );
+    assert_eq!(e.path(), Some("services.web.volumes[1]"));
+    assert_eq!(line_of(&e), Some(6));
+    assert!(
+        e.to_string()
+            .contains("/data is already mounted by services.web.volumes[0]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn volumes_on_the_process_runtime_are_warned_about() {
+    let s = parse_in(
+        "x-skein: {runtime: process}\nservices:\n  web:\n    image: a\n    volumes: [\"/a:/b\"]\n",
+    );
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(
+        s.warnings[0]
+            .starts_with("app/stack.yml:5:5: services.web.volumes: ignored on the process runtime"),
+        "{:?}",
+        s.warnings
+    );
+}
+
+#[test]
+fn normalize_is_lexical() {
+    assert_eq!(normalize(Path::new("/a/./b/../c")), Path::new("/a/c"));
+    assert_eq!(normalize(Path::new("/../x")), Path::new("/x"));
+    assert_eq!(normalize(Path::new("a/../../b")), Path::new("../b"));
+}
+
 // --- what skein does not implement: refused or warned about, by name -----------
 
 #[test]
 fn unsupported_service_keys_are_refused_by_name() {
     for (key, value) in [
-        ("volumes", "[\"data:/data\"]"),
+        ("volumes_from", "[other]"),
+        ("tmpfs", "/run"),
         ("secrets", "[db_password]"),
         ("configs", "[nginx_conf]"),
         ("env_file", ".env"),
@@ -899,7 +1355,20 @@ volumes:
     for (got, want) in w.iter().zip(want) {
         assert!(got.starts_with(want), "{got:?} should start with {want:?}");
     }
-    assert!(w[6].contains("host network"));
+    assert!(w[0].ends_with(
+        "services.db.networks: ignored: networks are not implemented across nodes yet: the services \
+         of a stack reach each other by service name only on the same node (Docker runtime); the \
+         process runtime uses the host network"
+    ));
+    assert!(w[6].ends_with(
+        "networks: ignored network(s) front, back: networks are not implemented across nodes yet: \
+         the services of a stack reach each other by service name only on the same node (Docker \
+         runtime); the process runtime uses the host network"
+    ));
+    assert_eq!(
+        w[7],
+        "prod.yml:53:1: volumes: db-data declared but used by no service; ignored"
+    );
     let api = service(&s, "shop_api");
     assert_eq!(api.ports[0].mode, PublishMode::Host);
     assert_eq!(api.replicas, Some(2));

@@ -7,8 +7,9 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use skein_protocol::api::{ScaleRequest, ServiceRow, TaskRow};
 use skein_protocol::{
-    Dur, FailureAction, HealthCheck, PlacementPreference, PortConfig, Protocol, PublishMode,
-    RestartCondition, RuntimeKind, Service, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+    validate_name, Dur, FailureAction, HealthCheck, Mount, MountKind, PlacementPreference,
+    PortConfig, Protocol, PublishMode, RestartCondition, RuntimeKind, Service, ServiceMode,
+    ServiceSpec, UpdateConfig, UpdateOrder,
 };
 use std::time::Duration;
 
@@ -74,6 +75,10 @@ pub struct CreateArgs {
     /// published=P,target=T[,protocol=udp][,mode=host].
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// Attach a mount (Docker runtime): type=bind|volume|tmpfs,source=SRC,target=/PATH[,readonly].
+    /// type defaults to volume; src, destination, dst and ro are accepted too.
+    #[arg(long = "mount", value_name = "type=...,source=...,target=...")]
+    mounts: Vec<String>,
     /// Environment variable KEY=VALUE.
     #[arg(short = 'e', long = "env")]
     env: Vec<String>,
@@ -240,6 +245,106 @@ pub fn parse_publish(s: &str) -> anyhow::Result<PortConfig> {
     Ok(pc)
 }
 
+/// Docker's `--mount`: comma-separated `key=value` options, keys `type`
+/// (bind, volume or tmpfs; default volume), `source`|`src`,
+/// `target`|`destination`|`dst`, and `readonly`|`ro` (alone, or `=true|false`).
+pub fn parse_mount(s: &str) -> anyhow::Result<Mount> {
+    let bad = |why: &str| {
+        anyhow!("--mount {s:?}: {why} (write type=bind|volume|tmpfs,source=SRC,target=/PATH[,readonly])")
+    };
+    let mut kind = MountKind::Volume;
+    let mut source: Option<String> = None;
+    let mut target: Option<String> = None;
+    let mut read_only = false;
+    for field in s.split(',') {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (field.trim(), None),
+        };
+        let value_of = |key: &str| {
+            value
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| bad(&format!("{key} needs a value: write {key}=...")))
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "" => return Err(bad("an option is empty")),
+            "type" => {
+                kind = match value_of("type")? {
+                    "bind" => MountKind::Bind,
+                    "volume" => MountKind::Volume,
+                    "tmpfs" => MountKind::Tmpfs,
+                    t @ ("npipe" | "image" | "cluster") => {
+                        return Err(bad(&format!(
+                            "type {t} is not supported yet: use bind, volume or tmpfs"
+                        )))
+                    }
+                    t => {
+                        return Err(bad(&format!(
+                            "unknown type {t:?}: use bind, volume or tmpfs"
+                        )))
+                    }
+                }
+            }
+            "source" | "src" => source = Some(value_of(key)?.to_string()),
+            "target" | "destination" | "dst" => target = Some(value_of(key)?.to_string()),
+            "readonly" | "ro" => {
+                read_only = match value.map(str::to_ascii_lowercase).as_deref() {
+                    None | Some("true" | "1") => true,
+                    Some("false" | "0") => false,
+                    Some(v) => {
+                        return Err(bad(&format!(
+                            "{key}={v}: use {key}, {key}=true or {key}=false"
+                        )))
+                    }
+                }
+            }
+            other
+                if other.starts_with("bind-")
+                    || other.starts_with("volume-")
+                    || other.starts_with("tmpfs-")
+                    || other == "consistency" =>
+            {
+                return Err(bad(&format!(
+                    "option {other:?} is not supported yet: remove it"
+                )))
+            }
+            other => {
+                return Err(bad(&format!(
+                    "unknown option {other:?}: use type, source, target and readonly"
+                )))
+            }
+        }
+    }
+    let target = target.ok_or_else(|| bad("no target: give target=/PATH inside the task"))?;
+    if !target.starts_with('/') {
+        return Err(bad(&format!(
+            "target {target:?} must be an absolute path inside the task"
+        )));
+    }
+    if target.trim_end_matches('/').is_empty() {
+        return Err(bad("cannot mount over / in the task"));
+    }
+    match (kind, source.as_deref()) {
+        (MountKind::Bind, None) => return Err(bad("a bind mount needs source=/HOST/PATH")),
+        (MountKind::Bind, Some(src)) if !src.starts_with('/') => {
+            return Err(bad(&format!(
+                "bind source {src:?} must be an absolute host path"
+            )))
+        }
+        (MountKind::Volume, Some(name)) => {
+            validate_name(name).map_err(|m| bad(&format!("source: volume name {m}")))?
+        }
+        (MountKind::Tmpfs, Some(_)) => return Err(bad("a tmpfs has no source: remove it")),
+        _ => {}
+    }
+    Ok(Mount {
+        kind,
+        source,
+        target,
+        read_only,
+    })
+}
+
 /// The `--update-*` or `--rollback-*` flags, as given.
 struct UpdateFlags<'a> {
     prefix: &'static str,
@@ -329,6 +434,17 @@ pub fn build_spec(a: &CreateArgs) -> anyhow::Result<ServiceSpec> {
     spec.working_dir = a.workdir.clone();
     for p in &a.publish {
         spec.ports.push(parse_publish(p)?);
+    }
+    for m in &a.mounts {
+        let mount = parse_mount(m)?;
+        let same = |t: &str| t.trim_end_matches('/') == mount.target.trim_end_matches('/');
+        if spec.mounts.iter().any(|o| same(&o.target)) {
+            bail!(
+                "--mount {m:?}: {} is already the target of another --mount: mount one thing per target",
+                mount.target
+            );
+        }
+        spec.mounts.push(mount);
     }
     for e in &a.env {
         let (k, v) = match e.split_once('=') {
@@ -557,5 +673,106 @@ mod tests {
         assert!(parse_publish("x:80").is_err());
         assert!(parse_publish("8080:80,colour=red").is_err());
         assert!(parse_publish("0:80").is_err());
+    }
+
+    #[test]
+    fn mount_forms() {
+        let m = parse_mount("type=bind,source=/x,target=/y,readonly").expect("bind");
+        assert_eq!(
+            m,
+            Mount {
+                kind: MountKind::Bind,
+                source: Some("/x".into()),
+                target: "/y".into(),
+                read_only: true,
+            }
+        );
+        let m = parse_mount("src=data,dst=/var/lib/data").expect("volume by default");
+        assert_eq!(
+            (m.kind, m.source.as_deref(), m.target.as_str(), m.read_only),
+            (MountKind::Volume, Some("data"), "/var/lib/data", false)
+        );
+        let m = parse_mount("type=volume,destination=/anon,ro=false").expect("anonymous");
+        assert_eq!((m.source, m.read_only), (None, false));
+        let m = parse_mount("type=tmpfs,target=/run,readonly=true").expect("tmpfs");
+        assert_eq!((m.kind, m.read_only), (MountKind::Tmpfs, true));
+        let m = parse_mount("type=bind,source=/a,target=/b,ro=1").expect("ro=1");
+        assert!(m.read_only);
+    }
+
+    fn create_args(args: &[&str]) -> CreateArgs {
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: CreateArgs,
+        }
+        let argv = ["create"].iter().chain(args).copied();
+        <Cmd as clap::Parser>::try_parse_from(argv)
+            .expect("flags parse")
+            .args
+    }
+
+    #[test]
+    fn mount_flags_go_into_the_spec() {
+        let a = create_args(&[
+            "--name",
+            "web",
+            "--mount",
+            "type=bind,source=/srv/site,target=/site,ro",
+            "--mount",
+            "source=data,target=/data",
+            "nginx",
+        ]);
+        let spec = build_spec(&a).expect("spec");
+        assert_eq!(spec.mounts.len(), 2);
+        assert_eq!(spec.mounts[0].source.as_deref(), Some("/srv/site"));
+        assert!(spec.mounts[0].read_only);
+        assert_eq!(spec.mounts[1].kind, MountKind::Volume);
+        let a = create_args(&[
+            "--mount",
+            "type=tmpfs,target=/data",
+            "--mount",
+            "source=data,target=/data/",
+            "nginx",
+        ]);
+        let e = build_spec(&a).expect_err("same target twice").to_string();
+        assert!(
+            e.starts_with("--mount \"source=data,target=/data/\": /data/ is already the target"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mount_errors_name_the_flag_and_the_bad_part() {
+        let err = |s: &str| match parse_mount(s) {
+            Ok(m) => panic!("{s}: expected an error, got {m:?}"),
+            Err(e) => e.to_string(),
+        };
+        for (s, want) in [
+            ("type=bind,source=/x", "no target"),
+            ("type=bind,target=/y", "a bind mount needs source"),
+            (
+                "type=bind,source=x,target=/y",
+                "bind source \"x\" must be an absolute",
+            ),
+            ("type=nfs,target=/y", "unknown type \"nfs\""),
+            ("type=npipe,target=/y", "type npipe is not supported yet"),
+            ("source=/x,target=y", "target \"y\" must be an absolute"),
+            ("target=/", "cannot mount over /"),
+            ("target=/y,colour=red", "unknown option \"colour\""),
+            (
+                "target=/y,volume-nocopy",
+                "option \"volume-nocopy\" is not supported yet",
+            ),
+            ("target=/y,readonly=maybe", "readonly=maybe"),
+            ("type=tmpfs,source=x,target=/y", "a tmpfs has no source"),
+            ("source=-bad,target=/y", "volume name"),
+            ("target=", "target needs a value"),
+            ("target=/y,", "an option is empty"),
+        ] {
+            let e = err(s);
+            assert!(e.starts_with(&format!("--mount {s:?}: ")), "{s}: {e}");
+            assert!(e.contains(want), "{s}: {e}");
+        }
     }
 }
