@@ -18,6 +18,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo build"
 cargo build --workspace --all-targets --locked
 
+if docker info >/dev/null 2>&1; then
+  echo "==> test images"
+  bash scripts/make-test-image.sh
+fi
+
 echo "==> cargo test"
 # The agent tests run the real binary built above.
 SKEIN_BIN="$PWD/target/debug/skein" cargo test --workspace --locked

@@ -10,6 +10,7 @@ use crate::api::{self, AppState};
 use crate::dispatcher::Dispatcher;
 use crate::orchestrator::Orchestrator;
 use crate::raft::{RaftNode, RaftOptions};
+use crate::runtime::docker;
 use crate::runtime::process::ProcessRuntime;
 use crate::worker::{Runtimes, Worker};
 use anyhow::{bail, Context};
@@ -32,7 +33,8 @@ pub struct Identity {
 }
 
 impl Identity {
-    fn load_or_create(data_dir: &Path) -> anyhow::Result<(Identity, bool)> {
+    /// The stored identity, or a new one (true) that is not written yet.
+    fn load_or_new(data_dir: &Path) -> anyhow::Result<(Identity, bool)> {
         let path = data_dir.join("node.json");
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -51,13 +53,18 @@ impl Identity {
                     raft_id,
                     cluster_id: crate::util::random_hex(8),
                 };
-                let tmp = data_dir.join("node.json.tmp");
-                std::fs::write(&tmp, serde_json::to_vec_pretty(&id)?)?;
-                std::fs::rename(&tmp, &path)?;
                 Ok((id, true))
             }
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
+    }
+
+    fn persist(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let path = data_dir.join("node.json");
+        let tmp = data_dir.join("node.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 }
 
@@ -91,20 +98,48 @@ fn describe(runtimes: &Runtimes) -> NodeDescription {
     }
 }
 
-fn build_runtimes(cfg: &AgentConfig) -> anyhow::Result<Runtimes> {
+/// The node's runtimes, default first: `process` runs the process runtime
+/// only; `docker` the Docker runtime (and fails when no engine answers) with
+/// the process runtime as a second; `auto` Docker when an engine answers,
+/// else processes only.
+async fn build_runtimes(cfg: &AgentConfig, node_id: &str) -> anyhow::Result<Runtimes> {
     let exe = std::env::current_exe().context("cannot find the skein binary's own path")?;
     let process = Arc::new(ProcessRuntime::new(&cfg.data_dir, exe)?);
-    match cfg.runtime {
-        RuntimeChoice::Process | RuntimeChoice::Auto => {
-            if cfg.runtime == RuntimeChoice::Auto {
-                tracing::info!("runtime auto: using the process runtime");
+    let docker = match cfg.runtime {
+        RuntimeChoice::Process => None,
+        RuntimeChoice::Docker => Some(docker::connect(node_id).await.map_err(|e| {
+            anyhow::anyhow!(
+                "--runtime docker: {e}. Start the Docker engine (or set DOCKER_HOST to where it listens), \
+                 or start the agent with --runtime process or --runtime auto"
+            )
+        })?),
+        RuntimeChoice::Auto => match docker::connect(node_id).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::info!(
+                    reason = %e,
+                    "runtime auto: no Docker engine, using the process runtime only"
+                );
+                None
             }
-            Ok(Runtimes::new(process))
+        },
+    };
+    Ok(match docker {
+        Some(d) => {
+            tracing::info!(
+                host = d.host(),
+                "runtime {}: docker (default) and process",
+                cfg.runtime
+            );
+            let mut runtimes = Runtimes::new(Arc::new(d));
+            runtimes.add(process);
+            runtimes
         }
-        RuntimeChoice::Docker => bail!(
-            "runtime docker: the Docker runtime is not available in this build yet; start the agent with --runtime process"
-        ),
-    }
+        None => {
+            tracing::info!("runtime {}: process", cfg.runtime);
+            Runtimes::new(process)
+        }
+    })
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -115,13 +150,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             cfg.join
         );
     }
+    // Everything that can refuse to start is checked before anything is
+    // written: a failed first start must not leave a founded cluster behind.
+    let listener = tokio::net::TcpListener::bind(cfg.api)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the API (another agent running? pick another with --api)",
+                cfg.api
+            )
+        })?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {}: pick another with --data-dir",
             cfg.data_dir.display()
         )
     })?;
-    let (identity, fresh) = Identity::load_or_create(&cfg.data_dir)?;
+    let (identity, fresh) = Identity::load_or_new(&cfg.data_dir)?;
+    let runtimes = build_runtimes(&cfg, &identity.node_id).await?;
+    if fresh {
+        identity.persist(&cfg.data_dir)?;
+    }
     let db_path = cfg.data_dir.join("raft");
     let db = sled::Config::new()
         .path(&db_path)
@@ -150,17 +199,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let mut raft_task = tokio::spawn(raft_node.run(shutdown.clone()));
 
-    // Bind the API early so a port clash fails before anything else starts.
-    let listener = tokio::net::TcpListener::bind(cfg.api)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for the API (another agent running? pick another with --api)",
-                cfg.api
-            )
-        })?;
-
-    let runtimes = build_runtimes(&cfg)?;
     wait_for_leader(&raft).await?;
     register_self(&raft, &cfg, &identity, &runtimes).await?;
 

@@ -434,14 +434,12 @@ impl ServiceSpec {
             && self.placement == other.placement
     }
 
-    /// Host-mode published ports as (port, protocol).
+    /// Ports a task occupies on its node, as (port, protocol). There is no
+    /// routing mesh yet, so ingress-mode ports are bound on the node too.
     pub fn host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
         self.ports
             .iter()
-            .filter_map(|p| match (p.mode, p.published) {
-                (PublishMode::Host, Some(port)) => Some((port, p.protocol)),
-                _ => None,
-            })
+            .filter_map(|p| p.published.map(|port| (port, p.protocol)))
     }
 
     /// Checks everything that makes a spec impossible to run. The error names

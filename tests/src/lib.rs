@@ -80,11 +80,57 @@ fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// Runs `docker ARGS...` (output captured; a missing CLI gives a failed Output).
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| Output {
+            status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
+            stdout: Vec::new(),
+            stderr: e.to_string().into_bytes(),
+        })
+}
+
+/// Whether a Docker engine answers here (`docker info`).
+pub fn docker_available() -> bool {
+    docker(&["info"]).status.success()
+}
+
+/// Builds the skein-test images (`scripts/make-test-image.sh`) unless they
+/// are there already; panics with the script's output when it fails.
+pub fn ensure_test_images() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let have = ["v1", "v2", "unhealthy"].iter().all(|t| {
+        docker(&["image", "inspect", &format!("skein-test:{t}")])
+            .status
+            .success()
+    });
+    if have {
+        return;
+    }
+    let out = Command::new("bash")
+        .arg("scripts/make-test-image.sh")
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash scripts/make-test-image.sh");
+    assert!(
+        out.status.success(),
+        "scripts/make-test-image.sh failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub struct Agent {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub api: String,
     extra: Vec<String>,
+    /// The `--runtime` the agent runs with.
+    runtime: String,
 }
 
 impl Agent {
@@ -96,9 +142,80 @@ impl Agent {
             dir,
             api: format!("127.0.0.1:{}", free_port()),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            runtime: "process".into(),
         };
         a.spawn();
         a
+    }
+
+    /// A new single-node cluster with `--runtime RUNTIME` (docker, auto or
+    /// process). Dropping it also removes the containers and networks its
+    /// Docker runtime created (by the `skein.node` label).
+    pub fn start_with_runtime(runtime: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Agent {
+            child: None,
+            dir,
+            api: format!("127.0.0.1:{}", free_port()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            runtime: runtime.into(),
+        };
+        a.spawn();
+        a
+    }
+
+    /// This agent's node id (from `<data-dir>/node.json`).
+    pub fn node_id(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.data_dir().join("node.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["node_id"].as_str().map(String::from)
+    }
+
+    /// Ids of this agent's containers (label `skein.node`) that also carry
+    /// every label of `labels` (`key=value`), running or not.
+    pub fn containers(&self, labels: &[&str]) -> Vec<String> {
+        let Some(node) = self.node_id() else {
+            return Vec::new();
+        };
+        let mut args = vec![
+            "ps".to_string(),
+            "-aq".into(),
+            "--no-trunc".into(),
+            "--filter".into(),
+            format!("label=skein.node={node}"),
+        ];
+        for l in labels {
+            args.push("--filter".into());
+            args.push(format!("label={l}"));
+        }
+        let out = docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    }
+
+    /// Removes this agent's containers and the networks it created.
+    fn remove_containers(&self) {
+        let Some(node) = self.node_id() else {
+            return;
+        };
+        let ids = self.containers(&[]);
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+        let out = docker(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=skein.node={node}"),
+        ]);
+        for net in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            docker(&["network", "rm", net]);
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -118,7 +235,7 @@ impl Agent {
             .arg(self.data_dir())
             .args([
                 "--runtime",
-                "process",
+                &self.runtime,
                 "--api",
                 &self.api,
                 "--name",
@@ -271,5 +388,8 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
         self.kill_tasks();
+        if self.runtime != "process" {
+            self.remove_containers();
+        }
     }
 }

@@ -191,8 +191,18 @@ fn service_create_fails_when_the_program_does_not_exist() {
 fn on_failure_with_max_attempts_stops_after_three_failures() {
     let a = Agent::start(&[]);
     a.ok(&[
-        "service", "create", "--name", "exit3", "--detach", "--restart-condition", "on-failure",
-        "--restart-max-attempts", "2", "sh", "-c", "sleep 0.5; exit 3",
+        "service",
+        "create",
+        "--name",
+        "exit3",
+        "--detach",
+        "--restart-condition",
+        "on-failure",
+        "--restart-max-attempts",
+        "2",
+        "sh",
+        "-c",
+        "sleep 0.5; exit 3",
     ]);
     let failed = |a: &Agent| {
         a.json(&["service", "ps", "exit3"])
@@ -200,7 +210,9 @@ fn on_failure_with_max_attempts_stops_after_three_failures() {
             .map(|rows| rows.iter().filter(|t| t["state"] == "failed").count())
             .unwrap_or(0)
     };
-    wait_for("three failed tasks", Duration::from_secs(60), || (failed(&a) == 3).then_some(()));
+    wait_for("three failed tasks", Duration::from_secs(60), || {
+        (failed(&a) == 3).then_some(())
+    });
     // The restart delay is 5s: wait longer than that and check nothing new started.
     std::thread::sleep(Duration::from_secs(6));
     let rows = a.json(&["service", "ps", "exit3"]);
@@ -208,7 +220,10 @@ fn on_failure_with_max_attempts_stops_after_three_failures() {
     assert_eq!(rows.len(), 3, "no fourth task: {rows:?}");
     assert_eq!(failed(&a), 3);
     assert!(
-        rows[0]["error"].as_str().unwrap_or("").contains("max_attempts (2) reached"),
+        rows[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_attempts (2) reached"),
         "the newest task says why the slot stays down: {}",
         rows[0]
     );
@@ -220,8 +235,20 @@ fn on_failure_with_max_attempts_stops_after_three_failures() {
 fn an_unhealthy_process_task_is_replaced() {
     let a = Agent::start(&[]);
     a.ok(&[
-        "service", "create", "--name", "sick", "--detach", "--health-cmd", "false",
-        "--health-interval", "1s", "--health-retries", "2", "--restart-delay", "0s", "sleep",
+        "service",
+        "create",
+        "--name",
+        "sick",
+        "--detach",
+        "--health-cmd",
+        "false",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "2",
+        "--restart-delay",
+        "0s",
+        "sleep",
         "3604",
     ]);
     let failed = wait_for("a task failed by its health check", T, || {
@@ -245,7 +272,9 @@ fn an_unhealthy_process_task_is_replaced() {
         .unwrap_or(false));
     a.ok(&["service", "rm", "sick"]);
     wait_for("no sleep 3604 left", T, || {
-        a.task_processes(&["sleep", "3604"]).is_empty().then_some(())
+        a.task_processes(&["sleep", "3604"])
+            .is_empty()
+            .then_some(())
     });
 }
 
@@ -253,8 +282,16 @@ fn an_unhealthy_process_task_is_replaced() {
 fn a_healthy_process_task_runs() {
     let a = Agent::start(&[]);
     a.ok(&[
-        "service", "create", "--name", "fine", "--health-cmd", "true", "--health-interval",
-        "200ms", "sleep", "3605",
+        "service",
+        "create",
+        "--name",
+        "fine",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "200ms",
+        "sleep",
+        "3605",
     ]);
     let tasks = a.running_tasks("fine");
     assert_eq!(tasks.len(), 1);

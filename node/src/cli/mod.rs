@@ -98,7 +98,15 @@ enum NodeCmd {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.cmd, Cmd::Agent(_)));
+    let agent = matches!(cli.cmd, Cmd::Agent(_));
+    if !agent {
+        // `skein service ps | head` must end quietly, not panic on a closed pipe.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    init_tracing(agent);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -120,11 +128,14 @@ pub fn main() -> i32 {
 }
 
 fn init_tracing(agent: bool) {
-    let default = if agent { "info" } else { "warn" };
+    use std::io::IsTerminal;
+    // raft-rs narrates every election at info: keep that for RUST_LOG=raft=info.
+    let default = if agent { "info,raft=warn" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

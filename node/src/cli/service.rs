@@ -433,7 +433,16 @@ pub fn build_spec(a: &CreateArgs) -> anyhow::Result<ServiceSpec> {
     }
     spec.working_dir = a.workdir.clone();
     for p in &a.publish {
-        spec.ports.push(parse_publish(p)?);
+        let mut port = parse_publish(p)?;
+        if port.mode == PublishMode::Ingress && port.published.is_some() {
+            // No routing mesh yet: say so instead of pretending.
+            eprintln!(
+                "warning: --publish {p}: skein has no ingress routing mesh yet; the port is \
+                 published in host mode on each node that runs a task (add ,mode=host to silence this)"
+            );
+            port.mode = PublishMode::Host;
+        }
+        spec.ports.push(port);
     }
     for m in &a.mounts {
         let mount = parse_mount(m)?;
@@ -592,7 +601,8 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         ServiceCmd::Scale { scales, detach } => {
-            let mut names = Vec::new();
+            // Check every argument first; then scale each, reporting each failure (as docker does).
+            let mut wanted = Vec::new();
             for s in &scales {
                 let (name, n) = s
                     .split_once('=')
@@ -600,20 +610,30 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> anyhow::Result<i32> {
                 let n: u64 = n
                     .parse()
                     .with_context(|| format!("{s:?}: replicas must be a whole number >= 0"))?;
-                let svc: Service = c
-                    .post(
-                        &format!("/v1/services/{}/scale", seg(name)),
-                        &ScaleRequest { replicas: n },
-                    )
-                    .await?;
-                println!("{} scaled to {n}", svc.spec.name);
-                names.push(svc.spec.name);
+                wanted.push((name, n));
             }
-            if detach {
-                return Ok(0);
+            let mut names = Vec::new();
+            let mut failed = false;
+            for (name, n) in wanted {
+                let path = format!("/v1/services/{}/scale", seg(name));
+                match c
+                    .post::<_, Service>(&path, &ScaleRequest { replicas: n })
+                    .await
+                {
+                    Ok(svc) => {
+                        println!("{} scaled to {n}", svc.spec.name);
+                        names.push(svc.spec.name);
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
             }
-            let ok = wait::converge(&c, &names, Duration::from_secs(120)).await?;
-            Ok(if ok { 0 } else { 1 })
+            let converged = detach || names.is_empty() || {
+                wait::converge(&c, &names, Duration::from_secs(120)).await?
+            };
+            Ok(if converged && !failed { 0 } else { 1 })
         }
         ServiceCmd::Rm { services, detach } => {
             let mut failed = false;

@@ -451,3 +451,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn unplaceable_tasks_do_not_block_their_slot_after_scaling_to_zero() {
+    let mut sim = Sim::new(&["n1"]);
+    let mut spec = replicated("picky", 2);
+    spec.placement
+        .constraints
+        .push("node.labels.zone == mars".into());
+    let id = sim.create(spec);
+    sim.settle();
+    sim.update(&id, |s| s.replicas = Some(0));
+    sim.settle();
+    assert!(sim
+        .state
+        .tasks_of(&id)
+        .all(|t| t.status.state == TaskState::Shutdown));
+    // Constraint fixed and scaled up again: new tasks are created and run.
+    sim.update(&id, |s| {
+        s.replicas = Some(2);
+        s.placement.constraints.clear();
+    });
+    sim.settle();
+    assert_eq!(sim.running_keys(&id), ["1", "2"]);
+    sim.apply(Command::RemoveService {
+        id: id.clone(),
+        at: 0,
+    });
+    sim.settle();
+    assert!(sim.state.tasks.is_empty(), "everything reaped");
+}

@@ -384,7 +384,8 @@ impl RaftNode {
                         }
                     };
                     if let Some(reply) = self.proposal_reply(&entry.context) {
-                        self.answered.push((reply, result.map_err(ProposeError::from)));
+                        self.answered
+                            .push((reply, result.map_err(ProposeError::from)));
                     } else if let Err(e) = result {
                         tracing::debug!(index = entry.index, error = %e, "command refused by apply");
                     }

@@ -17,6 +17,21 @@ fn service(i: u32) -> Command {
     })
 }
 
+/// Opens the sled db at `path`, waiting for a just-dropped handle's
+/// background flusher to let go of the file lock.
+fn reopen(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+}
+
 fn opts() -> RaftOptions {
     RaftOptions {
         tick: Duration::from_millis(10),
@@ -85,13 +100,13 @@ async fn state_survives_restarts_and_compaction() {
         state
     };
     for round in 0..2 {
-        let db = sled::open(&path).expect("sled reopen");
+        let db = reopen(&path);
         let r = start(&db).await;
         let p = r.handle.current();
         assert_eq!(p.state.services, before.services, "round {round}");
         r.stop().await;
     }
-    let db = sled::open(&path).expect("sled reopen");
+    let db = reopen(&path);
     let r = start(&db).await;
     r.handle
         .propose(service(99))

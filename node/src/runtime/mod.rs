@@ -6,6 +6,7 @@
 //! - `stop` stops all of a task (its whole process group / container),
 //!   gracefully first, forcibly after the grace period.
 
+pub mod docker;
 pub mod fake;
 pub mod process;
 pub mod procfs;
@@ -56,6 +57,11 @@ pub enum ObservedState {
 
 pub trait Runtime: Send + Sync + 'static {
     fn kind(&self) -> RuntimeKind;
+    /// Whether the runtime runs a task's health check itself and reports it
+    /// in [`Observed::health`] (Docker). If not, the worker probes.
+    fn checks_health(&self) -> bool {
+        false
+    }
     /// Starts the task and returns its runtime id. Fails with `Invalid` when
     /// the spec cannot run here (program or image missing).
     fn start<'a>(&'a self, task: &'a Task) -> RtFuture<'a, String>;

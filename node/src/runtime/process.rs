@@ -226,20 +226,13 @@ impl ProcessRuntime {
             .create(true)
             .append(true)
             .open(dir.join(SHIM_LOG_FILE))?;
+        // The shim reads the program, arguments, grace period and stop signal
+        // from launch.json: its own command line stays short and does not
+        // repeat the task's (so `pgrep -f 'sleep 3601'` finds the task once).
         let mut cmd = tokio::process::Command::new(&self.shim_exe);
         cmd.arg("shim")
             .arg("--task-dir")
             .arg(&dir)
-            .arg("--grace-ms")
-            .arg(launch.grace_ms.to_string());
-        if let Some(sig) = &launch.stop_signal {
-            cmd.arg("--stop-signal").arg(sig);
-        }
-        cmd.arg("--argv0")
-            .arg(&launch.argv0)
-            .arg("--")
-            .arg(&launch.program)
-            .args(&launch.args)
             .env_clear()
             .envs(&launch.env)
             .current_dir(&launch.working_dir)
@@ -707,6 +700,20 @@ pub fn plan_launch(
         .find(|a| a.contains('\0'))
     {
         return Err(invalid(format!("argument {bad:?} contains a NUL byte")));
+    }
+    // A process binds its own ports: nothing can map one port to another.
+    if let Some(p) = spec
+        .ports
+        .iter()
+        .find(|p| p.published.is_some_and(|pp| pp != p.target))
+    {
+        return Err(invalid(format!(
+            "the process runtime cannot map published port {} to target port {}: the program \
+             listens on the node's port itself, so publish {1}:{1} (and make the program listen \
+             on {1}) or use the Docker runtime",
+            p.published.unwrap_or(0),
+            p.target
+        )));
     }
 
     let mut env = base.clone();

@@ -88,6 +88,16 @@ pub struct StopRequest {
     pub grace_ms: u64,
 }
 
+/// The part of the process runtime's `launch.json` the shim needs.
+#[derive(Deserialize)]
+struct LaunchFile {
+    argv0: String,
+    program: String,
+    args: Vec<String>,
+    grace_ms: u64,
+    stop_signal: Option<String>,
+}
+
 /// Entry point of the hidden `skein shim` subcommand; `args` are the
 /// arguments after `shim`. Returns the shim's exit code: 0 once the task's
 /// exit has been recorded, 2 for bad arguments, 1 when recording failed.
@@ -158,9 +168,27 @@ impl ShimOptions {
                 other => return Err(format!("unexpected argument {other:?}")),
             }
         }
-        let task_dir = task_dir.ok_or("--task-dir is required")?;
+        let task_dir: PathBuf = task_dir.ok_or("--task-dir is required")?;
         if rest.is_empty() {
-            return Err("no program given after --".into());
+            // The agent's form: everything else is in the task dir's launch.json,
+            // so `ps`/`pgrep -f` show the task's command line once, not twice.
+            let path = task_dir.join("launch.json");
+            let launch: LaunchFile = read_json(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .ok_or_else(|| format!("no program given after -- and no {}", path.display()))?;
+            let stop_signal = match &launch.stop_signal {
+                Some(s) => parse_signal(s)
+                    .ok_or_else(|| format!("stop signal {s:?} in launch.json is not a signal"))?,
+                None => stop_signal,
+            };
+            return Ok(ShimOptions {
+                task_dir,
+                grace_ms: launch.grace_ms,
+                stop_signal,
+                argv0: launch.argv0,
+                program: launch.program,
+                args: launch.args,
+            });
         }
         let program = rest.remove(0);
         Ok(ShimOptions {

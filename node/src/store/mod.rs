@@ -191,6 +191,7 @@ impl ClusterState {
                 for t in self.tasks.values_mut().filter(|t| &t.service_id == id) {
                     if t.desired_state < TaskState::Shutdown {
                         t.desired_state = TaskState::Shutdown;
+                        stop_if_unplaced(t);
                         ev.push(Event::Task(t.id.clone()));
                     }
                 }
@@ -210,6 +211,7 @@ impl ClusterState {
                     if let Some(t) = self.tasks.get_mut(id) {
                         if *desired > t.desired_state {
                             t.desired_state = *desired;
+                            stop_if_unplaced(t);
                             ev.push(Event::Task(id.clone()));
                         }
                     }
@@ -314,6 +316,15 @@ impl ClusterState {
         self.services
             .values()
             .filter(move |s| s.spec.labels.get(STACK_LABEL).map(String::as_str) == Some(stack))
+    }
+}
+
+/// A task no node has been given is the orchestrator's alone: told to
+/// stop, it is done at once (no worker would ever report on it).
+fn stop_if_unplaced(t: &mut Task) {
+    if t.desired_state > TaskState::Running && t.status.state < TaskState::Assigned {
+        t.status.state = TaskState::Shutdown;
+        t.status.message = "shut down before it was placed".into();
     }
 }
 

@@ -173,3 +173,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_unplaced_task_told_to_stop_is_done() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    let mut t = task("t1", "a");
+    t.status.state = TaskState::Pending;
+    st.apply(&Command::CreateTasks(vec![t]), &mut ev)
+        .expect("create");
+    st.apply(
+        &Command::SetDesiredState(vec![("t1".into(), TaskState::Shutdown)]),
+        &mut ev,
+    )
+    .expect("stop");
+    assert_eq!(st.tasks["t1"].status.state, TaskState::Shutdown);
+}

@@ -52,6 +52,9 @@ impl Runtimes {
     pub fn for_task(&self, task: &Task) -> Option<&Arc<dyn Runtime>> {
         self.map.get(&task.spec.runtime.unwrap_or(self.default))
     }
+    pub fn get(&self, kind: RuntimeKind) -> Option<&Arc<dyn Runtime>> {
+        self.map.get(&kind)
+    }
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Runtime>> {
         self.map.values()
     }
@@ -226,30 +229,44 @@ impl Worker {
         }
     }
 
-    async fn observe(&self) -> HashMap<TaskId, Observed> {
+    /// Every task instance on this node and the runtime that has it; None
+    /// when a runtime cannot list: its tasks would look gone, so the worker
+    /// must not act on a partial picture.
+    async fn observe(&self) -> Option<(HashMap<TaskId, Observed>, HashMap<TaskId, RuntimeKind>)> {
         let mut out = HashMap::new();
+        let mut owner = HashMap::new();
         for rt in self.runtimes.all() {
             match rt.list().await {
-                Ok(list) => out.extend(list.into_iter().map(|o| (o.task_id.clone(), o))),
-                Err(e) => tracing::warn!(runtime = %rt.kind(), error = %e, "cannot list tasks"),
+                Ok(list) => {
+                    for o in list {
+                        owner.insert(o.task_id.clone(), rt.kind());
+                        out.insert(o.task_id.clone(), o);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(runtime = %rt.kind(), error = %e, "cannot list tasks; will retry");
+                    return None;
+                }
             }
         }
-        out
+        Some((out, owner))
     }
 
     async fn sync(&mut self) {
         if !self.synced {
             return;
         }
-        let observed = self.observe().await;
+        let Some((observed, owner)) = self.observe().await else {
+            return;
+        };
         let now = crate::util::now_ms();
         let mut updates = Vec::new();
 
         // Runtime instances nobody assigned (removed services, reaped tasks).
-        for (id, o) in &observed {
+        for id in observed.keys() {
             let assigned = self.tasks.get(id).is_some_and(|l| l.task.is_some());
             if !assigned && !self.removing.contains(id) {
-                let Some(rt) = self.runtime_of(id, o) else {
+                let Some(rt) = owner.get(id).and_then(|k| self.runtimes.get(*k)).cloned() else {
                     continue;
                 };
                 self.removing.insert(id.clone());
@@ -313,7 +330,12 @@ impl Worker {
             } else {
                 match obs {
                     Some(o) if o.state == ObservedState::Running => {
-                        let status = running_status(&self.done_tx, local, &task, o, now);
+                        let runtime_checks = self
+                            .runtimes
+                            .for_task(&task)
+                            .is_some_and(|rt| rt.checks_health());
+                        let status =
+                            running_status(&self.done_tx, local, &task, o, runtime_checks, now);
                         if status.state == TaskState::Failed {
                             // Unhealthy: stop it and say why, whatever it exits with.
                             local.final_status = Some(status.clone());
@@ -399,14 +421,6 @@ impl Worker {
             let _ = done.send(Done::Stopped { id });
         });
     }
-
-    fn runtime_of(&self, id: &str, _o: &Observed) -> Option<Arc<dyn Runtime>> {
-        if let Some(t) = self.tasks.get(id).and_then(|l| l.task.as_ref()) {
-            return self.runtimes.for_task(t).cloned();
-        }
-        // Unknown task: ask each runtime; stop/remove of an unknown id is harmless.
-        self.runtimes.all().next().cloned()
-    }
 }
 
 /// The status of a task its runtime shows running: `running` without a
@@ -417,6 +431,7 @@ fn running_status(
     local: &mut Local,
     task: &Task,
     o: &Observed,
+    runtime_checks: bool,
     now: u64,
 ) -> TaskStatus {
     let mut st = status_of(o, now);
@@ -425,6 +440,8 @@ fn running_status(
     };
     let verdict = match o.health {
         Some(h) => h,
+        // The runtime checks but has no verdict yet.
+        None if runtime_checks => Health::Starting,
         None => {
             let tracker = local
                 .tracker

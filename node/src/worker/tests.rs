@@ -185,7 +185,8 @@ fn with_health(mut t: Task, cmd: &str) -> Task {
 #[tokio::test]
 async fn a_task_with_a_health_check_runs_once_healthy() {
     let mut h = Harness::start(FakeRuntime::new());
-    h.assign(vec![with_health(task("t1", "sleep"), "true")]).await;
+    h.assign(vec![with_health(task("t1", "sleep"), "true")])
+        .await;
     let st = h.until("t1", TaskState::Running).await;
     assert_eq!(st.health, Some(Health::Healthy));
 }
@@ -193,14 +194,20 @@ async fn a_task_with_a_health_check_runs_once_healthy() {
 #[tokio::test]
 async fn an_unhealthy_task_is_stopped_and_failed_naming_the_check() {
     let mut h = Harness::start(FakeRuntime::new());
-    h.assign(vec![with_health(task("t1", "sleep"), "echo not ready; false")])
-        .await;
+    h.assign(vec![with_health(
+        task("t1", "sleep"),
+        "echo not ready; false",
+    )])
+    .await;
     let st = h.until("t1", TaskState::Failed).await;
     assert!(st.error.contains("health check failed"), "{}", st.error);
     assert!(st.error.contains("not ready"), "{}", st.error);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !h.fake.running().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "unhealthy task not stopped");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unhealthy task not stopped"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
