@@ -62,7 +62,7 @@ pub fn explain(finished: &Task, policy: &RestartPolicy, now: Millis) -> Option<S
         RestartDecision::Now { .. } => None,
         RestartDecision::At(at) => Some(format!(
             "restarting in {}",
-            skein_protocol::Dur::from_millis(at.saturating_sub(now))
+            skein_protocol::Dur::from_secs(at.saturating_sub(now).div_ceil(1000))
         )),
         RestartDecision::Never => Some(match policy.condition {
             RestartCondition::None => "not restarted: restart condition is none".to_string(),
