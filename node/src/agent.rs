@@ -287,6 +287,7 @@ async fn register_self(
         status_message: String::new(),
         addr: cfg.listen.clone(),
         api_addr: cfg.api.to_string(),
+        peer_id: String::new(),
         region: cfg.region.clone(),
         labels: cfg.labels.clone(),
         description: describe(runtimes),

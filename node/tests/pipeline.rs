@@ -70,6 +70,7 @@ async fn a_service_goes_in_and_tasks_come_out() {
         status_message: String::new(),
         addr: String::new(),
         api_addr: String::new(),
+        peer_id: String::new(),
         region: "default".into(),
         labels: Default::default(),
         description: NodeDescription {

@@ -15,6 +15,7 @@ pub mod node;
 pub mod service;
 pub mod spec;
 pub mod task;
+pub mod token;
 pub mod wire;
 
 pub use command::Command;

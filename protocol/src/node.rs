@@ -80,6 +80,9 @@ pub struct Node {
     pub addr: String,
     /// API address of the node's agent.
     pub api_addr: String,
+    /// The node's libp2p peer id (empty for a node that never networked).
+    #[serde(default)]
+    pub peer_id: String,
     /// Region of the cluster this node belongs to (federation).
     pub region: String,
     pub labels: BTreeMap<String, String>,

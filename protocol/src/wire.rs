@@ -1,8 +1,8 @@
-//! Messages between nodes. Today dispatcher and worker share a process and
-//! exchange these over channels; the network transport carries the same
-//! values through [`crate::codec`].
+//! Messages between nodes: every request is a [`WireMessage`] answered by a
+//! [`WireReply`], carried by the network transport through [`crate::codec`]
+//! (dispatcher and worker on one node exchange the same values in-process).
 
-use crate::{Command, Millis, NodeId, Task, TaskId, TaskStatus};
+use crate::{Command, Millis, Node, NodeId, NodeRole, Task, TaskId, TaskStatus};
 use serde::{Deserialize, Serialize};
 
 /// Leader -> node: the complete set of tasks the node should know about.
@@ -34,4 +34,46 @@ pub enum WireMessage {
     },
     /// A follower forwards a client's command to the leader.
     Propose(Box<Command>),
+    /// A new node asks a manager to let it in.
+    Join(Box<JoinRequest>),
+    /// Part of a large raft message (a snapshot), split below the frame limit.
+    RaftChunk(RaftChunk),
+}
+
+/// The answer to every [`WireMessage`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WireReply {
+    Ack,
+    /// The request was refused or failed; the text says why and what to do.
+    Error(String),
+    Joined(Box<JoinAccepted>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The token as the user pasted it.
+    pub token: String,
+    /// The joining node's description (id, name, addresses, labels, runtimes).
+    pub node: Node,
+    /// The joining node's libp2p peer id.
+    pub peer_id: String,
+    pub raft_id: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinAccepted {
+    pub cluster_id: String,
+    pub role: NodeRole,
+    /// Managers to talk to: (raft id, peer id, address).
+    pub managers: Vec<(u64, String, String)>,
+}
+
+/// One piece of a raft message too large for one frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RaftChunk {
+    /// Same for every piece of one message.
+    pub id: u64,
+    pub index: u32,
+    pub total: u32,
+    pub bytes: Vec<u8>,
 }

@@ -21,6 +21,7 @@ pub fn node(id: &str) -> Node {
         status_message: String::new(),
         addr: String::new(),
         api_addr: String::new(),
+        peer_id: String::new(),
         region: "default".into(),
         labels: BTreeMap::new(),
         description: NodeDescription {
