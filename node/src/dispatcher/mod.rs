@@ -10,6 +10,8 @@
 //! be proposed is not lost: the worker re-reports whatever the assignments
 //! show it the store has not caught up with.
 
+pub mod liveness;
+
 use crate::raft::{Published, RaftHandle};
 use skein_protocol::wire::{Assignments, StatusReport};
 use skein_protocol::{Command, NodeId, Task, TaskState};

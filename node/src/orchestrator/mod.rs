@@ -30,6 +30,33 @@ pub fn orchestrate(
     if !plan.remove.is_empty() {
         cmds.push(Command::RemoveTasks(plan.remove.clone()));
     }
+    if !plan.orphan.is_empty() {
+        cmds.push(Command::SetTaskStatus(
+            plan.orphan
+                .iter()
+                .map(|id| {
+                    let node = state
+                        .tasks
+                        .get(id)
+                        .and_then(|t| t.node_id.as_ref())
+                        .and_then(|n| state.nodes.get(n))
+                        .map(|n| n.name.clone())
+                        .unwrap_or_default();
+                    (
+                        id.clone(),
+                        skein_protocol::TaskStatus {
+                            state: TaskState::Orphaned,
+                            timestamp: now,
+                            finished_at: Some(now),
+                            error: format!("node {node} is down: the task was given up on"),
+                            message: "orphaned".into(),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+        ));
+    }
     if !plan.shutdown.is_empty() {
         cmds.push(Command::SetDesiredState(
             plan.shutdown
@@ -126,4 +153,4 @@ impl Orchestrator {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

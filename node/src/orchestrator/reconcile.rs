@@ -32,6 +32,8 @@ pub struct Plan {
     pub shutdown: Vec<TaskId>,
     pub remove: Vec<TaskId>,
     pub update_status: Vec<(ServiceId, Option<UpdateStatus>)>,
+    /// Tasks on a down node that are given up on (replicated ones move).
+    pub orphan: Vec<TaskId>,
     /// Earliest time reconcile has something to do without any new event.
     pub wake_at: Option<Millis>,
 }
@@ -42,6 +44,7 @@ impl Plan {
             && self.shutdown.is_empty()
             && self.remove.is_empty()
             && self.update_status.is_empty()
+            && self.orphan.is_empty()
     }
     fn wake(&mut self, at: Millis) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
@@ -89,6 +92,24 @@ pub fn reconcile(state: &ClusterState, now: Millis, new_id: &mut dyn FnMut() -> 
             // Its node left the cluster: nothing will ever report on it again.
             plan.remove.push(t.id.clone());
             continue;
+        }
+        let node_down = t
+            .node_id
+            .as_deref()
+            .and_then(|n| state.nodes.get(n))
+            .is_some_and(|n| n.status == NodeStatus::Down);
+        if node_down && !t.status.state.is_terminal() {
+            // Nobody will hear from it while its node is down. A replicated
+            // task moves (its slot is filled elsewhere); a task being stopped
+            // is done. A global task stays bound to its node. When the node
+            // comes back, its worker sees the task orphaned and stops it.
+            let stays = t.slot.is_none()
+                && t.desired_state <= TaskState::Running
+                && state.services.contains_key(&t.service_id);
+            if !stays {
+                plan.orphan.push(t.id.clone());
+                continue;
+            }
         }
         if !state.services.contains_key(&t.service_id) {
             if t.status.state.is_terminal() {
@@ -292,16 +313,15 @@ fn reconcile_service(
     }
 }
 
-/// Nodes that should run a task of a global service: not down, not drained,
-/// satisfying its constraints and offering its runtime. (Paused nodes keep
-/// their task but get no new one.)
+/// Nodes that should run a task of a global service: not drained,
+/// satisfying its constraints and offering its runtime. (Paused and down
+/// nodes keep their task but get no new one.)
 pub fn global_eligible<'a>(
     state: &'a ClusterState,
     spec: &'a skein_protocol::ServiceSpec,
 ) -> impl Iterator<Item = &'a skein_protocol::Node> + 'a {
     state.nodes.values().filter(move |n| {
-        n.status != NodeStatus::Down
-            && n.availability != skein_protocol::Availability::Drain
+        n.availability != skein_protocol::Availability::Drain
             && satisfies(n, &spec.placement.constraints)
             && offers_runtime(n, spec.runtime)
     })

@@ -482,3 +482,52 @@ fn unplaceable_tasks_do_not_block_their_slot_after_scaling_to_zero() {
     sim.settle();
     assert!(sim.state.tasks.is_empty(), "everything reaped");
 }
+
+fn set_status(sim: &mut Sim, node: &str, status: NodeStatus) {
+    sim.apply(Command::SetNodeStatus {
+        id: node.into(),
+        status,
+        message: String::new(),
+        at: 0,
+    });
+}
+
+#[test]
+fn a_down_nodes_replicated_tasks_move_and_never_run_twice() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    let id = sim.create(replicated("web", 6));
+    let mut g = ServiceSpec::new("agent", "sleep");
+    g.mode = ServiceMode::Global;
+    g.replicas = None;
+    let gid = sim.create(g);
+    sim.settle();
+    let on_c: Vec<String> = sim
+        .running(&id)
+        .iter()
+        .filter(|t| t.node_id.as_deref() == Some("c"))
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(on_c.len(), 2);
+    set_status(&mut sim, "c", NodeStatus::Down);
+    // The fake worker of a down node reports nothing: freeze c's tasks.
+    sim.settle();
+    let running = sim.running(&id);
+    assert_eq!(running.len(), 6, "all six replicas run again");
+    assert!(running.iter().all(|t| t.node_id.as_deref() != Some("c")));
+    for t in &on_c {
+        assert_eq!(sim.state.tasks[t].status.state, TaskState::Orphaned);
+    }
+    // The global task stays bound to c; no new one elsewhere.
+    assert_eq!(sim.state.tasks_of(&gid).filter(|t| t.is_live()).count(), 3);
+    // c comes back: its old tasks stay finished, nothing is duplicated.
+    set_status(&mut sim, "c", NodeStatus::Ready);
+    sim.settle();
+    assert_eq!(sim.running(&id).len(), 6);
+    for t in &on_c {
+        assert!(sim
+            .state
+            .tasks
+            .get(t)
+            .is_none_or(|t| t.status.state == TaskState::Orphaned));
+    }
+}

@@ -1,0 +1,129 @@
+//! Failure detection for the dispatcher: which nodes are down. Pure: fed the
+//! times the leader last heard from each node, it returns the status changes
+//! to propose. Heartbeats stay in the leader's memory (not in Raft); only
+//! the verdicts are committed.
+//!
+//! Rules: a node is `down` once nothing was heard from it for `grace`,
+//! counted from when this leader took over at the earliest (a new leader
+//! gives every node a full grace period); a down or unknown node that is
+//! heard from again is `ready`. The leader's own node is always alive.
+
+use crate::store::ClusterState;
+use skein_protocol::{NodeId, NodeStatus};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    grace_ms: u64,
+    /// When this leader started watching.
+    since: u64,
+    heard: HashMap<NodeId, u64>,
+}
+
+impl Liveness {
+    pub fn new(grace_ms: u64, now: u64) -> Self {
+        Liveness {
+            grace_ms,
+            since: now,
+            heard: HashMap::new(),
+        }
+    }
+
+    pub fn heard(&mut self, node: &str, now: u64) {
+        let e = self.heard.entry(node.to_string()).or_insert(now);
+        *e = (*e).max(now);
+    }
+
+    /// When `node` was last heard from (or when watching began).
+    pub fn last_heard(&self, node: &str) -> u64 {
+        self.heard.get(node).copied().unwrap_or(self.since)
+    }
+
+    /// The status changes to propose now: (node, new status, message).
+    pub fn changes(
+        &self,
+        state: &ClusterState,
+        now: u64,
+        self_node: &str,
+    ) -> Vec<(NodeId, NodeStatus, String)> {
+        let mut out = Vec::new();
+        for n in state.nodes.values() {
+            let last = if n.id == self_node {
+                now
+            } else {
+                self.last_heard(&n.id)
+            };
+            let silent = now.saturating_sub(last);
+            let alive = silent < self.grace_ms;
+            match (n.status, alive) {
+                (NodeStatus::Ready, false) => out.push((
+                    n.id.clone(),
+                    NodeStatus::Down,
+                    format!("no heartbeat for {} ms", silent),
+                )),
+                (NodeStatus::Down | NodeStatus::Unknown, true)
+                    if self.heard.contains_key(&n.id) || n.id == self_node =>
+                {
+                    out.push((n.id.clone(), NodeStatus::Ready, String::new()))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orchestrator::tests::node;
+
+    fn state(nodes: &[(&str, NodeStatus)]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for (id, st) in nodes {
+            let mut n = node(id);
+            n.status = *st;
+            s.nodes.insert(id.to_string(), n);
+        }
+        s
+    }
+
+    #[test]
+    fn silent_nodes_go_down_after_the_grace_period() {
+        let st = state(&[("me", NodeStatus::Ready), ("a", NodeStatus::Ready)]);
+        let mut l = Liveness::new(3000, 1000);
+        assert!(
+            l.changes(&st, 3999, "me").is_empty(),
+            "a new leader gives a full grace"
+        );
+        l.heard("a", 2000);
+        assert!(l.changes(&st, 4999, "me").is_empty());
+        let c = l.changes(&st, 5000, "me");
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].0.as_str(), c[0].1), ("a", NodeStatus::Down));
+    }
+
+    #[test]
+    fn a_down_node_heard_again_is_ready() {
+        let st = state(&[("me", NodeStatus::Ready), ("a", NodeStatus::Down)]);
+        let mut l = Liveness::new(3000, 0);
+        assert!(
+            l.changes(&st, 100, "me").is_empty(),
+            "not heard yet: stays down"
+        );
+        l.heard("a", 200);
+        let c = l.changes(&st, 300, "me");
+        assert_eq!(c, vec![("a".to_string(), NodeStatus::Ready, String::new())]);
+    }
+
+    #[test]
+    fn the_leader_itself_is_never_down() {
+        let st = state(&[("me", NodeStatus::Unknown)]);
+        let l = Liveness::new(10, 0);
+        let c = l.changes(&st, 1_000_000, "me");
+        assert_eq!(
+            c,
+            vec![("me".to_string(), NodeStatus::Ready, String::new())]
+        );
+    }
+}
