@@ -30,6 +30,9 @@ pub struct Identity {
     pub node_id: String,
     pub raft_id: u64,
     pub cluster_id: String,
+    /// The transport's pre-shared key, hex (from the founder or the join token).
+    #[serde(default)]
+    pub cluster_key: String,
 }
 
 impl Identity {
@@ -52,6 +55,7 @@ impl Identity {
                     node_id: format!("{raft_id:016x}"),
                     raft_id,
                     cluster_id: crate::util::random_hex(8),
+                    cluster_key: crate::util::random_hex(32),
                 };
                 Ok((id, true))
             }
@@ -200,6 +204,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut raft_task = tokio::spawn(raft_node.run(shutdown.clone()));
 
     wait_for_leader(&raft).await?;
+    init_cluster(&raft, &identity).await?;
     register_self(&raft, &cfg, &identity, &runtimes).await?;
 
     let (dispatcher, dispatch) = Dispatcher::new(raft.clone());
@@ -268,6 +273,22 @@ async fn wait_for_leader(raft: &crate::raft::RaftHandle) -> anyhow::Result<()> {
             _ = &mut deadline => bail!("no raft leader after 30s: this node cannot reach a quorum"),
         }
     }
+}
+
+/// The founder records the cluster's identity and first join secrets once.
+async fn init_cluster(raft: &crate::raft::RaftHandle, identity: &Identity) -> anyhow::Result<()> {
+    if !raft.current().state.secrets.cluster_id.is_empty() || identity.cluster_key.is_empty() {
+        return Ok(());
+    }
+    raft.propose(Command::InitCluster(skein_protocol::ClusterSecrets {
+        cluster_id: identity.cluster_id.clone(),
+        cluster_key: identity.cluster_key.clone(),
+        worker_secret: crate::util::random_hex(16),
+        manager_secret: crate::util::random_hex(16),
+    }))
+    .await
+    .context("cannot record the cluster's identity")?;
+    Ok(())
 }
 
 async fn register_self(

@@ -94,6 +94,15 @@ pub struct StackRow {
     pub services: u64,
 }
 
+/// `GET /v1/join-token/{role}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenResponse {
+    pub role: String,
+    pub token: String,
+    /// Address a new node passes to `--join`.
+    pub join_addr: String,
+}
+
 /// `GET /v1/info`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Info {

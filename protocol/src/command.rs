@@ -65,6 +65,25 @@ pub enum Command {
     RemoveTasks(Vec<TaskId>),
     /// Several commands applied as one entry, in order.
     Batch(Vec<Command>),
+    /// The founding manager records the cluster's identity once; later
+    /// copies of this command change nothing.
+    InitCluster(ClusterSecrets),
+    /// A new join secret for a role: tokens with the old one stop working.
+    RotateJoinSecret {
+        role: NodeRole,
+        secret: String,
+    },
+}
+
+/// The cluster's identity and join secrets, replicated to every manager so
+/// any of them can hand out and check join tokens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSecrets {
+    pub cluster_id: String,
+    /// The transport's pre-shared key, hex.
+    pub cluster_key: String,
+    pub worker_secret: String,
+    pub manager_secret: String,
 }
 
 impl Command {
@@ -86,6 +105,8 @@ impl Command {
             Command::SetTaskStatus(_) => "set_task_status",
             Command::RemoveTasks(_) => "remove_tasks",
             Command::Batch(_) => "batch",
+            Command::InitCluster(_) => "init_cluster",
+            Command::RotateJoinSecret { .. } => "rotate_join_secret",
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod task;
 pub mod token;
 pub mod wire;
 
-pub use command::Command;
+pub use command::{ClusterSecrets, Command};
 pub use duration::Dur;
 pub use node::{
     Availability, ManagerStatus, Node, NodeDescription, NodeResources, NodeRole, NodeStatus,

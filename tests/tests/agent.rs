@@ -297,3 +297,30 @@ fn a_healthy_process_task_runs() {
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0]["health"], "healthy");
 }
+
+#[test]
+fn join_tokens_are_printed_and_rotated() {
+    let a = Agent::start(&[]);
+    let worker = a.ok(&["join-token", "worker", "-q"]).trim().to_string();
+    let manager = a.ok(&["join-token", "manager", "-q"]).trim().to_string();
+    assert!(worker.starts_with("SKNTKN-1-"), "{worker}");
+    assert_ne!(worker, manager);
+    assert_eq!(
+        a.ok(&["join-token", "worker", "-q"]).trim(),
+        worker,
+        "stable until rotated"
+    );
+    let full = a.ok(&["join-token", "worker"]);
+    assert!(
+        full.contains("skein agent --join") && full.contains(&worker),
+        "{full}"
+    );
+    let rotated = a
+        .ok(&["join-token", "worker", "--rotate", "-q"])
+        .trim()
+        .to_string();
+    assert_ne!(rotated, worker);
+    assert_eq!(a.ok(&["join-token", "manager", "-q"]).trim(), manager);
+    let bad = a.cli(&["join-token", "admin"]);
+    assert!(!bad.status.success());
+}

@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{id}/logs", get(service_logs))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/join-token/{role}", get(join_token))
         .route("/v1/stacks", get(list_stacks).post(deploy_stack))
         .route("/v1/stacks/{name}", axum::routing::delete(remove_stack))
         .route("/v1/stacks/{name}/services", get(stack_services))
@@ -364,6 +365,58 @@ async fn get_task(
         (Some(_), Some(_)) => Err(ApiError::bad(format!("task id prefix {id} is ambiguous"))),
         _ => Err(ApiError::not_found(format!("no such task: {id}"))),
     }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    #[serde(default)]
+    rotate: bool,
+}
+
+/// `GET /v1/join-token/{worker|manager}[?rotate=true]`: the token, and the
+/// address to join.
+async fn join_token(
+    State(st): State<AppState>,
+    Path(role): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Json<skein_protocol::api::JoinTokenResponse>> {
+    let role = match role.as_str() {
+        "worker" => skein_protocol::NodeRole::Worker,
+        "manager" => skein_protocol::NodeRole::Manager,
+        other => {
+            return Err(ApiError::bad(format!(
+                "unknown role {other:?}: ask for the worker or the manager token"
+            )))
+        }
+    };
+    if q.rotate {
+        st.raft
+            .propose(Command::RotateJoinSecret {
+                role,
+                secret: crate::util::random_hex(16),
+            })
+            .await?;
+    }
+    let s = snapshot(&st);
+    let token = s.join_token(role).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster has not recorded its identity yet: try again in a moment",
+        )
+    })?;
+    let join_addr = s
+        .nodes
+        .get(&st.node_id)
+        .map(|n| n.addr.clone())
+        .unwrap_or_default();
+    Ok(Json(skein_protocol::api::JoinTokenResponse {
+        role: match role {
+            skein_protocol::NodeRole::Worker => "worker".into(),
+            skein_protocol::NodeRole::Manager => "manager".into(),
+        },
+        token,
+        join_addr,
+    }))
 }
 
 async fn list_stacks(State(st): State<AppState>) -> Json<Vec<StackRow>> {

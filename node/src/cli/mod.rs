@@ -48,6 +48,17 @@ enum Cmd {
     /// Manage stacks (compose files).
     #[command(subcommand)]
     Stack(stack::StackCmd),
+    /// Print (or rotate) the token a new node joins with.
+    JoinToken {
+        /// worker or manager.
+        role: String,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Replace the token: the old one stops working for new joins.
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 #[derive(Args)]
@@ -173,6 +184,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 out.push(v);
             }
             output::print_inspect(out)?;
+            Ok(0)
+        }
+        Cmd::JoinToken {
+            role,
+            quiet,
+            rotate,
+        } => {
+            let q = if rotate { "?rotate=true" } else { "" };
+            let t: skein_protocol::api::JoinTokenResponse = client()?
+                .get(&format!("/v1/join-token/{}{q}", client::seg(&role)))
+                .await?;
+            if quiet {
+                println!("{}", t.token);
+            } else {
+                if rotate {
+                    println!("Successfully rotated the {} join token.\n", t.role);
+                }
+                println!(
+                    "To add a {} to this cluster, run the following command:\n",
+                    t.role
+                );
+                println!(
+                    "    skein agent --join {} --token {}\n",
+                    t.join_addr, t.token
+                );
+            }
             Ok(0)
         }
         Cmd::Service(cmd) => service::run(client()?, cmd).await,

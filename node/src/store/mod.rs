@@ -18,6 +18,9 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster_id: String,
+    /// Set once by the founding manager (InitCluster).
+    #[serde(default)]
+    pub secrets: skein_protocol::ClusterSecrets,
     pub nodes: BTreeMap<NodeId, Node>,
     pub services: BTreeMap<ServiceId, Service>,
     pub tasks: BTreeMap<TaskId, Task>,
@@ -261,6 +264,16 @@ impl ClusterState {
                 }
             }
             Command::Batch(_) => return self.apply(cmd, ev),
+            Command::InitCluster(secrets) => {
+                if self.secrets.cluster_id.is_empty() {
+                    self.secrets = secrets.clone();
+                    self.cluster_id = secrets.cluster_id.clone();
+                }
+            }
+            Command::RotateJoinSecret { role, secret } => match role {
+                skein_protocol::NodeRole::Worker => self.secrets.worker_secret = secret.clone(),
+                skein_protocol::NodeRole::Manager => self.secrets.manager_secret = secret.clone(),
+            },
         }
         Ok(())
     }
@@ -326,6 +339,61 @@ fn stop_if_unplaced(t: &mut Task) {
         t.status.state = TaskState::Shutdown;
         t.status.message = "shut down before it was placed".into();
     }
+}
+
+impl ClusterState {
+    /// The join token for `role`, if the cluster's identity is recorded.
+    pub fn join_token(&self, role: skein_protocol::NodeRole) -> Option<String> {
+        let s = &self.secrets;
+        let key = unhex32(&s.cluster_key)?;
+        let secret = match role {
+            skein_protocol::NodeRole::Worker => &s.worker_secret,
+            skein_protocol::NodeRole::Manager => &s.manager_secret,
+        };
+        Some(
+            skein_protocol::token::JoinToken {
+                cluster_id: s.cluster_id.clone(),
+                cluster_key: key,
+                role,
+                secret: secret.clone(),
+            }
+            .to_string(),
+        )
+    }
+
+    /// Checks a join token against this cluster: the role it grants, or
+    /// why it is refused (in words the joining user can act on).
+    pub fn check_join_token(&self, token: &str) -> Result<skein_protocol::NodeRole, String> {
+        let t: skein_protocol::token::JoinToken = token.parse()?;
+        if t.cluster_id != self.secrets.cluster_id {
+            return Err(format!(
+                "the token is for cluster {}, this is cluster {}: get a token from a manager of this cluster",
+                t.cluster_id, self.secrets.cluster_id
+            ));
+        }
+        let expected = match t.role {
+            skein_protocol::NodeRole::Worker => &self.secrets.worker_secret,
+            skein_protocol::NodeRole::Manager => &self.secrets.manager_secret,
+        };
+        if expected.is_empty() || &t.secret != expected {
+            return Err(
+                "the token is not valid (rotated, or mistyped): get a new one with `skein join-token worker|manager` on a manager"
+                    .to_string(),
+            );
+        }
+        Ok(t.role)
+    }
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn can_fail(cmd: &Command) -> bool {

@@ -189,3 +189,42 @@ fn an_unplaced_task_told_to_stop_is_done() {
     .expect("stop");
     assert_eq!(st.tasks["t1"].status.state, TaskState::Shutdown);
 }
+
+#[test]
+fn join_tokens_are_checked_and_rotated() {
+    use skein_protocol::{ClusterSecrets, NodeRole};
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    let secrets = ClusterSecrets {
+        cluster_id: "c0ffee".into(),
+        cluster_key: "ab".repeat(32),
+        worker_secret: "1".repeat(32),
+        manager_secret: "2".repeat(32),
+    };
+    st.apply(&Command::InitCluster(secrets.clone()), &mut ev)
+        .expect("init");
+    // A second InitCluster changes nothing.
+    let mut other = secrets.clone();
+    other.cluster_id = "bad".into();
+    st.apply(&Command::InitCluster(other), &mut ev)
+        .expect("init again");
+    assert_eq!(st.cluster_id, "c0ffee");
+    let worker = st.join_token(NodeRole::Worker).expect("token");
+    let manager = st.join_token(NodeRole::Manager).expect("token");
+    assert_eq!(st.check_join_token(&worker), Ok(NodeRole::Worker));
+    assert_eq!(st.check_join_token(&manager), Ok(NodeRole::Manager));
+    st.apply(
+        &Command::RotateJoinSecret {
+            role: NodeRole::Worker,
+            secret: "3".repeat(32),
+        },
+        &mut ev,
+    )
+    .expect("rotate");
+    assert!(st
+        .check_join_token(&worker)
+        .expect_err("rotated")
+        .contains("rotated"));
+    assert_eq!(st.check_join_token(&manager), Ok(NodeRole::Manager));
+    assert!(st.check_join_token("garbage").is_err());
+}
