@@ -9,16 +9,23 @@
 //!   merge per label key (the higher source wins for a key), `join` is taken
 //!   whole from the highest source that gives it;
 //! - a returned config is valid: socket addresses parse, `listen` is
-//!   HOST:PORT, names follow [`skein_protocol::validate_name`], labels are
+//!   HOST:PORT (port 0: any free port), `advertise` is HOST:PORT that
+//!   another node can dial (a real host, port 1-65535), `token` is a
+//!   [`JoinToken`] and comes with `join` (neither one without the other),
+//!   names follow [`skein_protocol::validate_name`], labels are
 //!   KEY=VALUE, Raft timing is workable (tick_ms > 0, election_ticks >
 //!   heartbeat_ticks > 0);
 //! - every error names the key, the value and where it came from (flag
 //!   `--api`, env `SKEIN_API`, or `FILE:LINE:COL`), and says how to fix it;
+//!   the one exception is `token`, a secret: its errors name the key and
+//!   where it came from but never its value, and neither does
+//!   `AgentConfig`'s `Debug` (nor its `Serialize`, which leaves it out);
 //! - the environment is read only through the function passed in, so tests
 //!   never depend on the process environment.
 
 use crate::suggest;
 use serde::{Deserialize, Serialize};
+use skein_protocol::token::JoinToken;
 use skein_protocol::validate_name;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,7 +35,7 @@ use std::path::PathBuf;
 use toml::Spanned;
 
 pub const DEFAULT_API: &str = "127.0.0.1:7947";
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7946";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7946";
 pub const DEFAULT_REGION: &str = "default";
 
 /// Which runtime the agent uses for tasks that do not name one.
@@ -90,7 +97,7 @@ impl Default for RaftTuning {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The node's name: the hostname unless set.
@@ -99,14 +106,41 @@ pub struct AgentConfig {
     pub api: SocketAddr,
     /// Where the cluster transport listens: HOST:PORT.
     pub listen: String,
+    /// The address other nodes dial to reach this one: HOST:PORT, never an
+    /// unspecified host (0.0.0.0, [::]) or port 0. `None`: not given.
+    pub advertise: Option<String>,
     pub runtime: RuntimeChoice,
     pub labels: BTreeMap<String, String>,
     pub region: String,
     /// Peers to join: HOST:PORT or multiaddrs (`/ip4/10.0.0.2/tcp/7946`).
     pub join: Vec<String>,
+    /// The join token (a [`JoinToken`], checked): given exactly when `join`
+    /// is not empty. A secret: `Debug` shows it redacted, `Serialize` skips it.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
     pub raft: RaftTuning,
     /// How often a node reports to the leader.
     pub heartbeat_ms: u64,
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Everything but the token's value, which holds a secret.
+        f.debug_struct("AgentConfig")
+            .field("data_dir", &self.data_dir)
+            .field("name", &self.name)
+            .field("api", &self.api)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("runtime", &self.runtime)
+            .field("labels", &self.labels)
+            .field("region", &self.region)
+            .field("join", &self.join)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("raft", &self.raft)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .finish()
+    }
 }
 
 /// What the command line gave (each `None`/empty: not given).
@@ -122,6 +156,8 @@ pub struct AgentOverrides {
     pub api: Option<String>,
     /// `--listen HOST:PORT`
     pub listen: Option<String>,
+    /// `--advertise HOST:PORT`
+    pub advertise: Option<String>,
     /// `--runtime auto|docker|process`
     pub runtime: Option<String>,
     /// `--label K=V`, repeated.
@@ -130,6 +166,8 @@ pub struct AgentOverrides {
     pub region: Option<String>,
     /// `--join ADDR`, repeated.
     pub join: Vec<String>,
+    /// `--token T`
+    pub token: Option<String>,
 }
 
 /// Where a value came from.
@@ -183,6 +221,14 @@ pub enum ConfigError {
         origin: Origin,
         message: String,
     },
+    /// A secret value (`token`) that does not work: like `Invalid`, but the
+    /// value is neither kept nor shown.
+    #[error("{origin}: {key}: {message}")]
+    InvalidSecret {
+        key: String,
+        origin: Origin,
+        message: String,
+    },
 }
 
 fn key_prefix(key: &Option<String>) -> String {
@@ -198,7 +244,7 @@ impl ConfigError {
         match self {
             ConfigError::Read { .. } => None,
             ConfigError::File { key, .. } => key.as_deref(),
-            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Invalid { key, .. } | ConfigError::InvalidSecret { key, .. } => Some(key),
         }
     }
 }
@@ -213,10 +259,12 @@ struct FileConfig {
     name: Option<Spanned<String>>,
     api: Option<Spanned<String>>,
     listen: Option<Spanned<String>>,
+    advertise: Option<Spanned<String>>,
     runtime: Option<Spanned<String>>,
     labels: Option<Spanned<BTreeMap<String, String>>>,
     region: Option<Spanned<String>>,
     join: Option<Spanned<Vec<String>>>,
+    token: Option<Spanned<String>>,
     raft: Option<RaftFile>,
     heartbeat_ms: Option<Spanned<u64>>,
 }
@@ -439,6 +487,21 @@ pub fn load_agent_config(
         )
     })?;
 
+    // advertise
+    let advertise = match pick(
+        over.advertise.as_ref(),
+        "--advertise",
+        "SKEIN_ADVERTISE",
+        fc.and_then(|c| c.advertise.as_ref()),
+    ) {
+        Some((v, origin)) => {
+            let v = v.trim().to_string();
+            check_advertise(&v).map_err(|m| invalid("advertise", &v, origin, &m))?;
+            Some(v)
+        }
+        None => None,
+    };
+
     // runtime
     let (rt, origin) = pick(
         over.runtime.as_ref(),
@@ -530,6 +593,43 @@ pub fn load_agent_config(
     for (j, origin) in &join {
         check_join(j).map_err(|m| invalid("join", j, origin.clone(), &m))?;
     }
+
+    // token: a secret, so its errors never show the value.
+    let token = match pick(
+        over.token.as_ref(),
+        "--token",
+        "SKEIN_TOKEN",
+        fc.and_then(|c| c.token.as_ref()),
+    ) {
+        Some((t, origin)) => {
+            let t = t.trim().to_string();
+            if let Err(message) = t.parse::<JoinToken>() {
+                return Err(invalid_secret("token", origin, &message));
+            }
+            Some((t, origin))
+        }
+        None => None,
+    };
+    match (&token, join.first()) {
+        (Some((_, origin)), None) => {
+            return Err(invalid_secret(
+                "token",
+                origin.clone(),
+                "token is given but join is empty: add --join HOST:PORT of a manager",
+            ));
+        }
+        (None, Some((_, origin))) => {
+            let all: Vec<&str> = join.iter().map(|(j, _)| j.as_str()).collect();
+            return Err(invalid(
+                "join",
+                &all.join(","),
+                origin.clone(),
+                "join needs a token: get one with `skein join-token worker` on a manager and pass --token",
+            ));
+        }
+        _ => {}
+    }
+    let token = token.map(|(t, _)| t);
     let join = join.into_iter().map(|(j, _)| j).collect();
 
     // raft and heartbeat: file or default.
@@ -608,10 +708,12 @@ pub fn load_agent_config(
         name,
         api,
         listen,
+        advertise,
         runtime,
         labels,
         region,
         join,
+        token,
         raft: RaftTuning {
             tick_ms: tick.0,
             election_ticks: election.0,
@@ -626,6 +728,15 @@ fn invalid(key: &str, value: &str, origin: Origin, message: &str) -> ConfigError
     ConfigError::Invalid {
         key: key.to_string(),
         value: value.to_string(),
+        origin,
+        message: message.to_string(),
+    }
+}
+
+/// Like [`invalid`] for a secret: the value is left out.
+fn invalid_secret(key: &str, origin: Origin, message: &str) -> ConfigError {
+    ConfigError::InvalidSecret {
+        key: key.to_string(),
         origin,
         message: message.to_string(),
     }
@@ -742,6 +853,32 @@ fn check_host_port(s: &str) -> Result<(), String> {
     } else {
         Err(format!("{host:?} is not an IP address or host name"))
     }
+}
+
+/// The address other nodes dial: HOST:PORT with a real host (not 0.0.0.0
+/// or [::]) and a real port (not 0).
+fn check_advertise(s: &str) -> Result<(), String> {
+    const EG: &str = "e.g. 10.0.0.7:7946";
+    check_host_port(s).map_err(|m| format!("{m}: write HOST:PORT, {EG}"))?;
+    let (host, port) = s.rsplit_once(':').unwrap_or_default();
+    if port.parse::<u16>() == Ok(0) {
+        return Err(format!(
+            "port 0 cannot be dialled: advertise the port other nodes can reach, {EG}"
+        ));
+    }
+    let ip = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(format!(
+            "{host} is not an address, it means \"any\": advertise an address other nodes can reach, {EG}"
+        ));
+    }
+    Ok(())
 }
 
 /// A peer to join: HOST:PORT, or a multiaddr such as /ip4/10.0.0.2/tcp/7946.

@@ -46,13 +46,28 @@ fn with_file(path: &std::path::Path) -> AgentOverrides {
     }
 }
 
+/// A well-formed join token whose secret is `secret` (hex, 16+ digits).
+fn token(secret: &str) -> String {
+    skein_protocol::token::JoinToken {
+        cluster_id: "c0ffee".into(),
+        cluster_key: [0xab; 32],
+        role: skein_protocol::NodeRole::Worker,
+        secret: secret.into(),
+    }
+    .to_string()
+}
+
+const FILE_SECRET: &str = "f11ef11ef11ef11e";
+
 const FULL: &str = r#"data_dir = "/srv/skein"
 name = "edge-07"
 api = "0.0.0.0:9000"
 listen = "10.0.0.7:7946"
+advertise = "edge-07.example.org:7946"
 runtime = "process"
 region = "eu-west"
 join = ["10.0.0.1:7946", "/ip4/10.0.0.2/tcp/7946"]
+token = "SKNTKN-1-c0ffee-abababababababababababababababababababababababababababababababab-wf11ef11ef11ef11e"
 heartbeat_ms = 2000
 
 [labels]
@@ -77,11 +92,13 @@ fn defaults_when_nothing_is_given() {
     assert_eq!(c.data_dir, want_dir);
     assert_eq!(c.name, default_name());
     assert_eq!(c.api, "127.0.0.1:7947".parse::<SocketAddr>().expect("addr"));
-    assert_eq!(c.listen, "127.0.0.1:7946");
+    assert_eq!(c.listen, "0.0.0.0:7946");
+    assert_eq!(c.advertise, None);
     assert_eq!(c.runtime, RuntimeChoice::Auto);
     assert!(c.labels.is_empty());
     assert_eq!(c.region, "default");
     assert!(c.join.is_empty());
+    assert_eq!(c.token, None);
     assert_eq!(c.raft, RaftTuning::default());
     assert_eq!(
         c.raft,
@@ -117,9 +134,11 @@ fn the_file_gives_every_key() {
     assert_eq!(c.name, "edge-07");
     assert_eq!(c.api, "0.0.0.0:9000".parse::<SocketAddr>().expect("addr"));
     assert_eq!(c.listen, "10.0.0.7:7946");
+    assert_eq!(c.advertise.as_deref(), Some("edge-07.example.org:7946"));
     assert_eq!(c.runtime, RuntimeChoice::Process);
     assert_eq!(c.region, "eu-west");
     assert_eq!(c.join, ["10.0.0.1:7946", "/ip4/10.0.0.2/tcp/7946"]);
+    assert_eq!(c.token, Some(token(FILE_SECRET)));
     assert_eq!(c.heartbeat_ms, 2000);
     assert_eq!(c.labels.get("zone").map(String::as_str), Some("east"));
     assert_eq!(c.labels.get("rack").map(String::as_str), Some("r1"));
@@ -137,7 +156,15 @@ fn the_file_gives_every_key() {
 #[test]
 fn env_beats_file_and_flags_beat_env() {
     let (_dir, path) = file(FULL);
+    let env_token = token("e4e4e4e4e4e4e4e4");
+    let flag_token = token("f1a9f1a9f1a9f1a9");
+    // The file's token still goes with the environment's join list.
+    let c = ok(&with_file(&path), &[("SKEIN_JOIN", "a.local:7946")]);
+    assert_eq!(c.join, ["a.local:7946"]);
+    assert_eq!(c.token, Some(token(FILE_SECRET)));
     let env = [
+        ("SKEIN_TOKEN", env_token.as_str()),
+        ("SKEIN_ADVERTISE", "[fd00::7]:8003"),
         ("SKEIN_DATA_DIR", "/env/dir"),
         ("SKEIN_NAME", "from-env"),
         ("SKEIN_API", "127.0.0.1:8001"),
@@ -151,9 +178,11 @@ fn env_beats_file_and_flags_beat_env() {
     assert_eq!(c.name, "from-env");
     assert_eq!(c.api.port(), 8001);
     assert_eq!(c.listen, "0.0.0.0:8002");
+    assert_eq!(c.advertise.as_deref(), Some("[fd00::7]:8003"));
     assert_eq!(c.runtime, RuntimeChoice::Docker);
     assert_eq!(c.region, "env-region");
     assert_eq!(c.join, ["a.local:7946", "b.local:7946"]);
+    assert_eq!(c.token, Some(env_token.clone()));
     // The file still gives what the environment does not.
     assert_eq!(c.raft.tick_ms, 200);
 
@@ -163,19 +192,24 @@ fn env_beats_file_and_flags_beat_env() {
         name: Some("from-flag".into()),
         api: Some("127.0.0.1:9001".into()),
         listen: Some("[::1]:9002".into()),
+        advertise: Some("10.1.2.3:9003".into()),
         runtime: Some("auto".into()),
         labels: vec![],
         region: Some("flag-region".into()),
         join: vec!["c.local:7946".into()],
+        token: Some(format!(" {flag_token}\n")),
     };
     let c = ok(&over, &env);
     assert_eq!(c.data_dir, PathBuf::from("/flag/dir"));
     assert_eq!(c.name, "from-flag");
     assert_eq!(c.api.port(), 9001);
     assert_eq!(c.listen, "[::1]:9002");
+    assert_eq!(c.advertise.as_deref(), Some("10.1.2.3:9003"));
     assert_eq!(c.runtime, RuntimeChoice::Auto);
     assert_eq!(c.region, "flag-region");
     assert_eq!(c.join, ["c.local:7946"]);
+    // Trimmed, like every other value.
+    assert_eq!(c.token, Some(flag_token));
 }
 
 #[test]
@@ -328,6 +362,200 @@ fn listen_must_be_host_port() {
     ] {
         assert_eq!(check_host_port(good), Ok(()), "{good}");
     }
+    // Port 0 (any free port) is fine for listen, from every source.
+    let over = AgentOverrides {
+        listen: Some("127.0.0.1:0".into()),
+        ..AgentOverrides::default()
+    };
+    assert_eq!(ok(&over, &[]).listen, "127.0.0.1:0");
+    let c = ok(&AgentOverrides::default(), &[("SKEIN_LISTEN", "[::1]:0")]);
+    assert_eq!(c.listen, "[::1]:0");
+}
+
+#[test]
+fn advertise_must_be_dialable_host_port() {
+    for bad in [
+        "7946",
+        "host",
+        ":7946",
+        "10.0.0.1:70000",
+        "::1:7946",
+        "bad_host:1",
+    ] {
+        let over = AgentOverrides {
+            advertise: Some(bad.into()),
+            ..AgentOverrides::default()
+        };
+        let e = err(&over, &[]);
+        assert!(
+            e.starts_with(&format!("flag --advertise: advertise = {bad:?}:")),
+            "{e}"
+        );
+        assert!(e.contains("HOST:PORT"), "{e}");
+    }
+    for unspecified in ["0.0.0.0:7946", "[::]:7946", "[0:0:0:0:0:0:0:0]:7946"] {
+        let e = err(
+            &AgentOverrides::default(),
+            &[("SKEIN_ADVERTISE", unspecified)],
+        );
+        assert!(
+            e.starts_with(&format!(
+                "env SKEIN_ADVERTISE: advertise = {unspecified:?}:"
+            )),
+            "{e}"
+        );
+        assert!(
+            e.contains("advertise an address other nodes can reach"),
+            "{e}"
+        );
+    }
+    let (_dir, path) = file("advertise = \"10.0.0.7:0\"\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(
+        e.starts_with(&format!(
+            "{}:1:13: advertise = \"10.0.0.7:0\": port 0 cannot be dialled",
+            path.display()
+        )),
+        "{e}"
+    );
+    for good in ["10.0.0.7:7946", "node-1.example.org:1", "[fd00::1]:65535"] {
+        assert_eq!(check_advertise(good), Ok(()), "{good}");
+    }
+    // Empty means unset, as for every variable.
+    let c = ok(&AgentOverrides::default(), &[("SKEIN_ADVERTISE", " ")]);
+    assert_eq!(c.advertise, None);
+}
+
+#[test]
+fn token_and_join_come_together() {
+    let t = token("0123456789abcdef");
+    let over = AgentOverrides {
+        token: Some(t.clone()),
+        ..AgentOverrides::default()
+    };
+    let e = err(&over, &[]);
+    assert_eq!(
+        e,
+        "flag --token: token: token is given but join is empty: add --join HOST:PORT of a manager"
+    );
+    assert!(!e.contains(&t), "{e}");
+    let e = err(&AgentOverrides::default(), &[("SKEIN_TOKEN", &t)]);
+    assert!(
+        e.starts_with("env SKEIN_TOKEN: token: token is given"),
+        "{e}"
+    );
+    assert!(!e.contains(&t), "{e}");
+
+    let e = err(
+        &AgentOverrides::default(),
+        &[("SKEIN_JOIN", "10.0.0.1:7946, 10.0.0.2:7946")],
+    );
+    assert_eq!(
+        e,
+        "env SKEIN_JOIN: join = \"10.0.0.1:7946,10.0.0.2:7946\": join needs a token: get one with \
+         `skein join-token worker` on a manager and pass --token"
+    );
+    let (_dir, path) = file("join = [\"10.0.0.1:7946\"]\n");
+    let e = err(&with_file(&path), &[]);
+    assert!(
+        e.starts_with(&format!(
+            "{}:1:8: join = \"10.0.0.1:7946\": join needs a token",
+            path.display()
+        )),
+        "{e}"
+    );
+    match load(&with_file(&path), &[]) {
+        Err(e) => assert_eq!(e.key(), Some("join")),
+        Ok(c) => panic!("{c:?}"),
+    }
+
+    let over = AgentOverrides {
+        join: vec!["10.0.0.1:7946".into()],
+        token: Some(t.clone()),
+        ..AgentOverrides::default()
+    };
+    let c = ok(&over, &[]);
+    assert_eq!(c.token, Some(t));
+}
+
+#[test]
+fn a_bad_token_names_its_source_but_never_its_value() {
+    let good = token("5ec2e75ec2e75ec2e7");
+    // Each is wrong in a different part; none may show up in the error.
+    let bads = [
+        "hunter2-5ec2e7-not-a-token".to_string(),
+        good.replace("-w5ec", "-x5ec"),
+        good.replace("abababab", "zzzzzzzz"),
+        good[..good.len() - 6].to_string(),
+    ];
+    for bad in &bads {
+        let over = AgentOverrides {
+            join: vec!["10.0.0.1:7946".into()],
+            token: Some(bad.clone()),
+            ..AgentOverrides::default()
+        };
+        let e = err(&over, &[]);
+        assert!(
+            e.starts_with("flag --token: token: invalid join token: "),
+            "{e}"
+        );
+        assert!(e.contains("skein join-token worker"), "{e}");
+        assert!(!e.contains(bad.as_str()), "the token leaked: {e}");
+        assert!(!e.contains("5ec2e7") && !e.contains("hunter2"), "{e}");
+        match load(&over, &[]) {
+            Err(e) => {
+                assert_eq!(e.key(), Some("token"));
+                assert!(!format!("{e:?}").contains("5ec2e7"), "{e:?}");
+            }
+            Ok(c) => panic!("{c:?}"),
+        }
+
+        let e = err(
+            &AgentOverrides::default(),
+            &[("SKEIN_JOIN", "10.0.0.1:7946"), ("SKEIN_TOKEN", bad)],
+        );
+        assert!(
+            e.starts_with("env SKEIN_TOKEN: token: invalid join token: "),
+            "{e}"
+        );
+        assert!(!e.contains("5ec2e7") && !e.contains("hunter2"), "{e}");
+    }
+    // The shape is checked before the token is paired with join.
+    let e = err(&AgentOverrides::default(), &[("SKEIN_TOKEN", &bads[0])]);
+    assert!(
+        e.starts_with("env SKEIN_TOKEN: token: invalid join token: "),
+        "{e}"
+    );
+
+    let (_dir, path) = file(&format!(
+        "join = [\"10.0.0.1:7946\"]\ntoken = {:?}\n",
+        bads[1]
+    ));
+    let e = err(&with_file(&path), &[]);
+    assert!(
+        e.starts_with(&format!(
+            "{}:2:9: token: invalid join token: the role is neither m nor w",
+            path.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("5ec2e7"), "{e}");
+}
+
+#[test]
+fn debug_and_serialize_never_show_the_token() {
+    let t = token("5ec2e75ec2e75ec2e7");
+    let over = AgentOverrides {
+        join: vec!["10.0.0.1:7946".into()],
+        token: Some(t.clone()),
+        ..AgentOverrides::default()
+    };
+    let c = ok(&over, &[]);
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("5ec2e7"), "{dbg}");
+    assert!(dbg.contains("token: Some(\"<redacted>\")"), "{dbg}");
+    let ser = toml::to_string(&c).expect("serialize");
+    assert!(!ser.contains("5ec2e7") && !ser.contains("token"), "{ser}");
 }
 
 #[test]

@@ -87,9 +87,15 @@ struct AgentArgs {
     /// Region this node's cluster belongs to.
     #[arg(long)]
     region: Option<String>,
-    /// Address of a node to join, repeatable.
+    /// Address (HOST:PORT) of a manager to join, repeatable; needs --token.
     #[arg(long)]
     join: Vec<String>,
+    /// Join token from `skein join-token worker|manager` (also SKEIN_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// Address other nodes reach this one at, HOST:PORT (also SKEIN_ADVERTISE).
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -166,6 +172,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 labels: a.labels,
                 region: a.region,
                 join: a.join,
+                token: a.token,
+                advertise: a.advertise,
             };
             let cfg = skein_config::agent::load_agent_config(&over, &|k| std::env::var(k).ok())?;
             crate::agent::run(cfg).await?;
