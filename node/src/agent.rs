@@ -7,7 +7,12 @@
 //! API and the actors but leaves tasks running: a restarted agent adopts them.
 
 use crate::api::{self, AppState};
+use crate::cluster::forward::Proposer;
+use crate::cluster::inbound::Router;
+use crate::cluster::raft_link::{self, PeerBook};
+use crate::cluster::{heartbeat, join};
 use crate::dispatcher::Dispatcher;
+use crate::net::{self, NetConfig, NetHandle};
 use crate::orchestrator::Orchestrator;
 use crate::raft::{RaftNode, RaftOptions};
 use crate::runtime::docker;
@@ -16,6 +21,8 @@ use crate::worker::{Runtimes, Worker};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use skein_config::agent::{AgentConfig, RuntimeChoice};
+use skein_protocol::token::JoinToken;
+use skein_protocol::wire::JoinRequest;
 use skein_protocol::{
     Command, ManagerStatus, Node, NodeDescription, NodeResources, NodeRole, NodeStatus,
 };
@@ -33,6 +40,16 @@ pub struct Identity {
     /// The transport's pre-shared key, hex (from the founder or the join token).
     #[serde(default)]
     pub cluster_key: String,
+    /// This node founded its cluster (false: it joined with a token).
+    #[serde(default = "yes")]
+    pub founder: bool,
+    /// The role this node joined as (founders are managers).
+    #[serde(default)]
+    pub role: NodeRole,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Identity {
@@ -56,6 +73,8 @@ impl Identity {
                     raft_id,
                     cluster_id: crate::util::random_hex(8),
                     cluster_key: crate::util::random_hex(32),
+                    founder: true,
+                    role: NodeRole::Manager,
                 };
                 Ok((id, true))
             }
@@ -147,13 +166,6 @@ async fn build_runtimes(cfg: &AgentConfig, node_id: &str) -> anyhow::Result<Runt
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    if !cfg.join.is_empty() {
-        bail!(
-            "join = {:?}: joining an existing cluster is not available in this build yet; \
-             start without --join/SKEIN_JOIN to found a new single-node cluster",
-            cfg.join
-        );
-    }
     // Everything that can refuse to start is checked before anything is
     // written: a failed first start must not leave a founded cluster behind.
     let listener = tokio::net::TcpListener::bind(cfg.api)
@@ -170,11 +182,43 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             cfg.data_dir.display()
         )
     })?;
-    let (identity, fresh) = Identity::load_or_new(&cfg.data_dir)?;
+    let (mut identity, fresh) = Identity::load_or_new(&cfg.data_dir)?;
+    let token = match (&cfg.token, fresh) {
+        (Some(t), true) => {
+            let t: JoinToken = t
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--token: {e}"))?;
+            identity.cluster_id = t.cluster_id.clone();
+            identity.cluster_key = skein_protocol::token::hex(&t.cluster_key);
+            identity.founder = false;
+            Some(t)
+        }
+        (Some(_), false) => {
+            tracing::info!("this node is already a cluster member: --join/--token ignored");
+            None
+        }
+        (None, _) => None,
+    };
     let runtimes = build_runtimes(&cfg, &identity.node_id).await?;
-    if fresh {
-        identity.persist(&cfg.data_dir)?;
-    }
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let cluster_key = unhex32(&identity.cluster_key).ok_or_else(|| {
+        anyhow::anyhow!(
+            "node.json holds no valid cluster key: restore it or start with an empty --data-dir"
+        )
+    })?;
+    let listen: std::net::SocketAddr = cfg
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {}: write IP:PORT", cfg.listen))?;
+    let mut net_cfg = NetConfig::new(cluster_key, cfg.data_dir.join("peer.key"));
+    net_cfg.listen = listen;
+    net_cfg.advertise = cfg.advertise.clone();
+    let (net, inbound) = net::start(net_cfg, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot start the cluster transport on {}", cfg.listen))?;
+    let advertise = advertised(&cfg, net.listen_addr());
+
     let db_path = cfg.data_dir.join("raft");
     let db = sled::Config::new()
         .path(&db_path)
@@ -186,28 +230,143 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 db_path.display()
             )
         })?;
-    tracing::info!(
-        node = %cfg.name,
-        node_id = %identity.node_id,
-        data_dir = %cfg.data_dir.display(),
-        "{}",
-        if fresh { "starting a new cluster as its first manager" } else { "resuming from the data dir" }
-    );
     let opts = RaftOptions {
         tick: Duration::from_millis(cfg.raft.tick_ms),
         election_ticks: cfg.raft.election_ticks as usize,
         heartbeat_ticks: cfg.raft.heartbeat_ticks as usize,
         snapshot_entries: cfg.raft.snapshot_entries,
     };
-    let (raft_node, raft) = RaftNode::open(&db, identity.raft_id, opts)?;
-    let (shutdown_tx, shutdown) = watch::channel(false);
+    let has_log = crate::raft::storage::SledStorage::open(&db)
+        .map(|s| s.is_initialized())
+        .unwrap_or(true);
+    let (mut raft_node, raft) = if has_log || identity.founder {
+        RaftNode::open(&db, identity.raft_id, opts)?
+    } else {
+        RaftNode::open_joining(&db, identity.raft_id, opts)?
+    };
+    tracing::info!(
+        node = %cfg.name,
+        node_id = %identity.node_id,
+        peer_id = %net.peer_id(),
+        listen = %net.listen_addr(),
+        advertise = %advertise,
+        data_dir = %cfg.data_dir.display(),
+        "{}",
+        match (fresh, &token) {
+            (true, None) => "starting a new cluster as its first manager",
+            (true, Some(_)) => "joining a cluster",
+            (false, _) => "resuming from the data dir",
+        }
+    );
+    let book = PeerBook::default();
+    let (raft_out_tx, raft_out_rx) = tokio::sync::mpsc::unbounded_channel();
+    raft_node.set_outbound(raft_out_tx);
     let mut raft_task = tokio::spawn(raft_node.run(shutdown.clone()));
+    tokio::spawn(raft_link::run_outbound(
+        raft_out_rx,
+        raft.clone(),
+        net.clone(),
+        book.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(raft_link::watch_disconnects(
+        net.clone(),
+        raft.clone(),
+        shutdown.clone(),
+    ));
+    let proposer = Proposer::new(raft.clone(), Some(net.clone()), book.clone());
+    let (heard_tx, heard_rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(
+        Router {
+            raft: raft.clone(),
+            net: net.clone(),
+            book: book.clone(),
+            proposer: proposer.clone(),
+            heard: heard_tx,
+        }
+        .run(inbound, shutdown.clone()),
+    );
+    tokio::spawn(keep_peers_connected(
+        raft.clone(),
+        net.clone(),
+        identity.node_id.clone(),
+        shutdown.clone(),
+    ));
+
+    if let Some(t) = token {
+        let me = self_node(
+            &cfg,
+            &identity,
+            &runtimes,
+            &advertise,
+            &net.peer_id(),
+            t.role,
+        );
+        let req = JoinRequest {
+            token: t.to_string(),
+            node: me,
+            peer_id: net.peer_id(),
+            raft_id: identity.raft_id,
+        };
+        let mut last_err = None;
+        let mut accepted = None;
+        // Transient trouble (no leader yet, a manager restarting) is retried
+        // for a while; a refused token is final.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        'tries: while tokio::time::Instant::now() < deadline {
+            for addr in &cfg.join {
+                match join::request_join(&net, addr, req.clone()).await {
+                    Ok(a) => {
+                        accepted = Some(a);
+                        break 'tries;
+                    }
+                    Err(e) => {
+                        let text = format!("{e:#}");
+                        let transient =
+                            text.contains("retry") || text.contains("cannot reach the leader");
+                        last_err = Some(e);
+                        if !transient {
+                            break 'tries;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let accepted = match (accepted, last_err) {
+            (Some(a), _) => a,
+            (None, Some(e)) => return Err(e),
+            (None, None) => bail!("join: no address to join"),
+        };
+        for (rid, peer, addr) in &accepted.managers {
+            book.insert(*rid, peer.clone());
+            net.add_peer(peer, addr);
+        }
+        identity.role = accepted.role;
+        tracing::info!(role = ?accepted.role, cluster = %accepted.cluster_id, "joined the cluster");
+    }
+    if fresh {
+        identity.persist(&cfg.data_dir)?;
+    }
 
     wait_for_leader(&raft).await?;
-    init_cluster(&raft, &identity).await?;
-    register_self(&raft, &cfg, &identity, &runtimes).await?;
+    if identity.founder {
+        init_cluster(&proposer, &identity).await?;
+    }
+    let me = self_node(
+        &cfg,
+        &identity,
+        &runtimes,
+        &advertise,
+        &net.peer_id(),
+        identity.role,
+    );
+    proposer
+        .propose(Command::UpsertNode(me))
+        .await
+        .with_context(|| format!("cannot register node {}", cfg.name))?;
 
-    let (dispatcher, dispatch) = Dispatcher::new(raft.clone());
+    let (dispatcher, dispatch) = Dispatcher::new(raft.clone(), proposer.clone());
     let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
     let assignments = dispatch.connect(identity.node_id.clone()).await;
     let worker = Worker::new(
@@ -218,9 +377,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     );
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let orchestrator_task = tokio::spawn(Orchestrator::new(raft.clone(), shutdown.clone()).run());
+    tokio::spawn(join::run_promoter(raft.clone(), shutdown.clone()));
+    let beat = Duration::from_millis(cfg.heartbeat_ms.max(50));
+    tokio::spawn(heartbeat::run_sender(
+        identity.node_id.clone(),
+        raft.clone(),
+        net.clone(),
+        book.clone(),
+        beat,
+        shutdown.clone(),
+    ));
+    tokio::spawn(heartbeat::run_monitor(
+        identity.node_id.clone(),
+        raft.clone(),
+        heard_rx,
+        beat * 3,
+        shutdown.clone(),
+    ));
 
     let app = api::router(AppState {
         raft: raft.clone(),
+        proposer,
         runtimes,
         node_id: identity.node_id.clone(),
         node_name: cfg.name.clone(),
@@ -256,8 +433,74 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if let Ok(Ok(Err(e))) = tokio::time::timeout(bounded, raft_task).await {
         return Err(e.into());
     }
+    let _ = tokio::time::timeout(bounded, net.stopped()).await;
     db.flush()?;
     Ok(())
+}
+
+/// The address other nodes dial: --advertise, else the listen address with
+/// an unspecified host replaced by loopback (set --advertise on real hosts).
+fn advertised(cfg: &AgentConfig, bound: std::net::SocketAddr) -> String {
+    if let Some(a) = &cfg.advertise {
+        return a.clone();
+    }
+    if bound.ip().is_unspecified() {
+        tracing::warn!(
+            listen = %bound,
+            "listening on all interfaces without --advertise: other nodes are told 127.0.0.1:{}; set --advertise HOST:PORT for nodes on other hosts",
+            bound.port()
+        );
+        return format!("127.0.0.1:{}", bound.port());
+    }
+    bound.to_string()
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Keeps a connection to every member this node may need to reach (their
+/// addresses come from the replicated node table).
+async fn keep_peers_connected(
+    raft: crate::raft::RaftHandle,
+    net: NetHandle,
+    self_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sub = raft.subscribe();
+    let mut known: std::collections::BTreeMap<String, String> = Default::default();
+    loop {
+        let p = sub.borrow_and_update().clone();
+        for n in p.state.nodes.values() {
+            if n.id == self_id || n.peer_id.is_empty() || n.addr.is_empty() {
+                continue;
+            }
+            if known.get(&n.peer_id) != Some(&n.addr) {
+                net.add_peer(&n.peer_id, &n.addr);
+                known.insert(n.peer_id.clone(), n.addr.clone());
+            }
+        }
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|peer| !p.state.nodes.values().any(|n| &&n.peer_id == peer))
+            .cloned()
+            .collect();
+        for peer in gone {
+            net.remove_peer(&peer);
+            known.remove(&peer);
+        }
+        tokio::select! {
+            r = sub.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 async fn wait_for_leader(raft: &crate::raft::RaftHandle) -> anyhow::Result<()> {
@@ -276,56 +519,63 @@ async fn wait_for_leader(raft: &crate::raft::RaftHandle) -> anyhow::Result<()> {
 }
 
 /// The founder records the cluster's identity and first join secrets once.
-async fn init_cluster(raft: &crate::raft::RaftHandle, identity: &Identity) -> anyhow::Result<()> {
-    if !raft.current().state.secrets.cluster_id.is_empty() || identity.cluster_key.is_empty() {
+async fn init_cluster(proposer: &Proposer, identity: &Identity) -> anyhow::Result<()> {
+    if !proposer
+        .raft()
+        .current()
+        .state
+        .secrets
+        .cluster_id
+        .is_empty()
+    {
         return Ok(());
     }
-    raft.propose(Command::InitCluster(skein_protocol::ClusterSecrets {
-        cluster_id: identity.cluster_id.clone(),
-        cluster_key: identity.cluster_key.clone(),
-        worker_secret: crate::util::random_hex(16),
-        manager_secret: crate::util::random_hex(16),
-    }))
-    .await
-    .context("cannot record the cluster's identity")?;
+    proposer
+        .propose(Command::InitCluster(skein_protocol::ClusterSecrets {
+            cluster_id: identity.cluster_id.clone(),
+            cluster_key: identity.cluster_key.clone(),
+            worker_secret: crate::util::random_hex(16),
+            manager_secret: crate::util::random_hex(16),
+        }))
+        .await
+        .context("cannot record the cluster's identity")?;
     Ok(())
 }
 
-async fn register_self(
-    raft: &crate::raft::RaftHandle,
+/// This node as it describes itself to the cluster.
+fn self_node(
     cfg: &AgentConfig,
     identity: &Identity,
     runtimes: &Runtimes,
-) -> anyhow::Result<()> {
+    advertise: &str,
+    peer_id: &str,
+    role: NodeRole,
+) -> Node {
     let now = crate::util::now_ms();
-    let p = raft.current();
-    let node = Node {
+    Node {
         id: identity.node_id.clone(),
         name: cfg.name.clone(),
-        role: NodeRole::Manager,
+        role,
         availability: Default::default(),
         status: NodeStatus::Ready,
         status_message: String::new(),
-        addr: cfg.listen.clone(),
+        addr: advertise.to_string(),
         api_addr: cfg.api.to_string(),
-        peer_id: String::new(),
+        peer_id: peer_id.to_string(),
+        raft_id: identity.raft_id,
         region: cfg.region.clone(),
         labels: cfg.labels.clone(),
         description: describe(runtimes),
-        manager_status: Some(ManagerStatus {
+        manager_status: (role == NodeRole::Manager).then(|| ManagerStatus {
             raft_id: identity.raft_id,
-            addr: cfg.listen.clone(),
-            leader: p.is_leader,
+            addr: advertise.to_string(),
+            leader: false,
             reachability: "reachable".into(),
         }),
         created_at: now,
         updated_at: now,
         last_seen: now,
-    };
-    raft.propose(Command::UpsertNode(node))
-        .await
-        .with_context(|| format!("cannot register node {}", cfg.name))?;
-    Ok(())
+    }
 }
 
 async fn wait_for_signal() {

@@ -4,7 +4,9 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod dispatcher;
+pub mod net;
 pub mod orchestrator;
 pub mod raft;
 pub mod runtime;

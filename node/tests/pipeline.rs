@@ -2,6 +2,8 @@
 //! orchestrator, the dispatcher and a worker on the fake runtime. What goes
 //! in is a service; what comes out is tasks started, restarted and stopped.
 
+use skein_node::cluster::forward::Proposer;
+use skein_node::cluster::raft_link::PeerBook;
 use skein_node::dispatcher::Dispatcher;
 use skein_node::orchestrator::Orchestrator;
 use skein_node::raft::{RaftHandle, RaftNode, RaftOptions};
@@ -71,6 +73,7 @@ async fn a_service_goes_in_and_tasks_come_out() {
         addr: String::new(),
         api_addr: String::new(),
         peer_id: String::new(),
+        raft_id: 0,
         region: "default".into(),
         labels: Default::default(),
         description: NodeDescription {
@@ -89,7 +92,8 @@ async fn a_service_goes_in_and_tasks_come_out() {
     .expect("register node");
 
     let fake = FakeRuntime::new();
-    let (dispatcher, dispatch) = Dispatcher::new(raft.clone());
+    let proposer = Proposer::new(raft.clone(), None, PeerBook::default());
+    let (dispatcher, dispatch) = Dispatcher::new(raft.clone(), proposer);
     tokio::spawn(dispatcher.run(stop_rx.clone()));
     let assignments = dispatch.connect("n1".into()).await;
     let worker = Worker::new(

@@ -83,6 +83,10 @@ pub struct Node {
     /// The node's libp2p peer id (empty for a node that never networked).
     #[serde(default)]
     pub peer_id: String,
+    /// The node's Raft id: every node is a Raft member (managers vote,
+    /// workers are learners).
+    #[serde(default)]
+    pub raft_id: u64,
     /// Region of the cluster this node belongs to (federation).
     pub region: String,
     pub labels: BTreeMap<String, String>,

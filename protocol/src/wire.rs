@@ -44,6 +44,10 @@ pub enum WireMessage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WireReply {
     Ack,
+    /// A forwarded proposal was applied at the leader, at this log index.
+    Applied {
+        index: u64,
+    },
     /// The request was refused or failed; the text says why and what to do.
     Error(String),
     Joined(Box<JoinAccepted>),

@@ -131,6 +131,10 @@ pub struct Agent {
     extra: Vec<String>,
     /// The `--runtime` the agent runs with.
     runtime: String,
+    /// `--name`.
+    pub name: String,
+    /// The cluster transport's address (`--listen`), kept across restarts.
+    pub listen: String,
 }
 
 impl Agent {
@@ -143,9 +147,31 @@ impl Agent {
             api: format!("127.0.0.1:{}", free_port()),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             runtime: "process".into(),
+            name: "test-node".into(),
+            listen: format!("127.0.0.1:{}", free_port()),
         };
         a.spawn();
         a
+    }
+
+    /// An agent named `name` with extra flags (e.g. `--join`), not started:
+    /// call [`Agent::launch`]. For clusters of several agents.
+    pub fn named(name: &str, extra: &[&str]) -> Agent {
+        Agent {
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            api: format!("127.0.0.1:{}", free_port()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            runtime: "process".into(),
+            name: name.into(),
+            listen: format!("127.0.0.1:{}", free_port()),
+        }
+    }
+
+    /// Starts an agent made with [`Agent::named`]; waits for its API.
+    pub fn launch(mut self) -> Agent {
+        self.spawn();
+        self
     }
 
     /// A new single-node cluster with `--runtime RUNTIME` (docker, auto or
@@ -159,6 +185,8 @@ impl Agent {
             api: format!("127.0.0.1:{}", free_port()),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             runtime: runtime.into(),
+            name: "test-node".into(),
+            listen: format!("127.0.0.1:{}", free_port()),
         };
         a.spawn();
         a
@@ -239,7 +267,9 @@ impl Agent {
                 "--api",
                 &self.api,
                 "--name",
-                "test-node",
+                &self.name,
+                "--listen",
+                &self.listen,
             ])
             .args(&self.extra)
             .env("RUST_LOG", "info")

@@ -25,6 +25,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub raft: RaftHandle,
+    /// Writes: proposed here when leading, forwarded to the leader otherwise.
+    pub proposer: crate::cluster::forward::Proposer,
     pub runtimes: Runtimes,
     pub node_id: String,
     pub node_name: String,
@@ -80,6 +82,30 @@ impl From<ProposeError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<crate::cluster::forward::ForwardError> for ApiError {
+    fn from(e: crate::cluster::forward::ForwardError) -> Self {
+        use crate::cluster::forward::ForwardError;
+        match e {
+            ForwardError::Local(p) => p.into(),
+            ForwardError::Remote(m) => {
+                // The leader refused: the same kinds of refusal as a local apply.
+                let status =
+                    if m.contains("already exists") || m.contains("changed by someone else") {
+                        StatusCode::CONFLICT
+                    } else if m.starts_with("no such") {
+                        StatusCode::NOT_FOUND
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    };
+                ApiError::new(status, m)
+            }
+            ForwardError::NoLeader | ForwardError::Unreachable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        }
     }
 }
 
@@ -230,7 +256,9 @@ async fn create_service(
         ));
     }
     let svc = new_service(spec, crate::util::now_ms());
-    st.raft.propose(Command::CreateService(svc.clone())).await?;
+    st.proposer
+        .propose(Command::CreateService(svc.clone()))
+        .await?;
     Ok((StatusCode::CREATED, Json(svc)))
 }
 
@@ -239,7 +267,7 @@ async fn remove_service(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let sid = find_service(&snapshot(&st), &id)?.id.clone();
-    st.raft
+    st.proposer
         .propose(Command::RemoveService {
             id: sid,
             at: crate::util::now_ms(),
@@ -265,7 +293,7 @@ async fn scale_service(
     let mut spec = svc.spec.clone();
     spec.replicas = Some(req.replicas);
     let spec = normalize(spec)?;
-    st.raft
+    st.proposer
         .propose(Command::UpdateService {
             id: svc.id.clone(),
             expected_version: svc.version,
@@ -507,7 +535,7 @@ async fn deploy_stack(
     }
     if !cmds.is_empty() {
         // One entry: the whole stack is deployed, or nothing of it.
-        st.raft.propose(Command::Batch(cmds)).await?;
+        st.proposer.propose(Command::Batch(cmds)).await?;
     }
     Ok(Json(resp))
 }
@@ -532,7 +560,7 @@ async fn remove_stack(
             at: now,
         })
         .collect();
-    st.raft.propose(Command::Batch(cmds)).await?;
+    st.proposer.propose(Command::Batch(cmds)).await?;
     Ok(Json(names))
 }
 

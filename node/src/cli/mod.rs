@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the skein agent on this machine.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCmd),

@@ -1,17 +1,21 @@
-//! The dispatcher: leader-side link to every node's worker. Sends each node
-//! the set of tasks it should know about ([`Assignments`]) whenever that set
-//! changes, and turns the workers' [`StatusReport`]s into Raft commands.
+//! The dispatcher: the link between the replicated state and each node's
+//! worker. It sends a worker the set of tasks its node should know about
+//! ([`Assignments`]) whenever that set changes, and turns the worker's
+//! [`StatusReport`]s into Raft commands (forwarded to the leader by the
+//! [`Proposer`] when this node does not lead).
 //!
-//! Today workers are local and connect through channels
-//! ([`DispatcherHandle::connect`]); the network transport will carry the
-//! same protocol messages. Invariants: a node's assignments are computed
-//! only from committed state; a status report is proposed as is (apply drops
-//! anything that would move a task backwards), and a report that could not
-//! be proposed is not lost: the worker re-reports whatever the assignments
-//! show it the store has not caught up with.
+//! Every node is a Raft member (workers as learners), so assignments are
+//! computed from this node's own copy of the committed state: the same data
+//! the leader would stream, and a node cut off from the leader keeps running
+//! what it was last given. Invariants: assignments come only from committed
+//! state; a status report is proposed as is (apply drops anything that would
+//! move a task backwards), and a report that could not be proposed is not
+//! lost: the worker re-reports whatever the assignments show the store has
+//! not caught up with.
 
 pub mod liveness;
 
+use crate::cluster::forward::Proposer;
 use crate::raft::{Published, RaftHandle};
 use skein_protocol::wire::{Assignments, StatusReport};
 use skein_protocol::{Command, NodeId, Task, TaskState};
@@ -64,18 +68,20 @@ struct Session {
 
 pub struct Dispatcher {
     raft: RaftHandle,
+    proposer: Proposer,
     req_rx: mpsc::Receiver<Request>,
     reports_rx: mpsc::Receiver<StatusReport>,
     sessions: HashMap<NodeId, Session>,
 }
 
 impl Dispatcher {
-    pub fn new(raft: RaftHandle) -> (Dispatcher, DispatcherHandle) {
+    pub fn new(raft: RaftHandle, proposer: Proposer) -> (Dispatcher, DispatcherHandle) {
         let (req, req_rx) = mpsc::channel(16);
         let (reports, reports_rx) = mpsc::channel(256);
         (
             Dispatcher {
                 raft,
+                proposer,
                 req_rx,
                 reports_rx,
                 sessions: HashMap::new(),
@@ -105,7 +111,7 @@ impl Dispatcher {
                     while let Ok(more) = self.reports_rx.try_recv() {
                         updates.extend(more.updates);
                     }
-                    if let Err(e) = self.raft.propose(Command::SetTaskStatus(updates)).await {
+                    if let Err(e) = self.proposer.propose(Command::SetTaskStatus(updates)).await {
                         tracing::warn!(error = %e, "task status not recorded; the worker will report again");
                     }
                 }
@@ -115,9 +121,6 @@ impl Dispatcher {
     }
 
     async fn push_all(&mut self, snap: &Arc<Published>) {
-        if !snap.is_leader {
-            return;
-        }
         let mut gone = Vec::new();
         for (node_id, s) in self.sessions.iter_mut() {
             let tasks = assignments_for(&snap.state, node_id);

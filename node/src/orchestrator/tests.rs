@@ -22,6 +22,7 @@ pub fn node(id: &str) -> Node {
         addr: String::new(),
         api_addr: String::new(),
         peer_id: String::new(),
+        raft_id: 0,
         region: "default".into(),
         labels: BTreeMap::new(),
         description: NodeDescription {

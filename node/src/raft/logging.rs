@@ -28,6 +28,17 @@ impl slog::Drain for Drain {
         values: &slog::OwnedKVList,
     ) -> Result<(), slog::Never> {
         use slog::KV as _;
+        let level = match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::Level::ERROR,
+            slog::Level::Warning => tracing::Level::WARN,
+            slog::Level::Info => tracing::Level::INFO,
+            slog::Level::Debug => tracing::Level::DEBUG,
+            slog::Level::Trace => tracing::Level::TRACE,
+        };
+        // raft-rs logs a lot at debug level: skip formatting what nobody listens to.
+        if !enabled(level) {
+            return Ok(());
+        }
         let mut kv = Kv(String::new());
         let _ = record.kv().serialize(record, &mut kv);
         let _ = values.serialize(record, &mut kv);
@@ -43,6 +54,16 @@ impl slog::Drain for Drain {
             slog::Level::Trace => tracing::trace!(target: "raft", fields = %fields, "{msg}"),
         }
         Ok(())
+    }
+}
+
+fn enabled(level: tracing::Level) -> bool {
+    match level {
+        tracing::Level::ERROR => tracing::enabled!(target: "raft", tracing::Level::ERROR),
+        tracing::Level::WARN => tracing::enabled!(target: "raft", tracing::Level::WARN),
+        tracing::Level::INFO => tracing::enabled!(target: "raft", tracing::Level::INFO),
+        tracing::Level::DEBUG => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
+        _ => tracing::enabled!(target: "raft", tracing::Level::TRACE),
     }
 }
 

@@ -1,33 +1,43 @@
-//! The Raft driver: owns the raft-rs `RawNode`, its sled-backed log and the
-//! replicated [`ClusterState`]. The only code that changes cluster state.
+//! The Raft driver: the only code that changes cluster state. It owns the raft-rs
+//! `RawNode`, its sled-backed log ([`storage`]) and the replicated [`ClusterState`].
 //!
-//! Shape: an actor ([`RaftNode::run`]) with a cloneable [`RaftHandle`]. The
-//! handle proposes commands (the reply comes when the entry is applied, with
-//! apply's verdict) and subscribes to [`Published`] snapshots of the state.
-//! Invariants:
-//! - every `Ready` is handled in raft-rs's documented order: send messages,
-//!   apply a snapshot, apply committed entries, append entries, persist the
-//!   hard state, flush (once per Ready), only then send persisted messages,
-//!   `advance`, the same for the `LightReady`, `advance_apply`;
-//! - state changes only by applying committed entries in log order; the
-//!   applied index is stored atomically with the state-machine snapshot, and
-//!   a restart rebuilds state from that snapshot plus the log after it, so no
-//!   entry is applied twice or skipped;
-//! - pre-vote and check-quorum are on; the log is compacted behind a
-//!   snapshot every `snapshot_entries` applied entries.
+//! Two layers:
+//! - [`RaftCore`] (`raft_core.rs`): sans-IO. Ticks, peer messages and requests in; `advance()`
+//!   handles the `Ready`s and returns messages to send and answered proposals. All Raft rules
+//!   live there (Ready order, apply, snapshots and compaction, membership, fast elections).
+//! - [`RaftNode`] (this file): the tokio actor around one core, with a cloneable
+//!   [`RaftHandle`]. The handle proposes commands and membership changes (answered when
+//!   applied, with apply's verdict), feeds peer messages and "peer unreachable" reports from
+//!   the transport, and subscribes to [`Published`] views of the state.
+//!
+//! Invariants of the actor:
+//! - the state containing an applied proposal is published BEFORE the proposal is answered:
+//!   a caller that reads the state after its answer sees its own write;
+//! - requests queued together are handled in one batch: one `Ready`, one sled flush;
+//! - a node that is the only voter campaigns at once on start;
+//! - messages to peers go to the channel given to [`RaftNode::set_outbound`] (the transport);
+//!   without one (a single voter) they are dropped.
+//!
+//! Joining: [`RaftNode::open`] founds a single-voter cluster on an empty log;
+//! [`RaftNode::open_joining`] leaves an empty log uninitialised and waits for the leader to add
+//! this raft id ([`RaftHandle::add_learner`] / [`RaftHandle::add_voter`]) and send a snapshot.
+//! A node that joined must always be reopened with `open_joining` (or `open` once its log is
+//! initialised): `open` on an empty log would found a second cluster.
 
 mod logging;
+mod raft_core;
+#[cfg(test)]
+mod sim;
 pub mod storage;
 
+pub use raft_core::{Membership, Output, RaftCore, SplitMix64};
+
 use crate::store::{ApplyError, ClusterState, Event};
-use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::Message;
 use skein_protocol::{codec, Command};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use storage::SledStorage;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// A consistent view of the cluster as of `applied`.
@@ -41,6 +51,25 @@ pub struct Published {
     pub term: u64,
     pub commit: u64,
     pub applied: u64,
+    /// Voters of the configuration as of `applied`, sorted.
+    pub voters: Vec<u64>,
+    /// Learners (replicas that do not vote), sorted.
+    pub learners: Vec<u64>,
+    /// On the leader only (empty elsewhere): every voter's and learner's replication
+    /// progress, sorted by raft id. `matched` is as of the last publish (publishes follow
+    /// state, role and membership changes, not every acknowledgement).
+    pub progress: Vec<PeerProgress>,
+}
+
+/// The leader's view of one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub raft_id: u64,
+    /// Highest log index known to be replicated on the peer.
+    pub matched: u64,
+    /// The peer answered within the last election timeout (check-quorum's measure).
+    pub recent_active: bool,
+    pub voter: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +80,31 @@ pub enum ProposeError {
     Rejected(#[from] ApplyError),
     #[error("the proposal was dropped (leadership changed): retry")]
     Dropped,
+    #[error(
+        "leadership was lost before the proposal committed: it may or may not be applied; \
+         check the state before retrying"
+    )]
+    Uncertain,
     #[error("the raft node is shutting down")]
     Stopped,
     #[error("cannot encode the command: {0}")]
     Encode(String),
+    #[error("another membership change is still being applied: retry when it is done")]
+    ConfChangeInProgress,
+    #[error("raft id 0 is not a valid node id")]
+    InvalidPeer,
+    #[error("raft node {0} is not a member of the cluster")]
+    NotAMember(u64),
+    #[error("raft node {0} is not a voter: only voters can lead")]
+    NotAVoter(u64),
+    #[error("cannot remove or demote the last voter: the cluster would have no quorum at all")]
+    LastVoter,
+    #[error("this node is the leader: transfer leadership to another voter first")]
+    LeaderMustTransfer,
+    #[error("raft refused the membership change: {0}")]
+    ConfChange(String),
+    #[error("leadership did not move to raft node {target} within an election timeout: check that it is up and caught up, then retry")]
+    TransferFailed { target: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +113,7 @@ pub enum RaftError {
     Storage(#[from] storage::StorageError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
-    #[error("state snapshot on disk is unreadable: {0}")]
+    #[error("state snapshot is unreadable: {0}")]
     Snapshot(#[from] codec::CodecError),
 }
 
@@ -74,8 +124,21 @@ enum Request {
         cmd: Box<Command>,
         reply: Reply,
     },
-    /// A message from a peer (the transport issue wires this up).
+    Membership {
+        change: Membership,
+        reply: Reply,
+    },
+    TransferLeader {
+        target: u64,
+        reply: Reply,
+    },
+    /// A message from a peer.
     Step(Message),
+    PeerUnreachable(u64),
+    ReportSnapshot {
+        peer: u64,
+        delivered: bool,
+    },
 }
 
 #[derive(Clone)]
@@ -86,22 +149,82 @@ pub struct RaftHandle {
 }
 
 impl RaftHandle {
-    /// Proposes `cmd` and waits until it is applied (or refused by apply).
-    pub async fn propose(&self, cmd: Command) -> Result<(), ProposeError> {
+    async fn ask(&self, make: impl FnOnce(Reply) -> Request) -> Result<(), ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Propose {
-                cmd: Box::new(cmd),
-                reply,
-            })
+            .send(make(reply))
             .await
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
     }
+
+    /// Proposes `cmd` and waits until it is applied (or refused by apply).
+    pub async fn propose(&self, cmd: Command) -> Result<(), ProposeError> {
+        self.ask(|reply| Request::Propose {
+            cmd: Box::new(cmd),
+            reply,
+        })
+        .await
+    }
+
+    /// Adds `raft_id` as a voter (or promotes a learner); answered once applied. Add a node
+    /// with an empty log as a learner first and promote it once it has caught up
+    /// ([`Published::progress`]), so the quorum never waits for it.
+    pub async fn add_voter(&self, raft_id: u64) -> Result<(), ProposeError> {
+        self.membership(Membership::AddVoter(raft_id)).await
+    }
+
+    /// Adds `raft_id` as a learner (gets the log, does not vote), or demotes a voter.
+    pub async fn add_learner(&self, raft_id: u64) -> Result<(), ProposeError> {
+        self.membership(Membership::AddLearner(raft_id)).await
+    }
+
+    /// Removes a voter or learner; answered once applied. Refuses the leader itself
+    /// ([`ProposeError::LeaderMustTransfer`]) and the last voter.
+    pub async fn remove_node(&self, raft_id: u64) -> Result<(), ProposeError> {
+        self.membership(Membership::Remove(raft_id)).await
+    }
+
+    /// Any membership change (see [`RaftCore::propose_membership`]).
+    pub async fn membership(&self, change: Membership) -> Result<(), ProposeError> {
+        self.ask(|reply| Request::Membership { change, reply })
+            .await
+    }
+
+    /// Hands leadership to voter `raft_id`; answered once it leads, or
+    /// [`ProposeError::TransferFailed`] after an election timeout.
+    pub async fn transfer_leader(&self, raft_id: u64) -> Result<(), ProposeError> {
+        self.ask(|reply| Request::TransferLeader {
+            target: raft_id,
+            reply,
+        })
+        .await
+    }
+
     /// Feeds a Raft message received from a peer.
     pub async fn step(&self, msg: Message) {
         let _ = self.tx.send(Request::Step(msg)).await;
     }
+
+    /// The transport lost its connection to `raft_id`: if that is the leader, this node
+    /// starts a (pre-)election at once instead of waiting out the election timeout.
+    pub async fn peer_unreachable(&self, raft_id: u64) {
+        let _ = self.tx.send(Request::PeerUnreachable(raft_id)).await;
+    }
+
+    /// The transport's verdict on a `MsgSnapshot` it carried to `raft_id` (all chunks
+    /// delivered, or the transfer failed). Without it the leader waits ten election timeouts
+    /// before sending a snapshot again.
+    pub async fn report_snapshot(&self, raft_id: u64, delivered: bool) {
+        let _ = self
+            .tx
+            .send(Request::ReportSnapshot {
+                peer: raft_id,
+                delivered,
+            })
+            .await;
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
         self.published.clone()
     }
@@ -135,25 +258,18 @@ impl Default for RaftOptions {
     }
 }
 
+/// The actor: one [`RaftCore`] driven by a ticker, the handle's requests and peer messages.
 pub struct RaftNode {
-    node: RawNode<SledStorage>,
-    store: SledStorage,
-    state: Arc<ClusterState>,
-    applied: u64,
-    last_snapshot: u64,
-    opts: RaftOptions,
-    pending: HashMap<u64, Reply>,
-    /// Answers for applied proposals, sent only after the state that
-    /// contains them is published: a caller that reads the state after its
-    /// answer must see its own write.
-    answered: Vec<(Reply, Result<(), ProposeError>)>,
-    next_proposal: u64,
+    core: RaftCore,
+    tick: Duration,
+    /// Callers waiting for an answer, by proposal id.
+    replies: HashMap<u64, Reply>,
+    next_id: u64,
     rx: mpsc::Receiver<Request>,
     published: watch::Sender<Arc<Published>>,
     events: broadcast::Sender<Event>,
     /// Messages to peers (None: a single voter has no peers).
     outbound: Option<mpsc::UnboundedSender<Message>>,
-    last_term: u64,
 }
 
 impl RaftNode {
@@ -164,65 +280,41 @@ impl RaftNode {
         raft_id: u64,
         opts: RaftOptions,
     ) -> Result<(RaftNode, RaftHandle), RaftError> {
-        let store = SledStorage::open(db)?;
-        if !store.is_initialized() {
-            let mut cs = ConfState::default();
-            cs.mut_voters().push(raft_id);
-            store.initialize(cs)?;
-            store.flush()?;
-            tracing::info!(raft_id, "initialized a new single-voter raft log");
-        }
-        let (state, applied) = match store.snapshot_data()? {
-            Some((meta, data)) if !data.is_empty() => {
-                let state: ClusterState = codec::decode(&data)?;
-                (state, meta.index)
-            }
-            Some((meta, _)) => (ClusterState::default(), meta.index),
-            None => (ClusterState::default(), 0),
-        };
-        let cfg = raft::Config {
-            id: raft_id,
-            election_tick: opts.election_ticks,
-            heartbeat_tick: opts.heartbeat_ticks,
-            applied,
-            max_size_per_msg: 1024 * 1024,
-            max_inflight_msgs: 256,
-            check_quorum: true,
-            pre_vote: true,
-            ..Default::default()
-        };
-        cfg.validate()?;
-        let node = RawNode::new(&cfg, store.clone(), &logging::logger())?;
+        let core = RaftCore::open(db, raft_id, &opts)?;
+        Ok(Self::with_core(core, &opts))
+    }
+
+    /// Opens the log in `db` to join an existing cluster: an empty log waits, uninitialised,
+    /// for the leader to add `raft_id` and send a snapshot; an existing one resumes.
+    pub fn open_joining(
+        db: &sled::Db,
+        raft_id: u64,
+        opts: RaftOptions,
+    ) -> Result<(RaftNode, RaftHandle), RaftError> {
+        let core = RaftCore::open_joining(db, raft_id, &opts)?;
+        Ok(Self::with_core(core, &opts))
+    }
+
+    fn with_core(core: RaftCore, opts: &RaftOptions) -> (RaftNode, RaftHandle) {
         let (tx, rx) = mpsc::channel(1024);
-        let first = Arc::new(Published {
-            state: Arc::new(state.clone()),
-            raft_id,
-            ..Default::default()
-        });
-        let (published, published_rx) = watch::channel(first);
+        let (published, published_rx) = watch::channel(Arc::new(core.published()));
         let (events, _) = broadcast::channel(4096);
         let handle = RaftHandle {
             tx,
             published: published_rx,
             events: events.clone(),
         };
-        let rn = RaftNode {
-            node,
-            store,
-            state: Arc::new(state),
-            applied,
-            last_snapshot: applied,
-            opts,
-            pending: HashMap::new(),
-            answered: Vec::new(),
-            next_proposal: 1,
+        let node = RaftNode {
+            core,
+            tick: opts.tick,
+            replies: HashMap::new(),
+            next_id: 1,
             rx,
             published,
             events,
             outbound: None,
-            last_term: 0,
         };
-        Ok((rn, handle))
+        (node, handle)
     }
 
     /// Where messages for peers go (the transport).
@@ -230,25 +322,16 @@ impl RaftNode {
         self.outbound = Some(tx);
     }
 
-    fn single_voter(&self) -> bool {
-        let cs = self.node.raft.prs().conf();
-        let voters: Vec<u64> = cs.voters().ids().iter().collect();
-        voters == [self.node.raft.id]
-    }
-
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), RaftError> {
-        if self.single_voter() {
-            // Nobody to wait for: lead at once instead of after an election timeout.
-            self.node.campaign()?;
-        }
-        let mut ticker = tokio::time::interval(self.opts.tick);
+        // Replays the log after the snapshot, then campaigns if this is the only voter.
+        let mut out = self.core.start()?;
+        send(&self.outbound, std::mem::take(&mut out.messages));
+        self.finish(out);
+        let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.handle_ready()?;
-        self.publish();
-        self.send_answers();
         loop {
             tokio::select! {
-                _ = ticker.tick() => { self.node.tick(); }
+                _ = ticker.tick() => self.core.tick(),
                 req = self.rx.recv() => match req {
                     Some(r) => {
                         self.handle_request(r);
@@ -260,207 +343,96 @@ impl RaftNode {
                     None => return Ok(()),
                 },
                 _ = shutdown.changed() => {
-                    self.store.flush()?;
-                    for (_, reply) in self.pending.drain() {
+                    self.core.storage().flush()?;
+                    for (_, reply) in self.replies.drain() {
                         let _ = reply.send(Err(ProposeError::Stopped));
                     }
                     tracing::info!("raft node stopped");
                     return Ok(());
                 }
             }
-            self.handle_ready()?;
-            self.publish();
-            self.send_answers();
-        }
-    }
-
-    fn send_answers(&mut self) {
-        for (reply, result) in self.answered.drain(..) {
-            let _ = reply.send(result);
+            let outbound = &self.outbound;
+            let out = self.core.advance_with(&mut |msgs| send(outbound, msgs))?;
+            self.finish(out);
         }
     }
 
     fn handle_request(&mut self, req: Request) {
-        match req {
-            Request::Propose { cmd, reply } => {
-                if self.node.raft.state != StateRole::Leader {
-                    let _ = reply.send(Err(ProposeError::NotLeader {
-                        leader: self.node.raft.leader_id,
-                    }));
-                    return;
-                }
-                let data = match codec::encode(&cmd) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = reply.send(Err(ProposeError::Encode(e.to_string())));
-                        return;
-                    }
-                };
-                let id = self.next_proposal;
-                self.next_proposal += 1;
-                match self.node.propose(id.to_le_bytes().to_vec(), data) {
-                    Ok(()) => {
-                        self.pending.insert(id, reply);
-                    }
-                    Err(raft::Error::ProposalDropped) => {
-                        let _ = reply.send(Err(ProposeError::Dropped));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "proposal failed");
-                        let _ = reply.send(Err(ProposeError::Dropped));
-                    }
-                }
+        let id = self.next_id;
+        let (result, reply) = match req {
+            Request::Propose { cmd, reply } => (self.core.propose(&cmd, id), reply),
+            Request::Membership { change, reply } => {
+                (self.core.propose_membership(change, id), reply)
+            }
+            Request::TransferLeader { target, reply } => {
+                (self.core.transfer_leader(target, id), reply)
             }
             Request::Step(msg) => {
-                if let Err(e) = self.node.step(msg) {
-                    tracing::debug!(error = %e, "ignoring raft message");
-                }
+                self.core.step(msg);
+                return;
+            }
+            Request::PeerUnreachable(peer) => {
+                self.core.peer_unreachable(peer);
+                return;
+            }
+            Request::ReportSnapshot { peer, delivered } => {
+                self.core.report_snapshot(peer, delivered);
+                return;
+            }
+        };
+        self.next_id += 1;
+        match result {
+            Ok(()) => {
+                self.replies.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
             }
         }
     }
 
-    fn send(&self, msgs: Vec<Message>) {
-        if let Some(out) = &self.outbound {
-            for m in msgs {
-                let _ = out.send(m);
-            }
-        }
-    }
-
-    fn handle_ready(&mut self) -> Result<(), RaftError> {
-        if !self.node.has_ready() {
-            return Ok(());
-        }
-        let mut ready = self.node.ready();
-        if !ready.messages().is_empty() {
-            self.send(ready.take_messages());
-        }
-        if !ready.snapshot().is_empty() {
-            let snap = ready.snapshot().clone();
-            let state: ClusterState = codec::decode(snap.get_data())?;
-            self.applied = snap.get_metadata().index;
-            self.last_snapshot = self.applied;
-            self.state = Arc::new(state);
-            self.store.apply_snapshot(snap)?;
-        }
-        let committed = ready.take_committed_entries();
-        self.apply_entries(committed)?;
-        if !ready.entries().is_empty() {
-            self.store.append(ready.entries())?;
-        }
-        if let Some(hs) = ready.hs() {
-            self.store.set_hard_state(hs)?;
-        }
-        self.store.flush()?;
-        if !ready.persisted_messages().is_empty() {
-            self.send(ready.take_persisted_messages());
-        }
-        let mut light = self.node.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            self.store.set_commit(commit)?;
-        }
-        self.send(light.take_messages());
-        self.apply_entries(light.take_committed_entries())?;
-        self.node.advance_apply();
-        self.maybe_snapshot()?;
-        Ok(())
-    }
-
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
-        let mut events = Vec::new();
-        for entry in entries {
-            self.applied = entry.index;
-            match entry.get_entry_type() {
-                EntryType::EntryNormal => {
-                    if entry.data.is_empty() {
-                        continue; // a new leader's empty entry
-                    }
-                    let result = match codec::decode::<Command>(&entry.data) {
-                        Ok(cmd) => Arc::make_mut(&mut self.state).apply(&cmd, &mut events),
-                        Err(e) => {
-                            // Written by a newer or broken node: skip it identically everywhere.
-                            tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
-                            Ok(())
-                        }
-                    };
-                    if let Some(reply) = self.proposal_reply(&entry.context) {
-                        self.answered
-                            .push((reply, result.map_err(ProposeError::from)));
-                    } else if let Err(e) = result {
-                        tracing::debug!(index = entry.index, error = %e, "command refused by apply");
-                    }
-                }
-                EntryType::EntryConfChange => {
-                    let cc = ConfChange::parse_from_bytes(&entry.data)
-                        .map_err(raft::Error::CodecError)?;
-                    let cs = self.node.apply_conf_change(&cc)?;
-                    self.store.set_conf_state(&cs)?;
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let cc = ConfChangeV2::parse_from_bytes(&entry.data)
-                        .map_err(raft::Error::CodecError)?;
-                    let cs = self.node.apply_conf_change(&cc)?;
-                    self.store.set_conf_state(&cs)?;
-                }
-            }
-        }
-        for e in events {
+    /// Events, then the new state, then the answers (a caller must see its own write).
+    fn finish(&mut self, out: Output) {
+        for e in out.events {
             let _ = self.events.send(e);
         }
-        Ok(())
-    }
-
-    fn proposal_reply(&mut self, context: &[u8]) -> Option<Reply> {
-        let bytes: [u8; 8] = context.try_into().ok()?;
-        self.pending.remove(&u64::from_le_bytes(bytes))
-    }
-
-    fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
-        if self.applied < self.last_snapshot + self.opts.snapshot_entries {
-            return Ok(());
+        self.publish();
+        for (id, result) in out.answers {
+            if let Some(reply) = self.replies.remove(&id) {
+                let _ = reply.send(result);
+            }
         }
-        let data = codec::encode(self.state.as_ref())?;
-        let cs = self.node.raft.prs().conf().to_conf_state();
-        self.store.create_snapshot(self.applied, cs, data)?;
-        self.store.compact(self.applied)?;
-        self.store.flush()?;
-        self.last_snapshot = self.applied;
-        tracing::info!(index = self.applied, "log compacted behind a snapshot");
-        Ok(())
     }
 
     fn publish(&mut self) {
-        let raft = &self.node.raft;
-        let term = raft.term;
-        if term != self.last_term {
-            // Proposals from an earlier term may never commit: tell their callers.
-            if raft.state != StateRole::Leader {
-                for (_, reply) in self.pending.drain() {
-                    let _ = reply.send(Err(ProposeError::Dropped));
-                }
-            }
-            self.last_term = term;
-        }
-        let next = Published {
-            state: self.state.clone(),
-            raft_id: raft.id,
-            is_leader: raft.state == StateRole::Leader,
-            leader_id: raft.leader_id,
-            term,
-            commit: raft.raft_log.committed,
-            applied: self.applied,
-        };
+        let next = self.core.published();
         self.published.send_if_modified(|cur| {
             let changed = !Arc::ptr_eq(&cur.state, &next.state)
                 || cur.is_leader != next.is_leader
                 || cur.leader_id != next.leader_id
                 || cur.term != next.term
-                || cur.applied != next.applied;
+                || cur.applied != next.applied
+                || cur.voters != next.voters
+                || cur.learners != next.learners
+                || cur.progress.len() != next.progress.len()
+                || cur
+                    .progress
+                    .iter()
+                    .zip(&next.progress)
+                    .any(|(a, b)| a.raft_id != b.raft_id || a.recent_active != b.recent_active);
             if changed {
                 *cur = Arc::new(next);
             }
             changed
         });
+    }
+}
+
+fn send(outbound: &Option<mpsc::UnboundedSender<Message>>, msgs: Vec<Message>) {
+    if let Some(out) = outbound {
+        for m in msgs {
+            let _ = out.send(m);
+        }
     }
 }
 

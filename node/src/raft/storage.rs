@@ -24,8 +24,24 @@
 //!   cross-tree changes (`apply_snapshot`) through one sled transaction. Durability comes from
 //!   [`SledStorage::flush`], which the driver calls once per `Ready`.
 //!
+//! Restart semantics: [`raft::Storage::initial_state`] reports the configuration *of the
+//! latest snapshot* (the point the state machine restarts from), not the latest applied
+//! configuration: raft-rs is then restarted with `applied = snapshot index` and the driver
+//! re-applies every committed entry after it, conf changes included, so the configuration
+//! evolves exactly as it did the first time (a conf state ahead of the replayed entries can make
+//! a replayed conf change fail, e.g. "removed all voters"). `conf_state` is still written on
+//! every applied conf change, for diagnostics.
+//!
+//! Snapshots for peers: [`raft::Storage::snapshot`] serves the stored snapshot only if it is
+//! recent enough and its configuration contains the peer (raft-rs refuses to restore a snapshot
+//! that does not list the receiver, which is always the case for a peer added after the stored
+//! snapshot was taken). Otherwise it records the request
+//! ([`SledStorage::take_snapshot_request`]) and answers `SnapshotTemporarilyUnavailable`; the
+//! driver then creates a fresh snapshot and raft-rs retries.
+//!
 //! sled is the only source of truth (nothing is cached), so clones are interchangeable: raft-rs
-//! owns one inside the `RawNode` and the driver writes through another. Mutations are expected
+//! owns one inside the `RawNode` and the driver writes through another. The clones also share
+//! one atomic slot for the snapshot request above. Mutations are expected
 //! from a single writer (the Raft driver, between `RawNode` calls). No method panics on bad disk
 //! data; corruption and sled failures surface as [`StorageError`] (or, through the
 //! [`raft::Storage`] trait, as `raft::Error::Store(raft::StorageError::Other(..))`).
@@ -33,6 +49,8 @@
 use std::cmp;
 use std::convert::Infallible;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
@@ -198,6 +216,8 @@ pub struct SledStorage {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// Raft id of the last peer a snapshot was asked for and not served (0: none).
+    snapshot_request: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for SledStorage {
@@ -214,6 +234,7 @@ impl SledStorage {
             db: db.clone(),
             log: db.open_tree(LOG_TREE)?,
             meta: db.open_tree(META_TREE)?,
+            snapshot_request: Arc::new(AtomicU64::new(0)),
         };
         storage.check()?;
         Ok(storage)
@@ -478,6 +499,16 @@ impl SledStorage {
         self.get_meta(KEY_SNAPSHOT_META, "snapshot metadata")
     }
 
+    /// The peer a snapshot was asked for since the last call and could not be served (the
+    /// stored one is too old or does not list the peer), clearing the request. The driver then
+    /// creates a snapshot at its applied index and raft-rs retries sending it.
+    pub fn take_snapshot_request(&self) -> Option<u64> {
+        match self.snapshot_request.swap(0, Ordering::Relaxed) {
+            0 => None,
+            peer => Some(peer),
+        }
+    }
+
     /// Makes every write so far durable. Call once after the writes of one `Ready`.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
@@ -562,8 +593,11 @@ impl SledStorage {
 }
 
 impl raft::Storage for SledStorage {
+    /// Hard state, and the configuration as of the latest snapshot (see the module header: the
+    /// driver restarts from that snapshot and re-applies the conf changes after it).
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state()?, self.conf_state()?))
+        let mut snap = self.snapshot_metadata()?;
+        Ok(RaftState::new(self.hard_state()?, snap.take_conf_state()))
     }
 
     /// Entries in `[low, high)`, at least one if the range is non-empty, then limited to
@@ -616,20 +650,29 @@ impl raft::Storage for SledStorage {
         Ok(self.bounds(&snap)?.1)
     }
 
-    /// The stored snapshot (metadata and data). `SnapshotTemporarilyUnavailable` if none was
-    /// created yet or it is older than `request_index`, so raft retries after the next
-    /// `create_snapshot`.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        match self.stored_snapshot()? {
-            Some(snap)
-                if snap.get_metadata().index > 0 && snap.get_metadata().index >= request_index =>
-            {
-                Ok(snap)
+    /// The stored snapshot (metadata and data) if it is a real one (index > 0), covers
+    /// `request_index` and its configuration lists `to`. Otherwise the request is recorded for
+    /// the driver ([`SledStorage::take_snapshot_request`]) and raft-rs is told
+    /// `SnapshotTemporarilyUnavailable`, so it retries after the driver made a fresh one.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        if let Some(snap) = self.stored_snapshot()? {
+            let meta = snap.get_metadata();
+            let cs = meta.get_conf_state();
+            let lists_peer = cs
+                .voters
+                .iter()
+                .chain(&cs.learners)
+                .chain(&cs.voters_outgoing)
+                .chain(&cs.learners_next)
+                .any(|&id| id == to);
+            if meta.index > 0 && meta.index >= request_index && lists_peer {
+                return Ok(snap);
             }
-            _ => Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            )),
         }
+        self.snapshot_request.store(to.max(1), Ordering::Relaxed);
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -859,13 +902,20 @@ mod tests {
         assert_eq!(s.snapshot(0, 2), Ok(want.clone()));
         assert_eq!(s.snapshot(3, 2), Ok(want));
         assert_eq!(s.snapshot(4, 2), unavailable);
+        assert_eq!(s.take_snapshot_request(), Some(2));
 
         s.create_snapshot(4, voters(&[1, 2]), b"four".to_vec())
             .unwrap();
         let mut want = new_snapshot(4, 4, &[1, 2]);
         want.data = b"four".to_vec().into();
         assert_eq!(s.snapshot(4, 2), Ok(want.clone()));
+        assert_eq!(s.take_snapshot_request(), None);
         assert_eq!(s.snapshot(5, 2), unavailable);
+        assert_eq!(s.take_snapshot_request(), Some(2));
+        assert_eq!(s.take_snapshot_request(), None);
+        // A peer the snapshot's configuration does not list could not restore it.
+        assert_eq!(s.snapshot(0, 3), unavailable);
+        assert_eq!(s.take_snapshot_request(), Some(3));
         let (meta, data) = s.snapshot_data().unwrap().unwrap();
         assert_eq!(&meta, want.get_metadata());
         assert_eq!(data, b"four");
@@ -1027,7 +1077,9 @@ mod tests {
         assert!(s.is_initialized());
         let st = s.initial_state().unwrap();
         assert_eq!(st.hard_state, hs);
-        assert_eq!(st.conf_state, voters(&[1, 2]));
+        // The restart configuration is the snapshot's; the latest applied one is kept apart.
+        assert_eq!(st.conf_state, voters(&[1]));
+        assert_eq!(s.conf_state().unwrap(), voters(&[1, 2]));
         assert_eq!(s.first_index().unwrap(), 5);
         assert_eq!(s.last_index().unwrap(), 10);
         let ents = all_entries(&s);

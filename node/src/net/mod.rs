@@ -1,0 +1,463 @@
+//! The network: one libp2p swarm per node, owned by one actor task.
+//!
+//! Transport: TCP, then pnet (the cluster key as the pre-shared key: a peer
+//! without it never gets past the first bytes), then noise (peer identity),
+//! then yamux. Behaviours: identify (`/skein/id/1`), ping (closes connections
+//! whose peer stopped answering, so they get re-dialled) and request-response
+//! on `/skein/rpc/1` with our own codec (`codec.rs`): a u32 big-endian length,
+//! then a [`skein_protocol::codec`] frame of a [`WireMessage`] or [`WireReply`].
+//!
+//! Who may call it: the agent starts it once ([`start`]); raft, the dispatcher
+//! and join logic hold cheap [`NetHandle`] clones; whoever owns the
+//! [`Inbound`] receiver answers every request (replying or dropping the
+//! `reply` sender, never holding it forever).
+//!
+//! Invariants:
+//! - only the actor task touches the `Swarm`; handles talk to it through a
+//!   command channel and never block on the network in a sync method;
+//! - no frame above the RPC limit ([`MAX_RPC_FRAME`]) is sent, and none is
+//!   read: the length is checked before any of the body is read or allocated;
+//! - every request gets exactly one answer: a reply, or an error when the
+//!   peer, the connection or the timeout fails;
+//! - a known peer ([`NetHandle::add_peer`]) is kept connected: when its last
+//!   connection closes or a dial fails, it is re-dialled with a backoff that
+//!   doubles from 100 ms up to 5 s (reset once a connection has lived 10 s);
+//! - a handshake that fails after TCP connected (wrong cluster key, or not a
+//!   skein agent at all) is reported as such: a log line and a
+//!   [`NetError::Handshake`] saying "wrong cluster key?";
+//! - shutdown is graceful and bounded: pending calls fail with
+//!   [`NetError::Stopped`], connections are closed, the listener released,
+//!   all within about a second.
+
+mod actor;
+mod codec;
+mod keypair;
+#[cfg(test)]
+mod tests;
+
+use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
+use skein_protocol::wire::{WireMessage, WireReply};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// The default agent port (the one Serf and Swarm's gossip use too).
+pub const DEFAULT_PORT: u16 = 7946;
+/// The request-response protocol name.
+pub const RPC_PROTOCOL: &str = "/skein/rpc/1";
+/// The identify protocol version we announce.
+pub const IDENTIFY_PROTOCOL: &str = "/skein/id/1";
+/// Largest request or reply frame sent or accepted. Snapshots are sent in
+/// chunks below it ([`skein_protocol::wire::RaftChunk`]).
+pub const MAX_RPC_FRAME: usize = 16 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// `--listen`, default 0.0.0.0:7946.
+    pub listen: SocketAddr,
+    /// `--advertise HOST:PORT`: what other nodes dial to reach this one.
+    pub advertise: Option<String>,
+    /// The pnet pre-shared key: only nodes with the same key can connect.
+    pub cluster_key: [u8; 32],
+    /// The ed25519 identity: created on first start (mode 0600), reused after.
+    pub keypair_path: PathBuf,
+    /// How long a request waits for its reply (default 5 s).
+    pub request_timeout: Duration,
+}
+
+impl NetConfig {
+    /// The defaults: listen on 0.0.0.0:7946, no advertise address, 5 s requests.
+    pub fn new(cluster_key: [u8; 32], keypair_path: impl Into<PathBuf>) -> Self {
+        NetConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            advertise: None,
+            cluster_key,
+            keypair_path: keypair_path.into(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A request from a peer. Answer it through `reply`; dropping `reply` answers
+/// with an error.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The sender's peer id.
+    pub peer: String,
+    pub msg: WireMessage,
+    pub reply: oneshot::Sender<WireReply>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetEvent {
+    /// The first connection to `peer` is up. `addr` is the remote socket
+    /// address (for a connection the peer dialled, its ephemeral port).
+    Connected { peer: String, addr: String },
+    /// The last connection to `peer` closed.
+    Disconnected { peer: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    #[error("identity key {path}: {reason}")]
+    Keypair { path: PathBuf, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("bad address {addr:?}: {reason} (expected HOST:PORT, e.g. 10.0.0.5:{DEFAULT_PORT})")]
+    BadAddress { addr: String, reason: String },
+    #[error("bad peer id {0:?}: expected a libp2p peer id such as 12D3KooW...")]
+    BadPeerId(String),
+    #[error("connection to {addr} failed during the handshake: wrong cluster key? (or not a skein agent; {detail})")]
+    Handshake { addr: String, detail: String },
+    #[error("cannot reach {addr}: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error("{addr} is peer {obtained}, not the expected {expected} (was that node reinstalled?)")]
+    WrongPeer {
+        addr: String,
+        expected: String,
+        obtained: String,
+    },
+    #[error("no connection to peer {0} and no known address for it")]
+    UnknownPeer(String),
+    #[error("request to {peer} failed: {detail}")]
+    Request { peer: String, detail: String },
+    #[error("request to {peer} got no reply within {timeout:?}")]
+    Timeout { peer: String, timeout: Duration },
+    #[error("message of {size} bytes is over the {limit} byte RPC limit: send it in chunks")]
+    TooLarge { size: usize, limit: usize },
+    #[error("cannot encode the message: {0}")]
+    Encode(String),
+    #[error("cannot set up the network: {0}")]
+    Setup(String),
+    #[error("the network has stopped (the node is shutting down)")]
+    Stopped,
+}
+
+/// Knobs the tests turn; the agent uses the defaults.
+#[derive(Clone, Debug)]
+pub(crate) struct Tuning {
+    /// TCP connect plus the pnet/noise/yamux handshake. A peer with the wrong
+    /// key is often only rejected when this fires.
+    pub handshake_timeout: Duration,
+    /// Close a connection with no open stream after this long (libp2p's 10 s
+    /// default would close quiet connections between known peers).
+    pub idle_timeout: Duration,
+    /// Frame limit for what this node reads and sends.
+    pub max_rpc_frame: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A connection that lived this long resets the re-dial backoff.
+    pub stable_after: Duration,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
+    /// Inbound requests queued for the application before "busy" replies.
+    pub inbound_queue: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            handshake_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(24 * 3600),
+            max_rpc_frame: MAX_RPC_FRAME,
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            stable_after: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(1),
+            inbound_queue: 1024,
+        }
+    }
+}
+
+/// What handles ask of the actor.
+pub(crate) enum Command {
+    Dial {
+        addrs: Vec<SocketAddr>,
+        shown: String,
+        reply: oneshot::Sender<Result<String, NetError>>,
+    },
+    AddPeer {
+        peer: PeerId,
+        addr: String,
+    },
+    RemovePeer {
+        peer: PeerId,
+    },
+    Request {
+        peer: PeerId,
+        frame: Vec<u8>,
+        reply: oneshot::Sender<Result<WireReply, NetError>>,
+    },
+    Send {
+        peer: PeerId,
+        frame: Vec<u8>,
+    },
+}
+
+/// Queue depth between handles and the actor.
+const COMMAND_QUEUE: usize = 4096;
+
+/// A cheap, cloneable handle on the network actor.
+#[derive(Clone)]
+pub struct NetHandle {
+    cmd: mpsc::Sender<Command>,
+    peer_id: String,
+    listen: SocketAddr,
+    advertise: String,
+    events: broadcast::Sender<NetEvent>,
+    connected: watch::Receiver<Vec<String>>,
+    request_timeout: Duration,
+    handshake_timeout: Duration,
+    max_frame: usize,
+}
+
+/// Starts the network actor: loads or creates the identity, binds the
+/// listener and returns once it is bound. Requests from peers arrive on the
+/// returned receiver. The actor stops when `shutdown` becomes true (or its
+/// sender is dropped).
+pub async fn start(
+    cfg: NetConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(NetHandle, mpsc::Receiver<Inbound>), NetError> {
+    actor::start(cfg, Tuning::default(), shutdown).await
+}
+
+impl NetHandle {
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> String {
+        self.peer_id.clone()
+    }
+
+    /// The bound listen address (port 0 resolved to the real port).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// What other nodes should dial: `--advertise`, else the listen address
+    /// (with 0.0.0.0 left as is: the caller knows better).
+    pub fn advertise_addr(&self) -> String {
+        self.advertise.clone()
+    }
+
+    /// Connects to HOST:PORT and returns the remote peer id (at once when a
+    /// connection we dialled to that address is already up).
+    pub async fn dial(&self, addr: &str) -> Result<String, NetError> {
+        let addrs = resolve(addr).await?;
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Dial {
+                addrs,
+                shown: addr.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        let limit = self.handshake_timeout + Duration::from_secs(2);
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NetError::Stopped),
+            Err(_) => Err(NetError::Unreachable {
+                addr: addr.to_string(),
+                detail: format!("no connection within {limit:?}"),
+            }),
+        }
+    }
+
+    /// Remembers a peer's address (HOST:PORT) and keeps a connection to it,
+    /// re-dialling with backoff when it drops.
+    pub fn add_peer(&self, peer: &str, addr: &str) {
+        match PeerId::from_str(peer) {
+            Ok(peer) => self.control(Command::AddPeer {
+                peer,
+                addr: addr.to_string(),
+            }),
+            Err(_) => tracing::warn!(peer, addr, "add_peer: {}", NetError::BadPeerId(peer.into())),
+        }
+    }
+
+    /// Forgets a peer: no more re-dials. An open connection stays until it
+    /// closes by itself.
+    pub fn remove_peer(&self, peer: &str) {
+        match PeerId::from_str(peer) {
+            Ok(peer) => self.control(Command::RemovePeer { peer }),
+            Err(_) => tracing::warn!(peer, "remove_peer: {}", NetError::BadPeerId(peer.into())),
+        }
+    }
+
+    /// Sends `msg` and waits for the reply (at most the request timeout, plus
+    /// a handshake when the peer must be dialled first).
+    pub async fn request(&self, peer: &str, msg: WireMessage) -> Result<WireReply, NetError> {
+        let peer_id = PeerId::from_str(peer).map_err(|_| NetError::BadPeerId(peer.into()))?;
+        let frame = self.encode(&msg)?;
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Request {
+                peer: peer_id,
+                frame,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        let limit = self.request_timeout + self.handshake_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NetError::Stopped),
+            Err(_) => Err(NetError::Timeout {
+                peer: peer.to_string(),
+                timeout: limit,
+            }),
+        }
+    }
+
+    /// Fire-and-forget (raft messages): queued, never blocks; the message is
+    /// dropped (logged at debug) when the peer is not connected and not
+    /// being dialled, when the queue is full, or when delivery fails.
+    pub fn send(&self, peer: &str, msg: WireMessage) {
+        let peer_id = match PeerId::from_str(peer) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::debug!(peer, "send: bad peer id, message dropped");
+                return;
+            }
+        };
+        let frame = match self.encode(&msg) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(peer, error = %e, "send: message dropped");
+                return;
+            }
+        };
+        if let Err(e) = self.cmd.try_send(Command::Send {
+            peer: peer_id,
+            frame,
+        }) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "queue full",
+                mpsc::error::TrySendError::Closed(_) => "network stopped",
+            };
+            tracing::debug!(peer, why, "send: message dropped");
+        }
+    }
+
+    /// Connection events; a receiver that lags misses events (re-read
+    /// [`NetHandle::connected`]).
+    pub fn events(&self) -> broadcast::Receiver<NetEvent> {
+        self.events.subscribe()
+    }
+
+    /// Peers with at least one open connection, sorted.
+    pub fn connected(&self) -> Vec<String> {
+        self.connected.borrow().clone()
+    }
+
+    /// Completes once the actor has stopped and released its listener.
+    pub async fn stopped(&self) {
+        self.cmd.closed().await
+    }
+
+    fn encode(&self, msg: &WireMessage) -> Result<Vec<u8>, NetError> {
+        let frame = skein_protocol::codec::encode(msg).map_err(|e| match e {
+            skein_protocol::codec::CodecError::TooLarge { size } => NetError::TooLarge {
+                size,
+                limit: self.max_frame,
+            },
+            other => NetError::Encode(other.to_string()),
+        })?;
+        if frame.len() > self.max_frame {
+            return Err(NetError::TooLarge {
+                size: frame.len(),
+                limit: self.max_frame,
+            });
+        }
+        Ok(frame)
+    }
+
+    fn control(&self, cmd: Command) {
+        if let Err(e) = self.cmd.try_send(cmd) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "command queue full",
+                mpsc::error::TrySendError::Closed(_) => "network stopped",
+            };
+            tracing::warn!(why, "peer list change dropped");
+        }
+    }
+}
+
+/// HOST:PORT to socket addresses (a DNS lookup when HOST is a name).
+pub(crate) async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, NetError> {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return Ok(vec![sa]);
+    }
+    check_host_port(addr)?;
+    let bad = |reason: String| NetError::BadAddress {
+        addr: addr.to_string(),
+        reason,
+    };
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| bad(format!("cannot resolve: {e}")))?
+        .collect();
+    if found.is_empty() {
+        return Err(bad("the name resolves to no address".into()));
+    }
+    Ok(found)
+}
+
+/// Checks the shape of HOST:PORT (an IP literal, `[v6]:port` or a name)
+/// without resolving it.
+pub(crate) fn check_host_port(addr: &str) -> Result<(), NetError> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let ok = match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(':')
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(NetError::BadAddress {
+            addr: addr.to_string(),
+            reason: "not HOST:PORT".into(),
+        })
+    }
+}
+
+pub(crate) fn to_multiaddr(sa: SocketAddr) -> Multiaddr {
+    let ip = match sa.ip() {
+        IpAddr::V4(ip) => Protocol::Ip4(ip),
+        IpAddr::V6(ip) => Protocol::Ip6(ip),
+    };
+    Multiaddr::empty().with(ip).with(Protocol::Tcp(sa.port()))
+}
+
+/// The IP and TCP port of a multiaddr (other parts ignored).
+pub(crate) fn to_socket(ma: &Multiaddr) -> Option<SocketAddr> {
+    let mut ip = None;
+    let mut port = None;
+    for p in ma.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    Some(SocketAddr::new(ip?, port?))
+}
+
+/// A multiaddr as HOST:PORT when it is one, else as is.
+pub(crate) fn show(ma: &Multiaddr) -> String {
+    to_socket(ma).map_or_else(|| ma.to_string(), |sa| sa.to_string())
+}
