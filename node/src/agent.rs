@@ -293,6 +293,23 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    // The API serves reads from the local state at once (also while there
+    // is no quorum); writes answer 503 until a leader is known.
+    let app = api::router(AppState {
+        raft: raft.clone(),
+        proposer: proposer.clone(),
+        runtimes: runtimes.clone(),
+        node_id: identity.node_id.clone(),
+        node_name: cfg.name.clone(),
+        cluster_id: identity.cluster_id.clone(),
+    });
+    tracing::info!(api = %cfg.api, "API listening");
+    let mut api_shutdown = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = api_shutdown.changed().await;
+    });
+    let server_task = tokio::spawn(async move { server.await });
+
     if let Some(t) = token {
         let me = self_node(
             &cfg,
@@ -394,21 +411,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         beat * 3,
         shutdown.clone(),
     ));
-
-    let app = api::router(AppState {
-        raft: raft.clone(),
-        proposer,
-        runtimes,
-        node_id: identity.node_id.clone(),
-        node_name: cfg.name.clone(),
-        cluster_id: identity.cluster_id.clone(),
-    });
-    tracing::info!(api = %cfg.api, "API listening");
-    let mut api_shutdown = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = api_shutdown.changed().await;
-    });
-    let server_task = tokio::spawn(async move { server.await });
 
     let raft_died = tokio::select! {
         _ = wait_for_signal() => None,

@@ -288,6 +288,48 @@ impl Agent {
         let _ = api;
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
+    }
+
+    /// Runs another agent named `name` with `extra` flags in a fresh data
+    /// dir and returns its output once it exits (it is killed after 60 s).
+    pub fn spawn_and_wait_exit(&self, name: &str, extra: &[&str]) -> Output {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = format!("127.0.0.1:{}", free_port());
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(skein_bin())
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--runtime",
+                "process",
+                "--api",
+                &api,
+                "--listen",
+                &listen,
+                "--name",
+                name,
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start skein agent");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().expect("agent output")
+    }
+
     /// `kill -9` the agent: its tasks keep running.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -89,6 +89,8 @@ pub enum ProposeError {
     Stopped,
     #[error("cannot encode the command: {0}")]
     Encode(String),
+    #[error("the committed entry cannot be decoded ({0}): a newer or broken node wrote it; it was skipped")]
+    Undecodable(String),
     #[error("another membership change is still being applied: retry when it is done")]
     ConfChangeInProgress,
     #[error("raft id 0 is not a valid node id")]

@@ -259,9 +259,7 @@ impl RaftCore {
     /// One tick of the logical clock.
     pub fn tick(&mut self) {
         self.node.tick();
-        if self.is_leader() {
-            self.leaderless_ticks = 0;
-        } else if self.pending.is_empty() {
+        if self.is_leader() || self.pending.is_empty() {
             self.leaderless_ticks = 0;
         } else {
             self.leaderless_ticks += 1;
@@ -640,7 +638,7 @@ impl RaftCore {
                     Err(e) => {
                         // Written by a newer or broken node: skip it identically everywhere.
                         tracing::error!(index, error = %e, "undecodable log entry skipped");
-                        Some(Err(ProposeError::Encode(e.to_string())))
+                        Some(Err(ProposeError::Undecodable(e.to_string())))
                     }
                 },
                 EntryType::EntryConfChange => {
@@ -798,7 +796,11 @@ impl RaftCore {
             return Err(ProposeError::Dropped);
         }
         let term = self.node.raft.term;
-        self.pending.insert(index, Pending { id, term, kind });
+        if let Some(old) = self.pending.insert(index, Pending { id, term, kind }) {
+            // Our log was cut back below an earlier proposal of ours and the index reused:
+            // the earlier entry is gone for good.
+            self.answers.push((old.id, Err(ProposeError::Dropped)));
+        }
         Ok(())
     }
 

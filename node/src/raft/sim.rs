@@ -482,7 +482,7 @@ impl Sim {
         // snapshot install or a restart (where a bug would show first).
         let n = self.nodes.get_mut(&id).unwrap();
         let must = std::mem::take(&mut n.check_state);
-        if state_changed && (must || snapshot.is_some() || applied % 4 == 0) {
+        if state_changed && (must || snapshot.is_some() || applied & 3 == 0) {
             let h = self.node_hash(id);
             match self.states.get(&applied) {
                 Some(&other) if other != h => self.fail(format!(
@@ -885,7 +885,7 @@ fn leader_crash(sim: &mut Sim) {
         let old_term = sim.core(old).term();
         // Let the last heartbeats settle so followers are in the leader's lease.
         sim.crash(old);
-        let notify = (sim.seed + round) % 2 == 0;
+        let notify = (sim.seed + round) & 1 == 0;
         if notify {
             // The transport reports a closed connection after what it delivered on it:
             // nothing from the dead node arrives after the report.
@@ -1278,10 +1278,9 @@ fn run(
 }
 
 fn three_or_five(seed: u64) -> u64 {
-    if seed % 3 == 0 {
-        5
-    } else {
-        3
+    match seed % 3 {
+        0 => 5,
+        _ => 3,
     }
 }
 
@@ -1306,7 +1305,7 @@ fn minority_partition_cannot_commit() {
     run(
         "minority_partition_cannot_commit",
         8,
-        |s| if s % 2 == 0 { 5 } else { 3 },
+        |s| if s & 1 == 0 { 5 } else { 3 },
         50,
         partition,
     );

@@ -232,7 +232,10 @@ impl Cluster {
         .await;
         match r {
             Ok(p) => p,
-            Err(_) => panic!("n{id}: timed out waiting for {what}: {:?}", self.h(id).current()),
+            Err(_) => panic!(
+                "n{id}: timed out waiting for {what}: {:?}",
+                self.h(id).current()
+            ),
         }
     }
 
@@ -312,9 +315,14 @@ async fn three_actors_form_a_cluster_and_refuse_what_raft_would() {
     c.h(3).remove_node(1).await.expect("remove the old leader");
     let p = c.until(2, "n1 gone", |p| p.voters == [2, 3]).await;
     assert_eq!(p.leader_id, 3);
-    c.h(3).propose(service(300)).await.expect("two voters commit");
-    c.until(2, "the write after removal", |p| p.state.services.len() == 32)
-        .await;
+    c.h(3)
+        .propose(service(300))
+        .await
+        .expect("two voters commit");
+    c.until(2, "the write after removal", |p| {
+        p.state.services.len() == 32
+    })
+    .await;
     for id in [1, 2, 3] {
         c.stop(id).await;
     }

@@ -1,0 +1,240 @@
+//! Several agents on loopback forming one cluster: 3 managers and 2
+//! workers, driven through the CLI against different nodes, with managers
+//! and workers killed and restarted.
+
+use skein_tests::{wait_for, Agent};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(40);
+
+struct Cluster {
+    managers: Vec<Agent>,
+    workers: Vec<Agent>,
+}
+
+impl Cluster {
+    fn all(&self) -> impl Iterator<Item = &Agent> {
+        self.managers.iter().chain(self.workers.iter())
+    }
+}
+
+fn token(a: &Agent, role: &str) -> String {
+    a.ok(&["join-token", role, "-q"]).trim().to_string()
+}
+
+fn nodes(a: &Agent) -> Vec<serde_json::Value> {
+    a.json(&["node", "ls"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn start_cluster() -> Cluster {
+    let m1 = Agent::named("m1", &[]).launch();
+    let mt = token(&m1, "manager");
+    let wt = token(&m1, "worker");
+    let join = m1.listen.clone();
+    let mut managers = vec![m1];
+    for name in ["m2", "m3"] {
+        managers.push(Agent::named(name, &["--join", &join, "--token", &mt]).launch());
+    }
+    let mut workers = Vec::new();
+    for name in ["w1", "w2"] {
+        // The second worker joins through another manager: any manager admits.
+        let via = if name == "w2" {
+            managers[1].listen.clone()
+        } else {
+            join.clone()
+        };
+        workers.push(Agent::named(name, &["--join", &via, "--token", &wt]).launch());
+    }
+    let c = Cluster { managers, workers };
+    for a in c.all() {
+        wait_for("5 ready nodes seen from every node", T, || {
+            let n = nodes(a);
+            (n.len() == 5 && n.iter().all(|x| x["status"] == "ready")).then_some(())
+        });
+    }
+    c
+}
+
+/// Running tasks of `service` per node name, as `service ps` on `a` shows them.
+fn running_nodes(a: &Agent, service: &str) -> Vec<String> {
+    let mut v: Vec<String> = a
+        .running_tasks(service)
+        .iter()
+        .map(|t| t["node"].as_str().unwrap_or("").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn five_nodes_one_leader_and_replicas_spread() {
+    let c = start_cluster();
+    for a in c.all() {
+        let n = nodes(a);
+        assert_eq!(
+            n.iter().filter(|x| x["role"] == "manager").count(),
+            3,
+            "{n:?}"
+        );
+        assert_eq!(n.iter().filter(|x| x["leader"] == true).count(), 1, "{n:?}");
+    }
+    // A write through a worker is forwarded to the leader.
+    c.workers[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "sleep",
+        "3710",
+    ]);
+    let on = running_nodes(&c.managers[1], "web");
+    assert_eq!(on.len(), 6);
+    let mut distinct = on.clone();
+    distinct.dedup();
+    assert!(distinct.len() >= 4, "spread over at least 4 nodes: {on:?}");
+    let procs: usize = c
+        .all()
+        .map(|a| a.task_processes(&["sleep", "3710"]).len())
+        .sum();
+    assert_eq!(procs, 6);
+}
+
+#[test]
+fn leader_and_worker_failures() {
+    let mut c = start_cluster();
+    c.managers[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "sleep",
+        "3711",
+    ]);
+    let leader = c
+        .managers
+        .iter()
+        .position(|m| {
+            nodes(m)
+                .iter()
+                .any(|n| n["leader"] == true && n["name"] == m.name.as_str())
+        })
+        .expect("a leader among the managers");
+    c.managers[leader].kill9();
+    let other = (leader + 1) % 3;
+    // Another manager accepts a write: a new leader commits it.
+    wait_for("a write after the leader died", T, || {
+        let out = c.managers[other].cli(&[
+            "service",
+            "create",
+            "--name",
+            "after",
+            "--replicas",
+            "1",
+            "--detach",
+            "sleep",
+            "3712",
+        ]);
+        out.status.success().then_some(())
+    });
+    wait_for("a new leader", T, || {
+        nodes(&c.managers[other])
+            .iter()
+            .any(|n| n["leader"] == true && n["name"] != c.managers[leader].name.as_str())
+            .then_some(())
+    });
+
+    // Kill a worker: its replicas run elsewhere.
+    let w = &c.workers[0];
+    let lost = w.task_processes(&["sleep", "3711"]).len();
+    c.workers[0].kill9();
+    wait_for("six replicas on live nodes", T, || {
+        let on = running_nodes(&c.managers[other], "web");
+        (on.len() == 6 && !on.contains(&"w1".to_string()) && !on.contains(&c.managers[leader].name))
+            .then_some(())
+    });
+    // Bring both back: nothing runs twice.
+    c.workers[0].restart();
+    c.managers[leader].restart();
+    wait_for("stale tasks stopped", T, || {
+        let procs: usize = c
+            .all()
+            .map(|a| a.task_processes(&["sleep", "3711"]).len())
+            .sum();
+        (procs == 6).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let procs: usize = c
+        .all()
+        .map(|a| a.task_processes(&["sleep", "3711"]).len())
+        .sum();
+    assert_eq!(
+        procs, 6,
+        "exactly six processes for six replicas (w1 had {lost})"
+    );
+
+    // Every manager killed and restarted: the state is intact.
+    for m in c.managers.iter_mut() {
+        m.kill9();
+    }
+    for m in c.managers.iter_mut() {
+        m.restart();
+    }
+    wait_for("services back", T, || {
+        let ls = c.workers[1].json(&["service", "ls"]);
+        let names: Vec<&str> = ls
+            .as_array()?
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        (names.contains(&"web") && names.contains(&"after")).then_some(())
+    });
+    wait_for("a leader again", T, || {
+        nodes(&c.managers[0])
+            .iter()
+            .any(|n| n["leader"] == true)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_minority_cannot_commit() {
+    let c = start_cluster();
+    // Freeze two of three managers: the one left is a minority.
+    let frozen: Vec<i32> = c.managers[1..].iter().filter_map(|m| m.pid()).collect();
+    for p in &frozen {
+        // SAFETY: kill(2) on our own child processes.
+        unsafe { libc::kill(*p, libc::SIGSTOP) };
+    }
+    let out = c.managers[0].cli(&[
+        "service", "create", "--name", "nope", "--detach", "sleep", "3713",
+    ]);
+    for p in &frozen {
+        // SAFETY: as above.
+        unsafe { libc::kill(*p, libc::SIGCONT) };
+    }
+    assert!(!out.status.success(), "a minority committed a write");
+    wait_for("the majority is back and commits", T, || {
+        let o = c.managers[0].cli(&[
+            "service", "create", "--name", "yes", "--detach", "sleep", "3714",
+        ]);
+        o.status.success().then_some(())
+    });
+}
+
+#[test]
+fn a_bad_token_is_refused_with_a_message() {
+    let m1 = Agent::named("m1", &[]).launch();
+    let wt = token(&m1, "worker");
+    m1.ok(&["join-token", "worker", "--rotate"]);
+    let out = m1.spawn_and_wait_exit("w9", &["--join", &m1.listen, "--token", &wt]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token"), "{err}");
+}
