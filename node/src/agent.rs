@@ -394,7 +394,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     );
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let orchestrator_task = tokio::spawn(Orchestrator::new(raft.clone(), shutdown.clone()).run());
-    tokio::spawn(join::run_promoter(raft.clone(), shutdown.clone()));
+    tokio::spawn(crate::cluster::membership::run(
+        raft.clone(),
+        shutdown.clone(),
+    ));
     let beat = Duration::from_millis(cfg.heartbeat_ms.max(50));
     tokio::spawn(heartbeat::run_sender(
         identity.node_id.clone(),

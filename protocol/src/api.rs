@@ -21,6 +21,9 @@ pub struct NodeRow {
     pub leader: bool,
     pub addr: String,
     pub region: String,
+    /// Managers: `reachable` or `unreachable`; empty for workers.
+    #[serde(default)]
+    pub reachability: String,
 }
 
 /// A row of `service ls`.

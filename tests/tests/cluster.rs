@@ -238,3 +238,53 @@ fn a_bad_token_is_refused_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("token"), "{err}");
 }
+
+#[test]
+fn node_lifecycle_promote_demote_rm_leave() {
+    let mut c = start_cluster();
+    let m2 = &c.managers[1];
+    m2.ok(&["node", "promote", "w1"]);
+    wait_for("w1 is a manager", T, || {
+        nodes(m2)
+            .iter()
+            .any(|n| n["name"] == "w1" && n["role"] == "manager")
+            .then_some(())
+    });
+    // Demote whoever leads: leadership moves first, the cluster keeps working.
+    let leader = nodes(m2)
+        .iter()
+        .find(|n| n["leader"] == true)
+        .and_then(|n| n["name"].as_str().map(String::from))
+        .expect("a leader");
+    m2.ok(&["node", "demote", &leader]);
+    wait_for("a new leader that is a manager", T, || {
+        nodes(m2)
+            .iter()
+            .any(|n| n["leader"] == true && n["name"] != leader.as_str() && n["role"] == "manager")
+            .then_some(())
+    });
+    m2.ok(&[
+        "service", "create", "--name", "still", "--detach", "sleep", "3715",
+    ]);
+    // A reachable node is not removed without --force; a down one is.
+    let out = m2.cli(&["node", "rm", "w2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reachable"));
+    c.workers[1].kill9();
+    wait_for("w2 down", T, || {
+        nodes(m2)
+            .iter()
+            .any(|n| n["name"] == "w2" && n["status"] == "down")
+            .then_some(())
+    });
+    m2.ok(&["node", "rm", "w2"]);
+    assert!(nodes(m2).iter().all(|n| n["name"] != "w2"));
+    // A manager must be demoted before it leaves.
+    let out = c.workers[0].cli(&["leave"]);
+    assert!(!out.status.success(), "w1 is a manager now");
+    c.workers[0].ok(&["node", "demote", "w1"]);
+    c.workers[0].ok(&["leave"]);
+    wait_for("w1 gone", T, || {
+        nodes(m2).iter().all(|n| n["name"] != "w1").then_some(())
+    });
+}

@@ -124,7 +124,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/info", get(info))
         .route("/v1/nodes", get(list_nodes))
-        .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/nodes/{id}", get(get_node).delete(remove_node))
+        .route("/v1/nodes/{id}/promote", post(promote_node))
+        .route("/v1/nodes/{id}/demote", post(demote_node))
+        .route("/v1/leave", post(leave))
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{id}", get(get_service).delete(remove_service))
         .route("/v1/services/{id}/scale", post(scale_service))
@@ -194,6 +197,131 @@ async fn get_node(
         .cloned()
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no such node: {id}")))
+}
+
+#[derive(Deserialize, Default)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+fn find_node<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a skein_protocol::Node> {
+    state
+        .find_node(key)
+        .ok_or_else(|| ApiError::not_found(format!("no such node: {key}")))
+}
+
+async fn set_role(
+    st: &AppState,
+    key: &str,
+    role: skein_protocol::NodeRole,
+) -> ApiResult<Json<skein_protocol::Node>> {
+    use crate::cluster::membership::{check_change, Change};
+    let s = snapshot(st);
+    let node = find_node(&s, key)?;
+    if node.role == role {
+        return Ok(Json(node.clone()));
+    }
+    if role == skein_protocol::NodeRole::Worker {
+        check_change(&s, node, Change::Demote).map_err(ApiError::bad)?;
+    }
+    let id = node.id.clone();
+    st.proposer
+        .propose(Command::UpdateNode {
+            id: id.clone(),
+            role: Some(role),
+            availability: None,
+            labels: None,
+            at: crate::util::now_ms(),
+        })
+        .await?;
+    let after = snapshot(st);
+    Ok(Json(find_node(&after, &id)?.clone()))
+}
+
+async fn promote_node(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<skein_protocol::Node>> {
+    set_role(&st, &id, skein_protocol::NodeRole::Manager).await
+}
+
+async fn demote_node(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<skein_protocol::Node>> {
+    set_role(&st, &id, skein_protocol::NodeRole::Worker).await
+}
+
+/// `DELETE /v1/nodes/{id}[?force=true]`: refuses a reachable node, and a
+/// manager whose removal would lose quorum, unless forced.
+async fn remove_node(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> ApiResult<StatusCode> {
+    use crate::cluster::membership::{check_change, Change};
+    let s = snapshot(&st);
+    let node = find_node(&s, &key)?;
+    if !q.force {
+        if node.status == skein_protocol::NodeStatus::Ready {
+            return Err(ApiError::bad(format!(
+                "node {} is reachable: run `skein leave` on it, or wait until it is down, or use --force",
+                node.name
+            )));
+        }
+        if node.role == skein_protocol::NodeRole::Manager {
+            return Err(ApiError::bad(format!(
+                "node {} is a manager: demote it first (`skein node demote {}`), or use --force",
+                node.name, node.name
+            )));
+        }
+    }
+    check_change(&s, node, Change::Remove).or_else(|e| {
+        if q.force {
+            Ok(())
+        } else {
+            Err(ApiError::bad(e))
+        }
+    })?;
+    if node.id == st.node_id && s.nodes.len() > 1 {
+        return Err(ApiError::bad("a node cannot remove itself: use `skein leave` on it, or `skein node rm` on another node"));
+    }
+    st.proposer
+        .propose(Command::RemoveNode {
+            id: node.id.clone(),
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/leave[?force=true]`: this node leaves the cluster. A manager
+/// must be demoted first unless forced (and never if that loses quorum).
+async fn leave(State(st): State<AppState>, Query(q): Query<ForceQuery>) -> ApiResult<StatusCode> {
+    use crate::cluster::membership::{check_change, Change};
+    let s = snapshot(&st);
+    let node = find_node(&s, &st.node_id)?;
+    if node.role == skein_protocol::NodeRole::Manager {
+        if !q.force {
+            return Err(ApiError::bad(format!(
+                "this node ({}) is a manager: demote it first (`skein node demote {}`), or use --force",
+                node.name, node.name
+            )));
+        }
+        check_change(&s, node, Change::Remove).map_err(ApiError::bad)?;
+    }
+    if s.nodes.len() == 1 {
+        return Err(ApiError::bad(
+            "this is the only node of the cluster: stop the agent and remove its data dir instead",
+        ));
+    }
+    st.proposer
+        .propose(Command::RemoveNode {
+            id: node.id.clone(),
+        })
+        .await?;
+    tracing::warn!("this node left the cluster: its tasks stop; stop the agent and clear its data dir to join again");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_services(State(st): State<AppState>) -> Json<Vec<skein_protocol::api::ServiceRow>> {

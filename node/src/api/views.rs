@@ -39,6 +39,11 @@ pub fn node_rows(state: &ClusterState, leader_raft_id: u64) -> Vec<NodeRow> {
                     .is_some_and(|m| m.raft_id == leader_raft_id),
             addr: n.addr.clone(),
             region: n.region.clone(),
+            reachability: match (n.role, n.status) {
+                (NodeRole::Worker, _) => String::new(),
+                (NodeRole::Manager, NodeStatus::Ready) => "reachable".into(),
+                (NodeRole::Manager, _) => "unreachable".into(),
+            },
         })
         .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name));

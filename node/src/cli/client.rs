@@ -90,6 +90,13 @@ impl Client {
             .context("unreadable answer from the agent")
     }
 
+    /// POST that expects no answer body (204).
+    pub async fn post_empty<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await?;
+        Ok(())
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await?;

@@ -48,6 +48,12 @@ enum Cmd {
     /// Manage stacks (compose files).
     #[command(subcommand)]
     Stack(stack::StackCmd),
+    /// Take the node this command talks to out of the cluster.
+    Leave {
+        /// Leave even as a manager (never if that would lose quorum).
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Print (or rotate) the token a new node joins with.
     JoinToken {
         /// worker or manager.
@@ -111,6 +117,25 @@ enum NodeCmd {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// Make workers managers (raft voters).
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers (demoting the leader hands leadership over first).
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the cluster (they are locked out).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Remove even a reachable node or a manager.
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 pub fn main() -> i32 {
@@ -142,6 +167,31 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+async fn node_action(
+    c: &Client,
+    nodes: &[String],
+    action: &str,
+    done: &str,
+) -> anyhow::Result<i32> {
+    let mut failed = false;
+    for n in nodes {
+        match c
+            .post::<_, skein_protocol::Node>(
+                &format!("/v1/nodes/{}/{action}", client::seg(n)),
+                &serde_json::json!({}),
+            )
+            .await
+        {
+            Ok(node) => println!("Node {} {done}.", node.name),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
 }
 
 fn init_tracing(agent: bool) {
@@ -182,6 +232,35 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Node(NodeCmd::Ls { format }) => {
             let rows: Vec<skein_protocol::api::NodeRow> = client()?.get("/v1/nodes").await?;
             output::print_nodes(&rows, format)?;
+            Ok(0)
+        }
+        Cmd::Node(NodeCmd::Promote { nodes }) => {
+            node_action(&client()?, &nodes, "promote", "promoted to manager").await
+        }
+        Cmd::Node(NodeCmd::Demote { nodes }) => {
+            node_action(&client()?, &nodes, "demote", "demoted to worker").await
+        }
+        Cmd::Node(NodeCmd::Rm { nodes, force }) => {
+            let c = client()?;
+            let mut failed = false;
+            for n in &nodes {
+                let q = if force { "?force=true" } else { "" };
+                match c.delete(&format!("/v1/nodes/{}{q}", client::seg(n))).await {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { 1 } else { 0 })
+        }
+        Cmd::Leave { force } => {
+            let q = if force { "?force=true" } else { "" };
+            client()?
+                .post_empty(&format!("/v1/leave{q}"), &serde_json::json!({}))
+                .await?;
+            println!("Node left the cluster.");
             Ok(0)
         }
         Cmd::Node(NodeCmd::Inspect { nodes }) => {

@@ -81,10 +81,11 @@ pub fn print_nodes(rows: &[NodeRow], f: Format) -> anyhow::Result<()> {
                 r.name.clone(),
                 r.status.clone(),
                 r.availability.clone(),
+                r.role.clone(),
                 if r.leader {
                     "leader".into()
                 } else {
-                    r.role.clone()
+                    r.reachability.clone()
                 },
                 r.addr.clone(),
                 r.region.clone(),
@@ -100,6 +101,7 @@ pub fn print_nodes(rows: &[NodeRow], f: Format) -> anyhow::Result<()> {
                 "STATUS",
                 "AVAILABILITY",
                 "ROLE",
+                "MANAGER STATUS",
                 "ADDR",
                 "REGION"
             ],

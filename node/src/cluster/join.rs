@@ -11,7 +11,6 @@ use crate::net::NetHandle;
 use crate::raft::RaftHandle;
 use skein_protocol::wire::{JoinAccepted, JoinRequest, WireMessage, WireReply};
 use skein_protocol::{Command, ManagerStatus, NodeRole, NodeStatus};
-use std::time::Duration;
 
 /// The joining side: dial `addr`, ask to join, return what the cluster said.
 pub async fn request_join(
@@ -56,6 +55,12 @@ pub async fn serve_join(
         Ok(r) => r,
         Err(e) => return WireReply::Error(e),
     };
+    if p.state.removed.contains(&req.node.id) {
+        return WireReply::Error(format!(
+            "node {} was removed from this cluster: start it with an empty --data-dir to join as a new node",
+            req.node.name
+        ));
+    }
     if req.raft_id == 0 || req.peer_id.is_empty() {
         return WireReply::Error("the join request has no raft id or peer id".into());
     }
@@ -109,37 +114,4 @@ pub async fn serve_join(
         role,
         managers,
     }))
-}
-
-/// Leader-only loop: managers that are still learners become voters once
-/// they have caught up; workers that are (wrongly) voters become learners.
-pub async fn run_promoter(raft: RaftHandle, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = shutdown.changed() => return,
-        }
-        let p = raft.current();
-        if !p.is_leader {
-            continue;
-        }
-        for n in p.state.nodes.values() {
-            if n.raft_id == 0 || n.status == NodeStatus::Down {
-                continue;
-            }
-            let matched = p
-                .progress
-                .iter()
-                .find(|pp| pp.raft_id == n.raft_id)
-                .map(|pp| pp.matched)
-                .unwrap_or(0);
-            let caught_up = matched + 10 >= p.commit;
-            if n.role == NodeRole::Manager && p.learners.contains(&n.raft_id) && caught_up {
-                match raft.add_voter(n.raft_id).await {
-                    Ok(()) => tracing::info!(node = %n.name, "manager promoted to raft voter"),
-                    Err(e) => tracing::debug!(node = %n.name, error = %e, "promotion deferred"),
-                }
-            }
-        }
-    }
 }

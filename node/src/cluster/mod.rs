@@ -18,4 +18,5 @@ pub mod forward;
 pub mod heartbeat;
 pub mod inbound;
 pub mod join;
+pub mod membership;
 pub mod raft_link;

@@ -159,6 +159,8 @@ struct Stats {
     elections_timeout: Vec<u64>,
     snapshots: u64,
     acked: u64,
+    dropped: u64,
+    uncertain: u64,
     ticks: u64,
 }
 
@@ -523,6 +525,11 @@ impl Sim {
             Err(ProposeError::Uncertain) => Fate::Uncertain,
             Err(e) => self.fail(format!("proposal {pid} ({name}) answered {e}")),
         };
+        match fate {
+            Fate::Dropped => self.stats.dropped += 1,
+            Fate::Uncertain => self.stats.uncertain += 1,
+            _ => {}
+        }
         if fate == Fate::Applied {
             self.stats.acked += 1;
             if minority {
@@ -1239,6 +1246,8 @@ fn run(
                 total.elections_timeout.extend(s.elections_timeout);
                 total.snapshots += s.snapshots;
                 total.acked += s.acked;
+                total.dropped += s.dropped;
+                total.uncertain += s.uncertain;
                 total.ticks += s.ticks;
             }
             Err(e) => {
@@ -1265,11 +1274,13 @@ fn run(
         )
     };
     eprintln!(
-        "raft sim {name}: {} seeds, {} ticks, {} acked, {} snapshots installed, {:.1?}; \
-         new leader after a crash: reported {}; timeout {}",
+        "raft sim {name}: {} seeds, {} ticks, proposals {} applied / {} dropped / {} uncertain, \
+         {} snapshots installed, {:.1?}; new leader after a crash: reported {}; timeout {}",
         list.len(),
         total.ticks,
         total.acked,
+        total.dropped,
+        total.uncertain,
         total.snapshots,
         started.elapsed(),
         summary(&total.elections_fast),

@@ -21,6 +21,9 @@ pub struct ClusterState {
     /// Set once by the founding manager (InitCluster).
     #[serde(default)]
     pub secrets: skein_protocol::ClusterSecrets,
+    /// Nodes removed from the cluster: locked out for good.
+    #[serde(default)]
+    pub removed: std::collections::BTreeSet<NodeId>,
     pub nodes: BTreeMap<NodeId, Node>,
     pub services: BTreeMap<ServiceId, Service>,
     pub tasks: BTreeMap<TaskId, Task>,
@@ -45,6 +48,8 @@ pub enum ApplyError {
     NoSuchNode(String),
     #[error("node name {0:?} is taken by another node")]
     NodeNameTaken(String),
+    #[error("node {0} was removed from the cluster: start it with an empty --data-dir to join again as a new node")]
+    NodeRemoved(String),
 }
 
 /// What changed, for watchers (the orchestrator wakes up on these).
@@ -80,6 +85,9 @@ impl ClusterState {
 
     fn apply_one(&mut self, cmd: &Command, ev: &mut Vec<Event>) -> Result<(), ApplyError> {
         match cmd {
+            Command::UpsertNode(node) if self.removed.contains(&node.id) => {
+                return Err(ApplyError::NodeRemoved(node.name.clone()));
+            }
             Command::UpsertNode(node) => {
                 if let Some(other) = self
                     .nodes
@@ -130,6 +138,19 @@ impl ClusterState {
                     .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
                 if let Some(r) = role {
                     n.role = *r;
+                    n.manager_status = match r {
+                        skein_protocol::NodeRole::Manager => {
+                            Some(n.manager_status.clone().unwrap_or(
+                                skein_protocol::ManagerStatus {
+                                    raft_id: n.raft_id,
+                                    addr: n.addr.clone(),
+                                    leader: false,
+                                    reachability: "reachable".into(),
+                                },
+                            ))
+                        }
+                        skein_protocol::NodeRole::Worker => None,
+                    };
                 }
                 if let Some(a) = availability {
                     n.availability = *a;
@@ -144,6 +165,7 @@ impl ClusterState {
                 self.nodes
                     .remove(id)
                     .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
+                self.removed.insert(id.clone());
                 ev.push(Event::Node(id.clone()));
             }
             Command::CreateService(svc) => {

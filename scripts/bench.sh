@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Benchmarks: skein next to its peers, in one run on this machine, with ratios.
+#
+#   scripts/bench.sh raft         leader failover (skein vs a 3-member etcd),
+#                                 placements/s with 1,000 simulated nodes,
+#                                 idle RSS of a manager and a worker
+#   scripts/bench.sh raft-netns   leader silently cut off (its namespace's link
+#                                 down): skein vs etcd; needs root
+#   scripts/bench.sh placement    only the in-process placement benchmark
+#
+# Environment:
+#   TRIALS=20            failover trials per system
+#   ATTEMPT_TIMEOUT=0.3  client-side timeout of one write attempt, seconds
+#   SETTLE=0.5           pause after a trial once the cluster is whole again
+#   IDLE=10              seconds idle before reading RSS
+#   E2E_TASKS=1000       replicas of the end-to-end placement run (0: skip)
+#   NODES=1000 TASKS=100000 SERVICES=100   the in-process placement run
+#   ONLY=skein,etcd,placement,rss          run only some parts (raft mode)
+#
+# Everything started here (agents, etcd, namespaces, iptables rules, temp dirs,
+# task processes) is stopped and removed on exit, Ctrl-C included. Traffic
+# goes to loopback only, or to the namespaces that raft-netns creates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+usage() {
+  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+MODE="${1:-}"
+case "$MODE" in
+  raft | raft-netns | placement) ;;
+  -h | --help | help | "")
+    usage
+    exit 0
+    ;;
+  *)
+    echo "unknown benchmark: $MODE" >&2
+    usage >&2
+    exit 2
+    ;;
+esac
+
+TRIALS="${TRIALS:-20}"
+ATTEMPT_TIMEOUT="${ATTEMPT_TIMEOUT:-0.3}"
+SETTLE="${SETTLE:-0.5}"
+IDLE="${IDLE:-10}"
+E2E_TASKS="${E2E_TASKS:-1000}"
+ONLY="${ONLY:-skein,etcd,placement,rss}"
+
+WORK="$(mktemp -d /tmp/skein-bench.XXXXXX)"
+DRIVER_PID=""
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  # The driver cleans up after itself; give it a moment, then make sure.
+  if [ -n "$DRIVER_PID" ] && kill -0 "$DRIVER_PID" 2>/dev/null; then
+    kill -TERM "$DRIVER_PID" 2>/dev/null
+    for _ in $(seq 1 100); do kill -0 "$DRIVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$DRIVER_PID" 2>/dev/null
+  fi
+  # Anything the driver started that still runs: only pids whose command
+  # line names our work dir (so a recycled pid is never touched).
+  if [ -f "$WORK/pids" ]; then
+    while read -r pid; do
+      if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$WORK"; then
+        kill -KILL "$pid" 2>/dev/null
+      fi
+    done <"$WORK/pids"
+  fi
+  # Task processes (shims and their children) of our agents: their shim's
+  # command line names the agent's data dir, under $WORK.
+  for p in /proc/[0-9]*; do
+    pid="${p#/proc/}"
+    [ "$pid" = "$$" ] && continue
+    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$WORK"; then
+      kill -KILL "$pid" 2>/dev/null
+    fi
+  done
+  # Namespaces, veths, bridges and iptables rules of raft-netns.
+  if [ -f "$WORK/netns" ]; then
+    while read -r kind name rest; do
+      case "$kind" in
+        ns)
+          for pid in $(ip netns pids "$name" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+          ip netns del "$name" 2>/dev/null
+          ;;
+        link) ip link del "$name" 2>/dev/null ;;
+        rule) iptables -D $rest 2>/dev/null ;;
+      esac
+    done < <(tac "$WORK/netns")
+  fi
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+build_skein() {
+  echo "==> building skein (release)" >&2
+  cargo build --release --quiet -p skein-node
+  SKEIN="$PWD/target/release/skein"
+}
+
+need_etcd() {
+  if command -v etcd >/dev/null && command -v etcdctl >/dev/null; then
+    return
+  fi
+  echo "==> installing etcd-server and etcd-client (Debian)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null
+  # The package's service is not wanted: policy-rc.d keeps it from starting
+  # where it exists; stop it by name otherwise.
+  $sudo apt-get install -y -qq etcd-server etcd-client >/dev/null
+  if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+    $sudo systemctl stop etcd || true
+  fi
+}
+
+placement_bench() {
+  echo "==> in-process placement benchmark (${NODES:-1000} nodes, ${TASKS:-100000} tasks)" >&2
+  cargo build --release --quiet -p skein-node --example placement_bench
+  "$PWD/target/release/examples/placement_bench"
+}
+
+run_driver() {
+  # In the background so that the trap runs at once on Ctrl-C and waits for it.
+  python3 scripts/bench/raft_bench.py "$@" --skein "$SKEIN" --work "$WORK" \
+    --trials "$TRIALS" --attempt-timeout "$ATTEMPT_TIMEOUT" --settle "$SETTLE" --idle "$IDLE" &
+  DRIVER_PID=$!
+  local rc=0
+  wait "$DRIVER_PID" || rc=$?
+  DRIVER_PID=""
+  return "$rc"
+}
+
+case "$MODE" in
+  placement)
+    placement_bench
+    ;;
+  raft)
+    build_skein
+    case ",$ONLY," in *,etcd,*) need_etcd ;; esac
+    PLACEMENT_OUT=""
+    case ",$ONLY," in
+      *,placement,*)
+        PLACEMENT_OUT="$(placement_bench | tee /dev/stderr)"
+        ;;
+    esac
+    run_driver raft --e2e-tasks "$E2E_TASKS" --only "$ONLY" --placement-output "$PLACEMENT_OUT"
+    ;;
+  raft-netns)
+    if [ "$(id -u)" != 0 ]; then
+      echo "raft-netns needs root (ip netns, veth, iptables)" >&2
+      exit 1
+    fi
+    build_skein
+    case ",$ONLY," in *,etcd,*) need_etcd ;; esac
+    run_driver raft-netns --only "$ONLY"
+    ;;
+esac
