@@ -538,17 +538,26 @@ class Netns:
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)}: {r.stderr.decode().strip()}")
 
+    def note(self, line):
+        # bench.sh's trap undoes these (in reverse) if this driver dies first.
+        with open(os.path.join(WORK, "netns"), "a") as f:
+            f.write(line + "\n")
+
     def up(self):
         CLEANUPS.append(self.down)
+        self.note(f"link {self.bridge}")
         self.sh("ip", "link", "add", self.bridge, "type", "bridge")
         self.sh("ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
         self.sh("ip", "link", "set", self.bridge, "up")
         # Docker sets FORWARD's policy to DROP and bridged frames go through iptables.
         self.rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+        self.note("rule - " + " ".join(self.rule))
         self.sh("iptables", "-I", *self.rule)
         for i, ns in enumerate(self.names):
             peer = f"skv{self.tag}p{i + 1}"
+            self.note(f"ns {ns}")
             self.sh("ip", "netns", "add", ns)
+            self.note(f"link {self.hostveth[i]}")
             self.sh("ip", "link", "add", self.hostveth[i], "type", "veth", "peer", "name", peer)
             self.sh("ip", "link", "set", peer, "netns", ns)
             self.sh("ip", "link", "set", self.hostveth[i], "master", self.bridge)

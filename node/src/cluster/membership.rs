@@ -97,11 +97,13 @@ async fn step(raft: &RaftHandle, p: &Published) -> Result<(), crate::raft::Propo
         let is_voter = p.voters.contains(&n.raft_id);
         let is_learner = p.learners.contains(&n.raft_id);
         match n.role {
-            NodeRole::Manager if is_learner && n.status != NodeStatus::Down => {
-                if matched(p, n.raft_id) + 10 >= p.commit {
-                    tracing::info!(node = %n.name, "manager becomes a raft voter");
-                    return raft.add_voter(n.raft_id).await;
-                }
+            NodeRole::Manager
+                if is_learner
+                    && n.status != NodeStatus::Down
+                    && matched(p, n.raft_id) + 10 >= p.commit =>
+            {
+                tracing::info!(node = %n.name, "manager becomes a raft voter");
+                return raft.add_voter(n.raft_id).await;
             }
             NodeRole::Worker if is_voter => {
                 if n.raft_id == me {
