@@ -76,9 +76,16 @@ impl From<ProposeError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             ProposeError::Rejected(_) => StatusCode::BAD_REQUEST,
-            ProposeError::NotLeader { .. } | ProposeError::Dropped => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProposeError::NotLeader { .. }
+            | ProposeError::Dropped
+            | ProposeError::Uncertain
+            | ProposeError::ConfChangeInProgress
+            | ProposeError::TransferFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProposeError::NotAMember(_) => StatusCode::NOT_FOUND,
+            ProposeError::LeaderMustTransfer | ProposeError::LastVoter => StatusCode::CONFLICT,
+            ProposeError::InvalidPeer
+            | ProposeError::NotAVoter(_)
+            | ProposeError::ConfChange(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

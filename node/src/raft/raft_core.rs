@@ -10,9 +10,13 @@
 //! Invariants:
 //! - every `Ready` is handled in raft-rs's documented order: send `messages()`, apply the
 //!   snapshot, apply `committed_entries` (conf changes via `apply_conf_change`), append
-//!   `entries()`, persist the hard state, flush (once per Ready, only when something was
-//!   written), only then hand out `persisted_messages()`, `advance`, the same for the
-//!   `LightReady`, `advance_apply`;
+//!   `entries()`, persist the hard state, flush (once per Ready, skipped when nothing was
+//!   written, e.g. heartbeats), only then hand out `persisted_messages()`, `advance`, the
+//!   same for the `LightReady`, `advance_apply`. Extra flushes only after applying a conf
+//!   change from the `LightReady` (its commit index must be durable before the new
+//!   configuration is acted on) and after taking a snapshot;
+//! - the commit index is durable with or before anything applied is: the state machine only
+//!   reaches disk as a snapshot, taken at an index `<=` the stored commit, flushed with it;
 //! - state changes only by applying committed entries in log order. The state machine is
 //!   durable only as a snapshot whose metadata carries its applied index and configuration
 //!   (one sled batch); a restart rebuilds from that snapshot and re-applies the committed log

@@ -488,7 +488,8 @@ impl Sim {
             let h = self.node_hash(id);
             match self.states.get(&applied) {
                 Some(&other) if other != h => self.fail(format!(
-                    "n{id} state at applied {applied} differs from another node's at the same index"
+                    "n{id} state or configuration at applied {applied} differs from another \
+                     node's at the same index"
                 )),
                 Some(_) => {}
                 None => {
@@ -546,7 +547,16 @@ impl Sim {
         let n = self.nodes.get_mut(&id).unwrap();
         let c = n.core.as_ref().unwrap();
         if n.hashed.0 != c.applied() {
-            n.hashed = (c.applied(), state_hash(c.state()));
+            // The configuration is part of the replicated state machine too.
+            let cs = c.conf_state();
+            let conf = format!(
+                "{:?}/{:?}/{:?}",
+                sorted(cs.voters),
+                sorted(cs.learners),
+                sorted(cs.voters_outgoing)
+            );
+            let h = hash_bytes(&[&state_hash(c.state()).to_le_bytes(), conf.as_bytes()]);
+            n.hashed = (c.applied(), h);
         }
         n.hashed.1
     }
@@ -864,7 +874,7 @@ fn sorted(mut v: Vec<u64>) -> Vec<u64> {
 /// Steady state with faults: random proposals to whoever leads.
 fn steady(sim: &mut Sim) {
     sim.faults(3, 3, 20, 3);
-    for _ in 0..250 {
+    for _ in 0..200 {
         if sim.chance(40) {
             sim.propose_some();
         }
@@ -1017,7 +1027,7 @@ fn restart(sim: &mut Sim) {
         if sim.chance(4) {
             let live = sim.live();
             // Keep a quorum most of the time; sometimes lose it.
-            if live.len() > 2 || sim.chance(20) {
+            if live.len() > 2 || (!live.is_empty() && sim.chance(20)) {
                 let v = live[sim.rng.below(live.len() as u64) as usize];
                 sim.crash(v);
             }
@@ -1205,6 +1215,54 @@ fn chaos(sim: &mut Sim) {
     sim.converge();
 }
 
+/// Election storms: the network keeps splitting and nodes reboot (crash and restart from
+/// disk in the same tick) while votes are in flight, so a vote that was not persisted would
+/// let a node vote twice in a term.
+fn elections(sim: &mut Sim) {
+    sim.faults(3, 3, 40, 3);
+    let ids: Vec<u64> = sim.nodes.keys().copied().collect();
+    for _ in 0..200 {
+        if sim.chance(30) {
+            sim.propose_some();
+        }
+        if sim.chance(15) {
+            // Mostly the leader: its peers see the connection drop and elect at once.
+            let v = match sim.leader() {
+                Some(l) if sim.chance(70) => l,
+                _ => ids[sim.rng.below(ids.len() as u64) as usize],
+            };
+            sim.crash(v);
+            sim.net.queue.retain(|f| f.msg.from != v);
+            for id in sim.live() {
+                sim.core(id).peer_unreachable(v);
+                let out = sim.core(id).advance().expect("advance");
+                sim.absorb(id, out);
+            }
+            sim.restart(v);
+        }
+        if sim.chance(20) {
+            // Anyone, likely in the middle of voting.
+            let v = ids[sim.rng.below(ids.len() as u64) as usize];
+            sim.crash(v);
+            sim.restart(v);
+        }
+        if sim.chance(10) {
+            let mut side = BTreeSet::new();
+            for &i in &ids {
+                if sim.chance(50) {
+                    side.insert(i);
+                }
+            }
+            sim.heal();
+            sim.partition(&side);
+        } else if sim.chance(5) {
+            sim.heal();
+        }
+        sim.tick();
+    }
+    sim.converge();
+}
+
 // ---- runner ----
 
 fn seeds(default: u64) -> Vec<u64> {
@@ -1324,12 +1382,17 @@ fn minority_partition_cannot_commit() {
 
 #[test]
 fn crash_restart_and_snapshots() {
-    run("crash_restart_and_snapshots", 8, |_| 3, 8, restart);
+    run("crash_restart_and_snapshots", 6, |_| 3, 8, restart);
 }
 
 #[test]
 fn membership_changes() {
     run("membership_changes", 6, |_| 3, 10, membership);
+}
+
+#[test]
+fn election_storms() {
+    run("election_storms", 6, |_| 5, 20, elections);
 }
 
 #[test]
