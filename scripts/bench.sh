@@ -10,7 +10,7 @@
 #
 # Environment:
 #   TRIALS=20            failover trials per system
-#   ATTEMPT_TIMEOUT=0.3  client-side timeout of one write attempt, seconds
+#   ATTEMPT_TIMEOUT=0.15 client-side timeout of one write attempt, seconds
 #   SETTLE=0.5           pause after a trial once the cluster is whole again
 #   IDLE=10              seconds idle before reading RSS
 #   E2E_TASKS=1000       replicas of the end-to-end placement run (0: skip)
@@ -25,15 +25,20 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 usage() {
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+  # The comment at the top of this file.
+  sed -n '2,/^set -e/p' "$0" | sed -n 's/^# \{0,1\}//p'
 }
 
 MODE="${1:-}"
 case "$MODE" in
   raft | raft-netns | placement) ;;
-  -h | --help | help | "")
+  -h | --help | help)
     usage
     exit 0
+    ;;
+  "")
+    usage
+    exit 2
     ;;
   *)
     echo "unknown benchmark: $MODE" >&2
@@ -43,7 +48,7 @@ case "$MODE" in
 esac
 
 TRIALS="${TRIALS:-20}"
-ATTEMPT_TIMEOUT="${ATTEMPT_TIMEOUT:-0.3}"
+ATTEMPT_TIMEOUT="${ATTEMPT_TIMEOUT:-0.15}"
 SETTLE="${SETTLE:-0.5}"
 IDLE="${IDLE:-10}"
 E2E_TASKS="${E2E_TASKS:-1000}"
@@ -71,15 +76,23 @@ cleanup() {
       fi
     done <"$WORK/pids"
   fi
-  # Task processes (shims and their children) of our agents: their shim's
-  # command line names the agent's data dir, under $WORK.
+  # Task processes: each runs under a shim (command line naming an agent's
+  # data dir under $WORK) that leads a session of its own; kill those sessions.
+  local sids="" pid sid
   for p in /proc/[0-9]*; do
     pid="${p#/proc/}"
     [ "$pid" = "$$" ] && continue
     if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$WORK"; then
+      sid="$(ps -o sid= -p "$pid" 2>/dev/null | tr -d ' ')"
+      [ "$sid" = "$pid" ] && sids="$sids $sid"
       kill -KILL "$pid" 2>/dev/null
     fi
   done
+  if [ -n "$sids" ]; then
+    ps -eo pid=,sid= | while read -r pid sid; do
+      case " $sids " in *" $sid "*) kill -KILL "$pid" 2>/dev/null ;; esac
+    done
+  fi
   # Namespaces, veths, bridges and iptables rules of raft-netns.
   if [ -f "$WORK/netns" ]; then
     while read -r kind name rest; do
@@ -101,8 +114,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 build_skein() {
-  echo "==> building skein (release)" >&2
-  cargo build --release --quiet -p skein-node
+  # One cargo run for the binary and the example: they share one build of the
+  # library (two runs would build it twice, with and without dev-dependencies).
+  echo "==> building skein and the placement benchmark (release)" >&2
+  cargo build --release --quiet -p skein-node --bin skein --example placement_bench
   SKEIN="$PWD/target/release/skein"
 }
 
@@ -125,7 +140,6 @@ need_etcd() {
 
 placement_bench() {
   echo "==> in-process placement benchmark (${NODES:-1000} nodes, ${TASKS:-100000} tasks)" >&2
-  cargo build --release --quiet -p skein-node --example placement_bench
   "$PWD/target/release/examples/placement_bench"
 }
 
@@ -142,6 +156,7 @@ run_driver() {
 
 case "$MODE" in
   placement)
+    build_skein
     placement_bench
     ;;
   raft)
