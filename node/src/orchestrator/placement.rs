@@ -14,7 +14,7 @@ use crate::store::ClusterState;
 use skein_protocol::{
     Constraint, ConstraintOp, Node, NodeId, NodeRole, Protocol, RuntimeKind, Task, TaskId,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
@@ -26,7 +26,6 @@ pub struct Placement {
 #[derive(Default, Clone)]
 struct Load {
     total: u64,
-    per_service: BTreeMap<String, u64>,
     ports: BTreeSet<(u16, Protocol)>,
     nano_cpus: u64,
     memory: u64,
@@ -82,47 +81,68 @@ fn cpus_to_nano(c: Option<f64>) -> u64 {
 
 /// Places `to_place` (tasks without a node, or global tasks whose node is
 /// fixed and only needs checking) on the nodes of `state`.
+///
+/// Cost: what does not depend on load (availability, runtime, constraints)
+/// is decided once per (runtime, constraints) and node; per task only the load
+/// checks and the ranking run, over plain vectors indexed like the nodes.
 pub fn place(state: &ClusterState, to_place: &[&Task]) -> Placement {
-    let mut loads: BTreeMap<&str, Load> = BTreeMap::new();
-    for n in state.nodes.values() {
-        loads.insert(&n.id, Load::default());
-    }
+    let nodes: Vec<&Node> = state.nodes.values().collect();
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
+    let mut loads: Vec<Load> = vec![Load::default(); nodes.len()];
+    // Tasks of each service per node, indexed like `nodes`.
+    let mut per_service: HashMap<&str, Vec<u64>> = HashMap::new();
     for t in state.tasks.values().filter(|t| t.is_live()) {
-        if let Some(load) = t.node_id.as_deref().and_then(|n| loads.get_mut(n)) {
-            if t.status.state >= skein_protocol::TaskState::Assigned {
-                add_load(load, t);
-            }
+        if t.status.state < skein_protocol::TaskState::Assigned {
+            continue;
+        }
+        if let Some(&i) = t.node_id.as_deref().and_then(|n| index.get(n)) {
+            add_load(&mut loads[i], t);
+            per_service
+                .entry(t.service_id.as_str())
+                .or_insert_with(|| vec![0; nodes.len()])[i] += 1;
         }
     }
+    // Keyed by exactly what fits_static reads from the task.
+    type StaticKey<'a> = (Option<RuntimeKind>, &'a [String]);
+    let mut static_fit: HashMap<StaticKey<'_>, Vec<Result<(), &'static str>>> = HashMap::new();
     let mut out = Placement::default();
     for task in to_place {
-        let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut candidates: Vec<&Node> = Vec::new();
         let fixed = task.slot.is_none() && task.node_id.is_some();
-        for node in state.nodes.values() {
+        let statics = static_fit
+            .entry((task.spec.runtime, task.spec.placement.constraints.as_slice()))
+            .or_insert_with(|| nodes.iter().map(|n| fits_static(n, task)).collect());
+        let counts = per_service
+            .entry(task.service_id.as_str())
+            .or_insert_with(|| vec![0; nodes.len()]);
+        let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut best: Option<(Vec<u64>, u64, u64, usize)> = None;
+        for (i, node) in nodes.iter().enumerate() {
             if fixed && task.node_id.as_deref() != Some(node.id.as_str()) {
                 continue;
             }
-            match fits(node, task, &loads[node.id.as_str()]) {
-                Ok(()) => candidates.push(node),
-                Err(r) => *reasons.entry(r).or_default() += 1,
+            if let Err(r) = statics[i].and_then(|()| fits_load(node, task, &loads[i], counts[i])) {
+                *reasons.entry(r).or_default() += 1;
+                continue;
+            }
+            let key = (
+                spread_rank(&nodes, counts, task, node),
+                counts[i],
+                loads[i].total,
+                i,
+            );
+            if best.as_ref().is_none_or(|b| key < *b) {
+                best = Some(key);
             }
         }
-        let best = candidates.into_iter().min_by_key(|n| {
-            let load = &loads[n.id.as_str()];
-            (
-                spread_rank(state, &loads, task, n),
-                load.per_service.get(&task.service_id).copied().unwrap_or(0),
-                load.total,
-                n.id.clone(),
-            )
-        });
         match best {
-            Some(node) => {
-                if let Some(load) = loads.get_mut(node.id.as_str()) {
-                    add_load(load, task);
-                }
-                out.assignments.push((task.id.clone(), node.id.clone()));
+            Some((_, _, _, i)) => {
+                add_load(&mut loads[i], task);
+                counts[i] += 1;
+                out.assignments.push((task.id.clone(), nodes[i].id.clone()));
             }
             None => {
                 let detail = if reasons.is_empty() {
@@ -144,13 +164,13 @@ pub fn place(state: &ClusterState, to_place: &[&Task]) -> Placement {
 
 fn add_load(load: &mut Load, t: &Task) {
     load.total += 1;
-    *load.per_service.entry(t.service_id.clone()).or_default() += 1;
     load.ports.extend(t.spec.host_ports());
     load.nano_cpus += cpus_to_nano(t.spec.resources.reservations.cpus);
     load.memory += t.spec.resources.reservations.memory.unwrap_or(0);
 }
 
-fn fits(node: &Node, task: &Task, load: &Load) -> Result<(), &'static str> {
+/// What does not change while a round places tasks.
+fn fits_static(node: &Node, task: &Task) -> Result<(), &'static str> {
     if !node.schedulable() {
         return Err("node not available for new tasks");
     }
@@ -160,8 +180,13 @@ fn fits(node: &Node, task: &Task, load: &Load) -> Result<(), &'static str> {
     if !satisfies(node, &task.spec.placement.constraints) {
         return Err("scheduling constraints not satisfied");
     }
+    Ok(())
+}
+
+/// What depends on the tasks already on the node.
+fn fits_load(node: &Node, task: &Task, load: &Load, of_service: u64) -> Result<(), &'static str> {
     let max = task.spec.placement.max_replicas_per_node;
-    if max > 0 && load.per_service.get(&task.service_id).copied().unwrap_or(0) >= max {
+    if max > 0 && of_service >= max {
         return Err("max replicas per node reached");
     }
     if task.spec.host_ports().any(|p| load.ports.contains(&p)) {
@@ -180,29 +205,19 @@ fn fits(node: &Node, task: &Task, load: &Load) -> Result<(), &'static str> {
 
 /// For spread preferences: how many of the service's tasks already run on
 /// nodes sharing this node's label value (lower is better), per preference.
-fn spread_rank(
-    state: &ClusterState,
-    loads: &BTreeMap<&str, Load>,
-    task: &Task,
-    node: &Node,
-) -> Vec<u64> {
+/// Empty (no allocation) without preferences.
+fn spread_rank(nodes: &[&Node], counts: &[u64], task: &Task, node: &Node) -> Vec<u64> {
     task.spec
         .placement
         .preferences
         .iter()
         .map(|p| {
             let value = node_attr(node, &p.spread);
-            state
-                .nodes
-                .values()
-                .filter(|n| node_attr(n, &p.spread) == value)
-                .map(|n| {
-                    loads[n.id.as_str()]
-                        .per_service
-                        .get(&task.service_id)
-                        .copied()
-                        .unwrap_or(0)
-                })
+            nodes
+                .iter()
+                .zip(counts)
+                .filter(|(n, _)| node_attr(n, &p.spread) == value)
+                .map(|(_, c)| *c)
                 .sum()
         })
         .collect()
