@@ -74,30 +74,47 @@ pub fn orchestrate(
     if !plan.create.is_empty() {
         cmds.push(Command::CreateTasks(plan.create.clone()));
     }
-    // Schedule on the state as it will be once the plan is applied.
-    let mut next = state.clone();
-    let mut ev = Vec::new();
-    for c in &cmds {
-        // These commands cannot fail (they skip unknown ids).
-        let _ = next.apply(c, &mut ev);
-    }
-    let pending: Vec<&skein_protocol::Task> = next
+    // Place the pending tasks, the plan's new ones included. Loads come from
+    // the current state: a task this plan stops still holds its node (and
+    // its ports) until it has stopped, so nothing is placed on top of it.
+    let leaving: std::collections::HashSet<&str> = plan
+        .shutdown
+        .iter()
+        .chain(&plan.orphan)
+        .chain(&plan.remove)
+        .map(String::as_str)
+        .collect();
+    let pending: Vec<&skein_protocol::Task> = state
         .tasks
         .values()
-        .filter(|t| t.desired_state == TaskState::Running && t.status.state <= TaskState::Pending)
+        .filter(|t| {
+            t.desired_state == TaskState::Running
+                && t.status.state <= TaskState::Pending
+                && !leaving.contains(t.id.as_str())
+        })
+        .chain(plan.create.iter())
         .collect();
     if !pending.is_empty() {
-        let placed = placement::place(&next, &pending);
+        let placed = placement::place(state, &pending);
         if !placed.assignments.is_empty() {
             cmds.push(Command::AssignTasks {
                 assignments: placed.assignments,
                 at: now,
             });
         }
+        let created: std::collections::HashMap<&str, &skein_protocol::Task> =
+            plan.create.iter().map(|t| (t.id.as_str(), t)).collect();
+        let message_of = |id: &str| {
+            state
+                .tasks
+                .get(id)
+                .or_else(|| created.get(id).copied())
+                .map(|t| t.status.message.clone())
+        };
         let unplaced: Vec<_> = placed
             .unplaced
             .into_iter()
-            .filter(|(id, msg)| next.tasks.get(id).is_some_and(|t| &t.status.message != msg))
+            .filter(|(id, msg)| message_of(id).is_some_and(|m| &m != msg))
             .collect();
         if !unplaced.is_empty() {
             cmds.push(Command::SetPendingMessage(unplaced));
