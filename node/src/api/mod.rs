@@ -192,7 +192,7 @@ async fn info(State(st): State<AppState>) -> Json<Info> {
 
 async fn list_nodes(State(st): State<AppState>) -> Json<Vec<skein_protocol::api::NodeRow>> {
     let p = st.raft.current();
-    Json(views::node_rows(&p.state, p.leader_id))
+    Json(views::node_rows(&p.state, p.leader_id, &p.voters))
 }
 
 async fn get_node(

@@ -9,7 +9,9 @@ use skein_protocol::{
     TaskState,
 };
 
-pub fn node_rows(state: &ClusterState, leader_raft_id: u64) -> Vec<NodeRow> {
+/// `voters`: the raft voters this node knows of; a manager not among them
+/// yet is shown `joining` (it cannot vote until it has caught up).
+pub fn node_rows(state: &ClusterState, leader_raft_id: u64, voters: &[u64]) -> Vec<NodeRow> {
     let mut rows: Vec<NodeRow> = state
         .nodes
         .values()
@@ -41,6 +43,11 @@ pub fn node_rows(state: &ClusterState, leader_raft_id: u64) -> Vec<NodeRow> {
             region: n.region.clone(),
             reachability: match (n.role, n.status) {
                 (NodeRole::Worker, _) => String::new(),
+                (NodeRole::Manager, NodeStatus::Ready)
+                    if !voters.is_empty() && !voters.contains(&n.raft_id) =>
+                {
+                    "joining".into()
+                }
                 (NodeRole::Manager, NodeStatus::Ready) => "reachable".into(),
                 (NodeRole::Manager, _) => "unreachable".into(),
             },

@@ -113,7 +113,10 @@ pub fn place(state: &ClusterState, to_place: &[&Task]) -> Placement {
     for task in to_place {
         let fixed = task.slot.is_none() && task.node_id.is_some();
         let statics = static_fit
-            .entry((task.spec.runtime, task.spec.placement.constraints.as_slice()))
+            .entry((
+                task.spec.runtime,
+                task.spec.placement.constraints.as_slice(),
+            ))
             .or_insert_with(|| nodes.iter().map(|n| fits_static(n, task)).collect());
         let counts = per_service
             .entry(task.service_id.as_str())
