@@ -202,7 +202,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let runtimes = build_runtimes(&cfg, &identity.node_id).await?;
 
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let cluster_key = unhex32(&identity.cluster_key).ok_or_else(|| {
+    let cluster_key = skein_protocol::token::unhex32(&identity.cluster_key).ok_or_else(|| {
         anyhow::anyhow!(
             "node.json holds no valid cluster key: restore it or start with an empty --data-dir"
         )
@@ -458,17 +458,6 @@ fn advertised(cfg: &AgentConfig, bound: std::net::SocketAddr) -> String {
         return format!("127.0.0.1:{}", bound.port());
     }
     bound.to_string()
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Keeps a connection to every member this node may need to reach (their

@@ -367,7 +367,7 @@ impl ClusterState {
     /// The join token for `role`, if the cluster's identity is recorded.
     pub fn join_token(&self, role: skein_protocol::NodeRole) -> Option<String> {
         let s = &self.secrets;
-        let key = unhex32(&s.cluster_key)?;
+        let key = skein_protocol::token::unhex32(&s.cluster_key)?;
         let secret = match role {
             skein_protocol::NodeRole::Worker => &s.worker_secret,
             skein_protocol::NodeRole::Manager => &s.manager_secret,
@@ -405,17 +405,6 @@ impl ClusterState {
         }
         Ok(t.role)
     }
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 fn can_fail(cmd: &Command) -> bool {
