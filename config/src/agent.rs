@@ -119,6 +119,16 @@ pub struct AgentConfig {
     #[serde(skip_serializing)]
     pub token: Option<String>,
     pub raft: RaftTuning,
+    /// `--bootstrap-expect N`: form a cluster by itself once N boxes with
+    /// the same cluster key see each other (0: off).
+    pub bootstrap_expect: u32,
+    /// `--cluster-key K`: the shared secret of a self-forming cluster (a
+    /// secret, never printed).
+    pub cluster_key: Option<String>,
+    /// Raft voters a self-formed cluster keeps (odd; default: bootstrap_expect).
+    pub voters: u32,
+    /// mDNS discovery on the LAN (`--no-mdns` turns it off).
+    pub mdns: bool,
     /// How often a node reports to the leader.
     pub heartbeat_ms: u64,
 }
@@ -137,6 +147,13 @@ impl fmt::Debug for AgentConfig {
             .field("region", &self.region)
             .field("join", &self.join)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "cluster_key",
+                &self.cluster_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("bootstrap_expect", &self.bootstrap_expect)
+            .field("voters", &self.voters)
+            .field("mdns", &self.mdns)
             .field("raft", &self.raft)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .finish()
@@ -168,6 +185,14 @@ pub struct AgentOverrides {
     pub join: Vec<String>,
     /// `--token T`
     pub token: Option<String>,
+    /// `--bootstrap-expect N`
+    pub bootstrap_expect: Option<u32>,
+    /// `--cluster-key K`
+    pub cluster_key: Option<String>,
+    /// `--voters N`
+    pub voters: Option<u32>,
+    /// `--no-mdns`
+    pub no_mdns: bool,
 }
 
 /// Where a value came from.
@@ -265,6 +290,10 @@ struct FileConfig {
     region: Option<Spanned<String>>,
     join: Option<Spanned<Vec<String>>>,
     token: Option<Spanned<String>>,
+    bootstrap_expect: Option<Spanned<u32>>,
+    cluster_key: Option<Spanned<String>>,
+    voters: Option<Spanned<u32>>,
+    mdns: Option<Spanned<bool>>,
     raft: Option<RaftFile>,
     heartbeat_ms: Option<Spanned<u64>>,
 }
@@ -610,7 +639,110 @@ pub fn load_agent_config(
         }
         None => None,
     };
+    // bootstrap: --bootstrap-expect N with --cluster-key K.
+    let num_over = |flag: Option<u32>,
+                    flag_name: &'static str,
+                    var: &'static str,
+                    file_val: Option<&Spanned<u32>>|
+     -> Result<Option<(u32, Origin)>, ConfigError> {
+        if let Some(v) = flag {
+            return Ok(Some((v, Origin::Flag(flag_name))));
+        }
+        if let Some(v) = env(var) {
+            let n = v
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| invalid(var, &v, Origin::Env(var), "not a number: e.g. 3"))?;
+            return Ok(Some((n, Origin::Env(var))));
+        }
+        Ok(match (file_val, file.as_ref()) {
+            (Some(v), Some(f)) => Some((*v.get_ref(), f.origin(v.span()))),
+            _ => None,
+        })
+    };
+    let expect = num_over(
+        over.bootstrap_expect,
+        "--bootstrap-expect",
+        "SKEIN_BOOTSTRAP_EXPECT",
+        fc.and_then(|c| c.bootstrap_expect.as_ref()),
+    )?;
+    let cluster_key = pick(
+        over.cluster_key.as_ref(),
+        "--cluster-key",
+        "SKEIN_CLUSTER_KEY",
+        fc.and_then(|c| c.cluster_key.as_ref()),
+    );
+    let bootstrap_expect = match (&expect, &cluster_key) {
+        (Some((n, origin)), _) if *n == 0 || *n > 9 || n % 2 == 0 => {
+            return Err(invalid(
+                "bootstrap_expect",
+                &n.to_string(),
+                origin.clone(),
+                "must be an odd number of managers from 1 to 9 (an even number of voters adds no fault tolerance): e.g. 3",
+            ));
+        }
+        (Some((_, origin)), None) => {
+            return Err(invalid(
+                "bootstrap_expect",
+                &expect.as_ref().map_or(0, |e| e.0).to_string(),
+                origin.clone(),
+                "needs a cluster key: add --cluster-key K (the same secret on every box of the cluster)",
+            ));
+        }
+        (None, Some((_, origin))) => {
+            return Err(invalid_secret(
+                "cluster_key",
+                origin.clone(),
+                "is given without bootstrap_expect: add --bootstrap-expect 3 (how many managers form the cluster)",
+            ));
+        }
+        (Some((n, _)), Some(_)) => *n,
+        (None, None) => 0,
+    };
+    if let Some((k, origin)) = &cluster_key {
+        if k.trim().len() < 8 {
+            return Err(invalid_secret(
+                "cluster_key",
+                origin.clone(),
+                "is too short: use at least 8 characters (e.g. the output of `openssl rand -hex 16`)",
+            ));
+        }
+        if token.is_some() {
+            return Err(invalid_secret(
+                "cluster_key",
+                origin.clone(),
+                "cannot be combined with a join token: use either --token (join a cluster) or --cluster-key with --bootstrap-expect (form or join one by itself)",
+            ));
+        }
+    }
+    let voters = match num_over(
+        over.voters,
+        "--voters",
+        "SKEIN_VOTERS",
+        fc.and_then(|c| c.voters.as_ref()),
+    )? {
+        Some((n, origin)) if n % 2 == 0 || n < bootstrap_expect || n > 9 => {
+            return Err(invalid(
+                "voters",
+                &n.to_string(),
+                origin,
+                &format!("must be odd, at least bootstrap_expect ({bootstrap_expect}) and at most 9: e.g. 3 or 5"),
+            ));
+        }
+        Some((n, _)) => n,
+        None => bootstrap_expect,
+    };
+    let mdns = if over.no_mdns {
+        false
+    } else if let Some(v) = env("SKEIN_MDNS") {
+        !matches!(v.trim(), "0" | "false" | "no" | "off")
+    } else {
+        fc.and_then(|c| c.mdns.as_ref())
+            .is_none_or(|v| *v.get_ref())
+    };
+    let cluster_key = cluster_key.map(|(k, _)| k.trim().to_string());
     match (&token, join.first()) {
+        (None, Some(_)) if cluster_key.is_some() => {}
         (Some((_, origin)), None) => {
             return Err(invalid_secret(
                 "token",
@@ -624,7 +756,8 @@ pub fn load_agent_config(
                 "join",
                 &all.join(","),
                 origin.clone(),
-                "join needs a token: get one with `skein join-token worker` on a manager and pass --token",
+                "join needs a token: get one with `skein join-token worker` on a manager and pass --token \
+                 (or, for a self-forming cluster, add --bootstrap-expect N --cluster-key K: join then names seeds)",
             ));
         }
         _ => {}
@@ -721,6 +854,10 @@ pub fn load_agent_config(
             snapshot_entries: snapshot.0,
         },
         heartbeat_ms: heartbeat_ms.0,
+        bootstrap_expect,
+        cluster_key,
+        voters,
+        mdns,
     })
 }
 

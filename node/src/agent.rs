@@ -12,6 +12,7 @@ use crate::cluster::inbound::Router;
 use crate::cluster::raft_link::{self, PeerBook};
 use crate::cluster::{heartbeat, join};
 use crate::dispatcher::Dispatcher;
+use crate::membership::{self, bootstrap, MembershipConfig, MembershipHandle};
 use crate::net::{self, NetConfig, NetHandle};
 use crate::orchestrator::Orchestrator;
 use crate::raft::{RaftNode, RaftOptions};
@@ -21,8 +22,9 @@ use crate::worker::{Runtimes, Worker};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use skein_config::agent::{AgentConfig, RuntimeChoice};
+use skein_protocol::gossip::Announce;
 use skein_protocol::token::JoinToken;
-use skein_protocol::wire::JoinRequest;
+use skein_protocol::wire::{JoinRequest, WireMessage};
 use skein_protocol::{
     Command, ManagerStatus, Node, NodeDescription, NodeResources, NodeRole, NodeStatus,
 };
@@ -199,6 +201,22 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         (None, _) => None,
     };
+    // Zero-touch bootstrap: the key derives from --cluster-key; a fresh box
+    // finds its cluster (or forms it) below, before Raft starts.
+    let mut bootstrapping = false;
+    if let Some(k) = &cfg.cluster_key {
+        let psk = skein_protocol::token::hex(&bootstrap::derive_psk(k));
+        if fresh {
+            identity.cluster_key = psk;
+            identity.founder = false;
+            bootstrapping = true;
+        } else if identity.cluster_key != psk {
+            tracing::warn!(
+                "this data dir belongs to a cluster with another key: --cluster-key is ignored \
+                 (start with an empty --data-dir to form or join the cluster of that key)"
+            );
+        }
+    }
     let runtimes = build_runtimes(&cfg, &identity.node_id).await?;
 
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -214,10 +232,95 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut net_cfg = NetConfig::new(cluster_key, cfg.data_dir.join("peer.key"));
     net_cfg.listen = listen;
     net_cfg.advertise = cfg.advertise.clone();
-    let (net, inbound) = net::start(net_cfg, shutdown.clone())
+    // mDNS never answers on loopback: a node listening there keeps quiet.
+    net_cfg.mdns = cfg.mdns && !listen.ip().is_loopback();
+    if cfg.mdns && !net_cfg.mdns {
+        tracing::info!("listening on loopback: mDNS discovery off");
+    }
+    let (net, mut inbound) = net::start(net_cfg, shutdown.clone())
         .await
         .with_context(|| format!("cannot start the cluster transport on {}", cfg.listen))?;
     let advertise = advertised(&cfg, net.listen_addr());
+
+    // Membership runs from the start: bootstrap needs it before Raft.
+    let mut announce = self_announce(&cfg, &identity, &runtimes, &advertise, &net.peer_id());
+    if bootstrapping {
+        announce.cluster_id.clear();
+    }
+    let membership = membership::start(
+        net.clone(),
+        announce.clone(),
+        MembershipConfig {
+            seeds: if token.is_none() {
+                cfg.join.clone()
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        },
+        shutdown.clone(),
+    );
+    // Membership requests go to the membership actor, the rest to the router.
+    let (router_tx, router_rx) = tokio::sync::mpsc::channel(1024);
+    {
+        let membership = membership.clone();
+        tokio::spawn(async move {
+            while let Some(inb) = inbound.recv().await {
+                let net::Inbound { peer, msg, reply } = inb;
+                match msg {
+                    WireMessage::Gossip(req) => membership.serve(peer, *req, reply),
+                    msg => {
+                        if router_tx
+                            .send(net::Inbound { peer, msg, reply })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut token = token;
+    let mut join_addrs = cfg.join.clone();
+    let mut founding_set = Vec::new();
+    if bootstrapping {
+        let key = cfg.cluster_key.clone().unwrap_or_default();
+        let outcome = tokio::select! {
+            r = bootstrap_phase(&cfg, &net, &membership, announce.clone()) => r?,
+            _ = wait_for_signal() => {
+                let _ = shutdown_tx.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(2), net.stopped()).await;
+                return Ok(());
+            }
+        };
+        match outcome {
+            Bootstrapped::Found { set } => {
+                tracing::info!(
+                    voters = set.len(),
+                    "founding the cluster with the boxes that agreed"
+                );
+                identity.founder = true;
+                founding_set = set;
+            }
+            Bootstrapped::Join {
+                cluster_id,
+                via,
+                role,
+            } => {
+                tracing::info!(cluster = %cluster_id, ?role, "joining the cluster these boxes formed");
+                identity.cluster_id = cluster_id.clone();
+                token = Some(JoinToken {
+                    cluster_id,
+                    cluster_key: bootstrap::derive_psk(&key),
+                    role,
+                    secret: bootstrap::derive_secret(&key, role),
+                });
+                join_addrs = via;
+            }
+        }
+    }
 
     let db_path = cfg.data_dir.join("raft");
     let db = sled::Config::new()
@@ -284,7 +387,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             proposer: proposer.clone(),
             heard: heard_tx,
         }
-        .run(inbound, shutdown.clone()),
+        .run(router_rx, shutdown.clone()),
     );
     tokio::spawn(keep_peers_connected(
         raft.clone(),
@@ -331,7 +434,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         // for a while; a refused token is final.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         'tries: while tokio::time::Instant::now() < deadline {
-            for addr in &cfg.join {
+            for addr in &join_addrs {
                 match join::request_join(&net, addr, req.clone()).await {
                     Ok(a) => {
                         accepted = Some(a);
@@ -368,8 +471,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     wait_for_leader(&raft).await?;
     if identity.founder {
-        init_cluster(&proposer, &identity).await?;
+        init_cluster(&proposer, &identity, cfg.cluster_key.as_deref()).await?;
     }
+    // Now that the cluster exists, say so: bootstrapping boxes join it.
+    announce.cluster_id = identity.cluster_id.clone();
+    announce.role = identity.role;
+    announce.proposal = founding_set;
+    membership.set_self(announce.clone()).await;
     let me = self_node(
         &cfg,
         &identity,
@@ -411,6 +519,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         identity.node_id.clone(),
         raft.clone(),
         heard_rx,
+        Some(membership.events()),
         beat * 3,
         shutdown.clone(),
     ));
@@ -512,8 +621,14 @@ async fn wait_for_leader(raft: &crate::raft::RaftHandle) -> anyhow::Result<()> {
     }
 }
 
-/// The founder records the cluster's identity and first join secrets once.
-async fn init_cluster(proposer: &Proposer, identity: &Identity) -> anyhow::Result<()> {
+/// The founder records the cluster's identity and first join secrets once
+/// (derived from the cluster key for a self-formed cluster, so every box
+/// with the key can join by itself).
+async fn init_cluster(
+    proposer: &Proposer,
+    identity: &Identity,
+    key: Option<&str>,
+) -> anyhow::Result<()> {
     if !proposer
         .raft()
         .current()
@@ -528,8 +643,14 @@ async fn init_cluster(proposer: &Proposer, identity: &Identity) -> anyhow::Resul
         .propose(Command::InitCluster(skein_protocol::ClusterSecrets {
             cluster_id: identity.cluster_id.clone(),
             cluster_key: identity.cluster_key.clone(),
-            worker_secret: crate::util::random_hex(16),
-            manager_secret: crate::util::random_hex(16),
+            worker_secret: key.map_or_else(
+                || crate::util::random_hex(16),
+                |k| bootstrap::derive_secret(k, NodeRole::Worker),
+            ),
+            manager_secret: key.map_or_else(
+                || crate::util::random_hex(16),
+                |k| bootstrap::derive_secret(k, NodeRole::Manager),
+            ),
         }))
         .await
         .context("cannot record the cluster's identity")?;
@@ -569,6 +690,113 @@ fn self_node(
         created_at: now,
         updated_at: now,
         last_seen: now,
+    }
+}
+
+/// What this node says about itself on the gossip topic.
+fn self_announce(
+    cfg: &AgentConfig,
+    identity: &Identity,
+    runtimes: &Runtimes,
+    advertise: &str,
+    peer_id: &str,
+) -> Announce {
+    let d = describe(runtimes);
+    Announce {
+        peer: peer_id.to_string(),
+        incarnation: 0,
+        node_id: identity.node_id.clone(),
+        name: cfg.name.clone(),
+        role: identity.role,
+        region: cfg.region.clone(),
+        addrs: vec![advertise.to_string()],
+        labels: cfg.labels.clone(),
+        resources: d.resources,
+        runtimes: d.runtimes,
+        cluster_id: identity.cluster_id.clone(),
+        bootstrap_expect: cfg.bootstrap_expect,
+        proposal: Vec::new(),
+    }
+}
+
+enum Bootstrapped {
+    Found {
+        set: Vec<String>,
+    },
+    Join {
+        cluster_id: String,
+        via: Vec<String>,
+        role: NodeRole,
+    },
+}
+
+/// Waits until this box founds the cluster (with the boxes that confirmed)
+/// or finds one to join. See [`bootstrap`] for the rules.
+async fn bootstrap_phase(
+    cfg: &AgentConfig,
+    net: &NetHandle,
+    membership: &MembershipHandle,
+    mut me: Announce,
+) -> anyhow::Result<Bootstrapped> {
+    let mut announces = membership.announces();
+    let mut last_why = String::new();
+    let mut last_log = tokio::time::Instant::now();
+    let peer = net.peer_id();
+    tracing::info!(
+        expect = cfg.bootstrap_expect,
+        "looking for boxes with the same cluster key (mDNS{} and gossip)",
+        if cfg.join.is_empty() {
+            ""
+        } else {
+            ", --join seeds"
+        }
+    );
+    loop {
+        let alive = announces.borrow_and_update().clone();
+        let others: Vec<&Announce> = alive.values().collect();
+        match bootstrap::decide(&peer, cfg.bootstrap_expect, &others) {
+            bootstrap::Decision::Join {
+                cluster_id,
+                via,
+                role,
+            } if !via.is_empty() => {
+                return Ok(Bootstrapped::Join {
+                    cluster_id,
+                    via,
+                    role,
+                })
+            }
+            bootstrap::Decision::Join { .. } => {}
+            bootstrap::Decision::Found { set } => {
+                if me.proposal != set {
+                    me.proposal = set.clone();
+                    membership.set_self(me.clone()).await;
+                }
+                match membership::confirm_round(net, &set).await {
+                    Ok(()) => return Ok(Bootstrapped::Found { set }),
+                    Err(e) => {
+                        tracing::info!(error = %e, "founding deferred: not every box confirmed");
+                        let jitter = crate::util::random_u64() % 500;
+                        tokio::time::sleep(Duration::from_millis(300 + jitter)).await;
+                    }
+                }
+            }
+            bootstrap::Decision::Wait { why, proposal } => {
+                if me.proposal != proposal {
+                    me.proposal = proposal;
+                    membership.set_self(me.clone()).await;
+                }
+                if why != last_why || last_log.elapsed() > Duration::from_secs(10) {
+                    tracing::info!("bootstrap: {why}");
+                    last_why = why;
+                    last_log = tokio::time::Instant::now();
+                }
+            }
+        }
+        tokio::select! {
+            r = announces.changed() => r.context("membership stopped during bootstrap")?,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 

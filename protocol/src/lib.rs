@@ -11,6 +11,7 @@ pub mod api;
 pub mod codec;
 pub mod command;
 pub mod duration;
+pub mod gossip;
 pub mod node;
 pub mod service;
 pub mod spec;

@@ -38,6 +38,8 @@ pub enum WireMessage {
     Join(Box<JoinRequest>),
     /// Part of a large raft message (a snapshot), split below the frame limit.
     RaftChunk(RaftChunk),
+    /// Membership: probes, indirect probes, push-pull sync, bootstrap.
+    Gossip(Box<crate::gossip::GossipRequest>),
 }
 
 /// The answer to every [`WireMessage`].
@@ -51,6 +53,7 @@ pub enum WireReply {
     /// The request was refused or failed; the text says why and what to do.
     Error(String),
     Joined(Box<JoinAccepted>),
+    Gossip(Box<crate::gossip::GossipReply>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

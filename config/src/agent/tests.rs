@@ -198,6 +198,7 @@ fn env_beats_file_and_flags_beat_env() {
         region: Some("flag-region".into()),
         join: vec!["c.local:7946".into()],
         token: Some(format!(" {flag_token}\n")),
+        ..AgentOverrides::default()
     };
     let c = ok(&over, &env);
     assert_eq!(c.data_dir, PathBuf::from("/flag/dir"));
@@ -717,4 +718,82 @@ fn runtime_choice_round_trips() {
     ] {
         assert_eq!(r.to_string().parse::<RuntimeChoice>(), Ok(r));
     }
+}
+
+#[test]
+fn bootstrap_needs_an_odd_expectation_and_a_key() {
+    let over = AgentOverrides {
+        bootstrap_expect: Some(3),
+        cluster_key: Some("edge-secret-1".into()),
+        join: vec!["10.0.0.2:7946".into()],
+        ..AgentOverrides::default()
+    };
+    let c = ok(&over, &[]);
+    assert_eq!((c.bootstrap_expect, c.voters, c.mdns), (3, 3, true));
+    assert_eq!(
+        c.join,
+        vec!["10.0.0.2:7946".to_string()],
+        "join names seeds, no token needed"
+    );
+    assert!(
+        !format!("{c:?}").contains("edge-secret-1"),
+        "the key is never printed"
+    );
+
+    let err = load_agent_config(
+        &AgentOverrides {
+            bootstrap_expect: Some(4),
+            cluster_key: Some("edge-secret-1".into()),
+            ..AgentOverrides::default()
+        },
+        &|_| None,
+    )
+    .expect_err("even");
+    assert_eq!(err.key(), Some("bootstrap_expect"));
+    assert!(err.to_string().contains("odd"), "{err}");
+
+    let err = load_agent_config(
+        &AgentOverrides {
+            bootstrap_expect: Some(3),
+            ..AgentOverrides::default()
+        },
+        &|_| None,
+    )
+    .expect_err("no key");
+    assert!(err.to_string().contains("--cluster-key"), "{err}");
+
+    let err = load_agent_config(
+        &AgentOverrides {
+            cluster_key: Some("edge-secret-1".into()),
+            ..AgentOverrides::default()
+        },
+        &|_| None,
+    )
+    .expect_err("no expectation");
+    assert_eq!(err.key(), Some("cluster_key"));
+    assert!(!err.to_string().contains("edge-secret-1"), "{err}");
+
+    let over = AgentOverrides {
+        bootstrap_expect: Some(3),
+        cluster_key: Some("edge-secret-1".into()),
+        voters: Some(5),
+        no_mdns: true,
+        ..AgentOverrides::default()
+    };
+    let c = ok(&over, &[]);
+    assert_eq!((c.voters, c.mdns), (5, false));
+}
+
+#[test]
+fn bootstrap_settings_come_from_the_file_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "bootstrap_expect = 3\ncluster_key = \"edge-secret-1\"\nmdns = false\n",
+    )
+    .expect("write");
+    let c = ok(&with_file(&path), &[]);
+    assert_eq!((c.bootstrap_expect, c.mdns), (3, false));
+    assert_eq!(c.cluster_key.as_deref(), Some("edge-secret-1"));
 }

@@ -93,9 +93,24 @@ struct AgentArgs {
     /// Region this node's cluster belongs to.
     #[arg(long)]
     region: Option<String>,
-    /// Address (HOST:PORT) of a manager to join, repeatable; needs --token.
+    /// Address (HOST:PORT) of a manager to join, repeatable; needs --token
+    /// (with --cluster-key: seeds to find the other boxes through).
     #[arg(long)]
     join: Vec<String>,
+    /// Form a cluster by itself once this many boxes with the same
+    /// --cluster-key see each other (odd: 1, 3, 5); later boxes join it.
+    #[arg(long)]
+    bootstrap_expect: Option<u32>,
+    /// Shared secret of a self-forming cluster (also SKEIN_CLUSTER_KEY).
+    #[arg(long)]
+    cluster_key: Option<String>,
+    /// Raft voters a self-formed cluster keeps: lost managers are replaced
+    /// by healthy workers (odd; default: --bootstrap-expect).
+    #[arg(long)]
+    voters: Option<u32>,
+    /// Do not look for other boxes on the LAN with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
     /// Join token from `skein join-token worker|manager` (also SKEIN_TOKEN).
     #[arg(long)]
     token: Option<String>,
@@ -224,6 +239,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 join: a.join,
                 token: a.token,
                 advertise: a.advertise,
+                bootstrap_expect: a.bootstrap_expect,
+                cluster_key: a.cluster_key,
+                voters: a.voters,
+                no_mdns: a.no_mdns,
             };
             let cfg = skein_config::agent::load_agent_config(&over, &|k| std::env::var(k).ok())?;
             crate::agent::run(cfg).await?;

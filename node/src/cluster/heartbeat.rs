@@ -4,12 +4,31 @@
 
 use super::raft_link::{peer_of, PeerBook};
 use crate::dispatcher::liveness::Liveness;
+use crate::membership::MemberEvent;
 use crate::net::NetHandle;
 use crate::raft::RaftHandle;
+use skein_protocol::gossip::MemberState;
 use skein_protocol::wire::WireMessage;
 use skein_protocol::Command;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
+
+async fn next_member_event(
+    rx: &mut Option<broadcast::Receiver<MemberEvent>>,
+) -> Option<MemberEvent> {
+    match rx {
+        Some(r) => loop {
+            match r.recv().await {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await;
+                }
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
 
 /// Sends this node's heartbeat to the leader every `interval`.
 pub async fn run_sender(
@@ -41,11 +60,13 @@ pub async fn run_sender(
     }
 }
 
-/// Leader side: tracks heartbeats and proposes node status changes.
+/// Leader side: tracks heartbeats and gossip verdicts (`members`, when
+/// membership runs) and proposes node status changes.
 pub async fn run_monitor(
     self_id: String,
     raft: RaftHandle,
     mut heard: mpsc::Receiver<String>,
+    mut members: Option<broadcast::Receiver<MemberEvent>>,
     grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -59,6 +80,21 @@ pub async fn run_monitor(
                     l.heard(&node, crate::util::now_ms());
                 }
                 continue;
+            }
+            Some(ev) = next_member_event(&mut members) => {
+                let Some(l) = liveness.as_mut() else { continue };
+                let p = raft.current();
+                // The event names a peer; the node table maps it to a node.
+                let node = p.state.nodes.values().find(|n| n.peer_id == ev.peer).map(|n| n.id.clone());
+                let Some(node) = node else { continue };
+                match ev.state {
+                    MemberState::Dead => {
+                        tracing::info!(node = %node, "gossip declared the node dead");
+                        l.declared_dead(&node, crate::util::now_ms());
+                    }
+                    MemberState::Alive => l.declared_alive(&node),
+                    MemberState::Suspect => continue,
+                }
             }
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,

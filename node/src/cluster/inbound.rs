@@ -70,6 +70,10 @@ impl Router {
                         let _ = reply.send(r);
                     });
                 }
+                WireMessage::Gossip(_) => {
+                    // The agent hands these to the membership actor first.
+                    let _ = reply.send(WireReply::Error("membership is not running".into()));
+                }
                 WireMessage::Assignments(_) => {
                     let _ = reply.send(WireReply::Error(
                         "assignments are read from the replicated state, not sent".into(),

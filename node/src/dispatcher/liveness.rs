@@ -3,7 +3,10 @@
 //! to propose. Heartbeats stay in the leader's memory (not in Raft); only
 //! the verdicts are committed.
 //!
-//! Rules: a node is `down` once nothing was heard from it for `grace`,
+//! Rules: a node is `down` once nothing was heard from it for `grace`, or
+//! at once when gossip declared it dead (failed probes that `k` other
+//! members confirmed, see [`crate::membership::swim`]) and nothing was
+//! heard from it since;
 //! counted from when this leader took over at the earliest (a new leader
 //! gives every node a full grace period); a down or unknown node that is
 //! heard from again is `ready`. The leader's own node is always alive.
@@ -18,6 +21,8 @@ pub struct Liveness {
     /// When this leader started watching.
     since: u64,
     heard: HashMap<NodeId, u64>,
+    /// Gossip verdicts: node -> when it was declared dead.
+    dead: HashMap<NodeId, u64>,
 }
 
 impl Liveness {
@@ -26,7 +31,19 @@ impl Liveness {
             grace_ms,
             since: now,
             heard: HashMap::new(),
+            dead: HashMap::new(),
         }
+    }
+
+    /// Gossip declared `node` dead at `now`: it is down unless heard from
+    /// after that.
+    pub fn declared_dead(&mut self, node: &str, now: u64) {
+        self.dead.insert(node.to_string(), now);
+    }
+
+    /// Gossip sees `node` alive again (it refuted): its heartbeats decide.
+    pub fn declared_alive(&mut self, node: &str) {
+        self.dead.remove(node);
     }
 
     pub fn heard(&mut self, node: &str, now: u64) {
@@ -54,7 +71,21 @@ impl Liveness {
                 self.last_heard(&n.id)
             };
             let silent = now.saturating_sub(last);
-            let alive = silent < self.grace_ms;
+            let dead_at = self.dead.get(&n.id).copied().filter(|d| *d > last);
+            let alive = silent < self.grace_ms && (dead_at.is_none() || n.id == self_node);
+            if let (NodeStatus::Ready, false, Some(d)) = (n.status, alive, dead_at) {
+                if silent < self.grace_ms {
+                    out.push((
+                        n.id.clone(),
+                        NodeStatus::Down,
+                        format!(
+                            "declared dead by gossip {} ms ago (probes failed, confirmed by other members)",
+                            now.saturating_sub(d)
+                        ),
+                    ));
+                    continue;
+                }
+            }
             match (n.status, alive) {
                 (NodeStatus::Ready, false) => out.push((
                     n.id.clone(),
@@ -114,6 +145,24 @@ mod tests {
         l.heard("a", 200);
         let c = l.changes(&st, 300, "me");
         assert_eq!(c, vec![("a".to_string(), NodeStatus::Ready, String::new())]);
+    }
+
+    #[test]
+    fn a_gossip_verdict_marks_down_before_the_grace_period() {
+        let st = state(&[("me", NodeStatus::Ready), ("a", NodeStatus::Ready)]);
+        let mut l = Liveness::new(3000, 0);
+        l.heard("a", 1000);
+        l.declared_dead("a", 1200);
+        let c = l.changes(&st, 1300, "me");
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].0.as_str(), c[0].1), ("a", NodeStatus::Down));
+        assert!(c[0].2.contains("gossip"), "{}", c[0].2);
+        // A heartbeat after the verdict wins: the node refuted and is alive.
+        l.heard("a", 1400);
+        assert!(l.changes(&st, 1500, "me").is_empty());
+        // A verdict about the leader itself is ignored.
+        l.declared_dead("me", 1500);
+        assert!(l.changes(&st, 1600, "me").is_empty());
     }
 
     #[test]

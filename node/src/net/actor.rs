@@ -4,8 +4,9 @@
 
 use super::codec::{Req, Resp, RpcCodec};
 use super::{
-    check_host_port, keypair, resolve, show, to_multiaddr, to_socket, Command, Inbound, NetConfig,
-    NetError, NetEvent, NetHandle, Tuning, COMMAND_QUEUE, IDENTIFY_PROTOCOL, RPC_PROTOCOL,
+    check_host_port, keypair, resolve, show, to_multiaddr, to_socket, Command, GossipIn, Inbound,
+    NetConfig, NetError, NetEvent, NetHandle, Tuning, COMMAND_QUEUE, GOSSIP_TOPIC,
+    IDENTIFY_PROTOCOL, MAX_GOSSIP_MESSAGE, RPC_PROTOCOL,
 };
 use libp2p::core::transport::ListenerId;
 use libp2p::core::upgrade::Version;
@@ -15,8 +16,10 @@ use libp2p::futures::stream::FuturesUnordered;
 use libp2p::futures::StreamExt;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, ListenError, NetworkBehaviour, SwarmEvent};
+use libp2p::{gossipsub, mdns};
 use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use libp2p::{SwarmBuilder, Transport as _};
 use skein_protocol::wire::WireReply;
@@ -33,6 +36,8 @@ pub(crate) struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     rpc: request_response::Behaviour<RpcCodec>,
+    gossip: gossipsub::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 /// How long a "TCP connected to ADDR" mark is kept to classify a later
@@ -91,6 +96,8 @@ pub(crate) struct Actor {
     inbound_tx: mpsc::Sender<Inbound>,
     events: broadcast::Sender<NetEvent>,
     connected_tx: watch::Sender<Vec<String>>,
+    gossip_tx: broadcast::Sender<GossipIn>,
+    topic: gossipsub::IdentTopic,
     shutdown: watch::Receiver<bool>,
     /// Addresses whose TCP connect succeeded, from inside the transport.
     seen_rx: mpsc::UnboundedReceiver<SocketAddr>,
@@ -122,6 +129,29 @@ pub(crate) async fn start(
     let psk = PreSharedKey::new(cfg.cluster_key);
     let (seen_tx, seen_rx) = mpsc::unbounded_channel();
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let gossip_cfg = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(tuning.gossip_heartbeat)
+        .max_transmit_size(MAX_GOSSIP_MESSAGE)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .build()
+        .map_err(|e| setup(&e))?;
+    let mdns = if cfg.mdns {
+        let mc = mdns::Config {
+            ttl: Duration::from_secs(60),
+            query_interval: tuning.mdns_interval,
+            enable_ipv6: false,
+        };
+        match mdns::tokio::Behaviour::new(mc, identity.public().to_peer_id()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                warn!(error = %e, "mDNS is not available here: discovery relies on --join seeds");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mdns = Toggle::from(mdns);
 
     let mut swarm = SwarmBuilder::with_existing_identity(identity)
         .with_tokio()
@@ -141,26 +171,35 @@ pub(crate) async fn start(
                 .multiplex(yamux::Config::default()))
         })
         .map_err(|e| setup(&e))?
-        .with_behaviour(|key| Behaviour {
-            identify: identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-                    .with_agent_version(format!("skein/{}", env!("CARGO_PKG_VERSION"))),
-            ),
-            ping: ping::Behaviour::new(
-                ping::Config::new()
-                    .with_interval(tuning.ping_interval)
-                    .with_timeout(tuning.ping_timeout),
-            ),
-            rpc: request_response::Behaviour::with_codec(
-                RpcCodec {
-                    max_frame: tuning.max_rpc_frame,
-                },
-                [(StreamProtocol::new(RPC_PROTOCOL), ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(cfg.request_timeout)
-                    .with_max_concurrent_streams(256),
-            ),
-        })
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn StdError + Send + Sync>> {
+                Ok(Behaviour {
+                    identify: identify::Behaviour::new(
+                        identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                            .with_agent_version(format!("skein/{}", env!("CARGO_PKG_VERSION"))),
+                    ),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new()
+                            .with_interval(tuning.ping_interval)
+                            .with_timeout(tuning.ping_timeout),
+                    ),
+                    rpc: request_response::Behaviour::with_codec(
+                        RpcCodec {
+                            max_frame: tuning.max_rpc_frame,
+                        },
+                        [(StreamProtocol::new(RPC_PROTOCOL), ProtocolSupport::Full)],
+                        request_response::Config::default()
+                            .with_request_timeout(cfg.request_timeout)
+                            .with_max_concurrent_streams(256),
+                    ),
+                    gossip: gossipsub::Behaviour::new(
+                        gossipsub::MessageAuthenticity::Signed(key.clone()),
+                        gossip_cfg,
+                    )?,
+                    mdns,
+                })
+            },
+        )
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(tuning.idle_timeout))
         .with_connection_timeout(tuning.handshake_timeout)
@@ -216,6 +255,13 @@ pub(crate) async fn start(
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (inbound_tx, inbound_rx) = mpsc::channel(tuning.inbound_queue.max(1));
     let (events, _) = broadcast::channel(256);
+    let (gossip_tx, _) = broadcast::channel(4096);
+    let topic = gossipsub::IdentTopic::new(GOSSIP_TOPIC);
+    swarm
+        .behaviour_mut()
+        .gossip
+        .subscribe(&topic)
+        .map_err(|e| setup(&e))?;
     let (connected_tx, connected_rx) = watch::channel(Vec::new());
     let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
     let handle = NetHandle {
@@ -225,6 +271,7 @@ pub(crate) async fn start(
         advertise,
         events: events.clone(),
         connected: connected_rx,
+        gossip: gossip_tx.clone(),
         request_timeout: cfg.request_timeout,
         handshake_timeout: tuning.handshake_timeout,
         max_frame: tuning.max_rpc_frame,
@@ -238,6 +285,8 @@ pub(crate) async fn start(
         inbound_tx,
         events,
         connected_tx,
+        gossip_tx,
+        topic,
         shutdown,
         seen_rx,
         seen: HashMap::new(),
@@ -363,6 +412,13 @@ impl Actor {
                     k.next = Some(Instant::now());
                 }
                 debug!(%peer, addr = %k.addr, "peer added");
+            }
+            Command::Publish { data } => {
+                let topic = self.topic.clone();
+                if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, data) {
+                    // No peer yet (InsufficientPeers) is normal for a lone node.
+                    debug!(error = %e, "gossip not published");
+                }
             }
             Command::RemovePeer { peer } => {
                 if self.known.remove(&peer).is_some() {
@@ -765,6 +821,28 @@ impl Actor {
                 warn!(error = %chain(&e), "listener closed: no new connections will be accepted");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                if let Some(source) = message.source {
+                    let _ = self.gossip_tx.send(GossipIn {
+                        source: source.to_string(),
+                        data: message.data,
+                    });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, ma) in found {
+                    if let Some(sa) = to_socket(&ma) {
+                        debug!(%peer, addr = %sa, "mDNS: discovered");
+                        let _ = self.events.send(NetEvent::Discovered {
+                            peer: peer.to_string(),
+                            addr: sa.to_string(),
+                        });
+                    }
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,

@@ -52,6 +52,19 @@ pub const IDENTIFY_PROTOCOL: &str = "/skein/id/1";
 /// Largest request or reply frame sent or accepted. Snapshots are sent in
 /// chunks below it ([`skein_protocol::wire::RaftChunk`]).
 pub const MAX_RPC_FRAME: usize = 16 * 1024 * 1024;
+/// The gossipsub topic membership is spread on. Only nodes holding the
+/// cluster key can connect at all, so one topic name serves every cluster.
+pub const GOSSIP_TOPIC: &str = "/skein/members/1";
+/// Largest gossip message sent or accepted.
+pub const MAX_GOSSIP_MESSAGE: usize = 64 * 1024;
+
+/// A message received on the gossip topic. `source` is the peer that
+/// published (and signed) it, not the one that forwarded it.
+#[derive(Clone, Debug)]
+pub struct GossipIn {
+    pub source: String,
+    pub data: Vec<u8>,
+}
 
 #[derive(Clone, Debug)]
 pub struct NetConfig {
@@ -65,6 +78,8 @@ pub struct NetConfig {
     pub keypair_path: PathBuf,
     /// How long a request waits for its reply (default 5 s).
     pub request_timeout: Duration,
+    /// Find peers on the LAN with mDNS (`--no-mdns` turns it off).
+    pub mdns: bool,
 }
 
 impl NetConfig {
@@ -76,6 +91,7 @@ impl NetConfig {
             cluster_key,
             keypair_path: keypair_path.into(),
             request_timeout: Duration::from_secs(5),
+            mdns: false,
         }
     }
 }
@@ -97,6 +113,8 @@ pub enum NetEvent {
     Connected { peer: String, addr: String },
     /// The last connection to `peer` closed.
     Disconnected { peer: String },
+    /// mDNS found a peer on the LAN at `addr` (HOST:PORT); not dialled yet.
+    Discovered { peer: String, addr: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -156,6 +174,10 @@ pub(crate) struct Tuning {
     pub shutdown_grace: Duration,
     /// Inbound requests queued for the application before "busy" replies.
     pub inbound_queue: usize,
+    /// gossipsub's mesh maintenance period.
+    pub gossip_heartbeat: Duration,
+    /// How often mDNS asks the LAN who is there.
+    pub mdns_interval: Duration,
 }
 
 impl Default for Tuning {
@@ -171,6 +193,8 @@ impl Default for Tuning {
             stable_after: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
             inbound_queue: 1024,
+            gossip_heartbeat: Duration::from_millis(500),
+            mdns_interval: Duration::from_secs(5),
         }
     }
 }
@@ -198,6 +222,9 @@ pub(crate) enum Command {
         peer: PeerId,
         frame: Vec<u8>,
     },
+    Publish {
+        data: Vec<u8>,
+    },
 }
 
 /// Queue depth between handles and the actor.
@@ -212,6 +239,7 @@ pub struct NetHandle {
     advertise: String,
     events: broadcast::Sender<NetEvent>,
     connected: watch::Receiver<Vec<String>>,
+    gossip: broadcast::Sender<GossipIn>,
     request_timeout: Duration,
     handshake_timeout: Duration,
     max_frame: usize,
@@ -343,6 +371,19 @@ impl NetHandle {
             };
             tracing::debug!(peer, why, "send: message dropped");
         }
+    }
+
+    /// Publishes `data` on the gossip topic (dropped, logged at debug, when
+    /// no peer is connected or the queue is full).
+    pub fn publish(&self, data: Vec<u8>) {
+        if let Err(e) = self.cmd.try_send(Command::Publish { data }) {
+            tracing::debug!(error = %e, "gossip not queued");
+        }
+    }
+
+    /// Messages published on the gossip topic by other nodes.
+    pub fn gossip(&self) -> broadcast::Receiver<GossipIn> {
+        self.gossip.subscribe()
     }
 
     /// Connection events; a receiver that lags misses events (re-read

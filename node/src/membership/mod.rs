@@ -1,0 +1,750 @@
+//! Membership: who is in the gossip network and whether they are alive.
+//! Owns the member table (through the pure [`swim`] detector), every
+//! member's last [`Announce`], this node's own announce and incarnation, and
+//! the gossip bandwidth budget.
+//!
+//! - [`swim`]: the failure detector and member table (pure);
+//! - [`bootstrap`]: zero-touch cluster formation (pure);
+//! - this module: the actor that runs them over the network: it publishes
+//!   batches of claims on the gossip topic, probes one member per period
+//!   (directly, then through `k` helpers), answers probes, syncs the whole
+//!   table with every newly connected peer (push-pull), dials peers it
+//!   learns about from gossip or mDNS, and publishes a snapshot.
+//!
+//! Invariants: only announces signed by their own peer are taken (gossipsub
+//! signs and checks the source); gossip published per second stays under
+//! `budget_bytes_per_s` (the periodic re-announce is skipped when over;
+//! state changes are batched and never dropped); every request is answered.
+//! Who calls it: the agent starts it ([`start`]); the inbound router passes
+//! it membership requests; the leader's liveness monitor subscribes to
+//! [`MemberEvent`]s.
+
+pub mod bootstrap;
+pub mod swim;
+
+use crate::net::{GossipIn, NetEvent, NetHandle};
+use serde::Serialize;
+use skein_protocol::gossip::{
+    Announce, GossipBatch, GossipReply, GossipRequest, MemberState, MemberUpdate,
+};
+use skein_protocol::wire::{WireMessage, WireReply};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use swim::{Out, Swim, SwimConfig};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{debug, info};
+
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    pub swim: SwimConfig,
+    /// Re-announce this node this often (state changes go out at once).
+    pub announce_every: Duration,
+    /// Gossip budget per node, bytes per second published.
+    pub budget_bytes_per_s: u64,
+    /// `--join` seeds: dialled at start and while no member is alive.
+    pub seeds: Vec<String>,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            swim: SwimConfig::default(),
+            announce_every: Duration::from_secs(5),
+            budget_bytes_per_s: 16 * 1024,
+            seeds: Vec::new(),
+        }
+    }
+}
+
+/// A member's state changed in this node's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberEvent {
+    pub peer: String,
+    pub node_id: String,
+    pub state: MemberState,
+}
+
+/// One member, as shown by the API.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberView {
+    pub peer: String,
+    pub node_id: String,
+    pub name: String,
+    pub state: MemberState,
+    pub incarnation: u64,
+    pub role: skein_protocol::NodeRole,
+    pub cluster_id: String,
+    pub addrs: Vec<String>,
+    /// Milliseconds since the state last changed.
+    pub for_ms: u64,
+}
+
+/// The gossip bandwidth metric (membership traffic: gossip batches
+/// published and received, probes and syncs sent and answered).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GossipStats {
+    pub bytes_out_total: u64,
+    pub bytes_in_total: u64,
+    /// Average over the last 10 s.
+    pub bytes_out_per_s: u64,
+    pub bytes_in_per_s: u64,
+    pub budget_bytes_per_s: u64,
+    pub announces_skipped: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Snapshot {
+    pub me: Announce,
+    pub members: Vec<MemberView>,
+    pub gossip: GossipStats,
+}
+
+impl Snapshot {
+    pub fn alive(&self) -> impl Iterator<Item = &MemberView> {
+        self.members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+    }
+}
+
+enum Cmd {
+    Request {
+        peer: String,
+        req: GossipRequest,
+        reply: oneshot::Sender<WireReply>,
+    },
+    SetSelf(Box<Announce>),
+}
+
+/// Cheap handle on the membership actor.
+#[derive(Clone)]
+pub struct MembershipHandle {
+    cmd: mpsc::Sender<Cmd>,
+    view: watch::Receiver<Arc<Snapshot>>,
+    events: broadcast::Sender<MemberEvent>,
+    announces: watch::Receiver<Arc<BTreeMap<String, Announce>>>,
+}
+
+impl MembershipHandle {
+    /// The current view.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.view.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.view.clone()
+    }
+
+    /// Alive members' announces, by peer id.
+    pub fn announces(&self) -> watch::Receiver<Arc<BTreeMap<String, Announce>>> {
+        self.announces.clone()
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
+        self.events.subscribe()
+    }
+
+    /// Replaces what this node announces about itself (the incarnation
+    /// stays the actor's) and announces it at once.
+    pub async fn set_self(&self, a: Announce) {
+        let _ = self.cmd.send(Cmd::SetSelf(Box::new(a))).await;
+    }
+
+    /// Answers a membership request from `peer`.
+    pub fn serve(&self, peer: String, req: GossipRequest, reply: oneshot::Sender<WireReply>) {
+        if let Err(e) = self.cmd.try_send(Cmd::Request { peer, req, reply }) {
+            let (why, reply) = match e {
+                mpsc::error::TrySendError::Full(Cmd::Request { reply, .. }) => {
+                    ("membership busy", Some(reply))
+                }
+                mpsc::error::TrySendError::Closed(Cmd::Request { reply, .. }) => {
+                    ("membership stopped", Some(reply))
+                }
+                _ => ("membership unavailable", None),
+            };
+            if let Some(r) = reply {
+                let _ = r.send(WireReply::Error(why.into()));
+            }
+        }
+    }
+}
+
+enum Done {
+    Probe {
+        target: String,
+        reply: Option<GossipBatch>,
+        bytes: u64,
+    },
+    Indirect {
+        target: String,
+        reached: Option<bool>,
+    },
+    Synced {
+        reply: Option<GossipBatch>,
+        bytes: u64,
+    },
+}
+
+struct Actor {
+    net: NetHandle,
+    cfg: MembershipConfig,
+    swim: Swim,
+    me: Announce,
+    announces: BTreeMap<String, Announce>,
+    /// Peers handed to the network to keep connected.
+    added: HashSet<String>,
+    /// mDNS / seed dials recently tried (peer or address -> when).
+    tried: HashMap<String, u64>,
+    queue: BTreeMap<String, MemberUpdate>,
+    announce_due: bool,
+    last_announce: u64,
+    promise: bootstrap::Promise,
+    /// (time, bytes out, bytes in) for the last 10 s.
+    window: VecDeque<(u64, u64, u64)>,
+    stats: GossipStats,
+    view_tx: watch::Sender<Arc<Snapshot>>,
+    ann_tx: watch::Sender<Arc<BTreeMap<String, Announce>>>,
+    events: broadcast::Sender<MemberEvent>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    dirty: bool,
+}
+
+/// Starts the membership actor for this node (`me` is its first announce).
+pub fn start(
+    net: NetHandle,
+    me: Announce,
+    cfg: MembershipConfig,
+    shutdown: watch::Receiver<bool>,
+) -> MembershipHandle {
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (view_tx, view_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (ann_tx, ann_rx) = watch::channel(Arc::new(BTreeMap::new()));
+    let (events, _) = broadcast::channel(1024);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let seed = crate::util::random_u64();
+    let actor = Actor {
+        swim: Swim::new(net.peer_id(), cfg.swim.clone(), seed),
+        net,
+        me,
+        announces: BTreeMap::new(),
+        added: HashSet::new(),
+        tried: HashMap::new(),
+        queue: BTreeMap::new(),
+        announce_due: true,
+        last_announce: 0,
+        promise: Default::default(),
+        window: VecDeque::new(),
+        stats: GossipStats {
+            budget_bytes_per_s: cfg.budget_bytes_per_s,
+            ..Default::default()
+        },
+        cfg,
+        view_tx,
+        ann_tx,
+        events: events.clone(),
+        done_tx,
+        dirty: true,
+    };
+    tokio::spawn(actor.run(cmd_rx, done_rx, shutdown));
+    MembershipHandle {
+        cmd: cmd_tx,
+        view: view_rx,
+        events,
+        announces: ann_rx,
+    }
+}
+
+fn encoded_len<T: serde::Serialize>(v: &T) -> u64 {
+    skein_protocol::codec::encode(v).map_or(0, |b| b.len() as u64)
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<Cmd>,
+        mut done_rx: mpsc::UnboundedReceiver<Done>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut gossip = self.net.gossip();
+        let mut events = self.net.events();
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.swim.probe_interval));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.me.peer = self.net.peer_id();
+        self.dial_seeds();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.on_tick(),
+                m = gossip.recv() => match m {
+                    Ok(m) => self.on_gossip(m),
+                    Err(broadcast::error::RecvError::Lagged(n)) => debug!(missed = n, "gossip receiver lagged"),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                e = events.recv() => match e {
+                    Ok(e) => self.on_net(e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                Some(c) = cmd_rx.recv() => self.on_cmd(c),
+                Some(d) = done_rx.recv() => self.on_done(d),
+            }
+            if self.dirty {
+                self.publish_view();
+            }
+        }
+    }
+
+    fn now(&self) -> u64 {
+        crate::util::now_ms()
+    }
+
+    fn count(&mut self, out: u64, inb: u64) {
+        self.stats.bytes_out_total += out;
+        self.stats.bytes_in_total += inb;
+        let now = self.now();
+        self.window.push_back((now, out, inb));
+        while self
+            .window
+            .front()
+            .is_some_and(|(t, _, _)| now.saturating_sub(*t) > 10_000)
+        {
+            self.window.pop_front();
+        }
+    }
+
+    fn rate(&self, last_ms: u64) -> (u64, u64) {
+        let now = self.now();
+        let (o, i) = self
+            .window
+            .iter()
+            .filter(|(t, _, _)| now.saturating_sub(*t) <= last_ms)
+            .fold((0, 0), |(o, i), (_, a, b)| (o + a, i + b));
+        (o * 1000 / last_ms.max(1), i * 1000 / last_ms.max(1))
+    }
+
+    fn dial_seeds(&mut self) {
+        let now = self.now();
+        for s in self.cfg.seeds.clone() {
+            if self
+                .tried
+                .get(&s)
+                .is_some_and(|t| now.saturating_sub(*t) < 5_000)
+            {
+                continue;
+            }
+            self.tried.insert(s.clone(), now);
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                if let Err(e) = net.dial(&s).await {
+                    info!(seed = %s, error = %e, "cannot reach the --join seed; will retry");
+                }
+            });
+        }
+    }
+
+    fn handle(&mut self, outs: Vec<Out>) {
+        for o in outs {
+            match o {
+                Out::Broadcast(u) => {
+                    let keep = self
+                        .queue
+                        .get(&u.peer)
+                        .is_none_or(|q| (u.incarnation, u.state) > (q.incarnation, q.state));
+                    if keep {
+                        self.queue.insert(u.peer.clone(), u);
+                    }
+                }
+                Out::Changed { peer, state } => {
+                    self.dirty = true;
+                    let node_id = self
+                        .announces
+                        .get(&peer)
+                        .map(|a| a.node_id.clone())
+                        .unwrap_or_default();
+                    let name = self
+                        .announces
+                        .get(&peer)
+                        .map(|a| a.name.clone())
+                        .unwrap_or_default();
+                    if state == MemberState::Alive {
+                        debug!(%peer, %name, "member alive");
+                    } else {
+                        info!(%peer, %name, %state, "member {state}");
+                    }
+                    let _ = self.events.send(MemberEvent {
+                        peer,
+                        node_id,
+                        state,
+                    });
+                }
+                Out::Probe { target } => self.probe(target),
+                Out::IndirectProbe { target, via } => {
+                    let timeout = self.cfg.swim.probe_timeout;
+                    for helper in via {
+                        let (net, tx, target) =
+                            (self.net.clone(), self.done_tx.clone(), target.clone());
+                        let req = GossipRequest::ProbeFor {
+                            target: target.clone(),
+                            timeout_ms: timeout,
+                        };
+                        tokio::spawn(async move {
+                            let ask = net.request(&helper, WireMessage::Gossip(Box::new(req)));
+                            let reached = match tokio::time::timeout(
+                                Duration::from_millis(timeout * 2 + 100),
+                                ask,
+                            )
+                            .await
+                            {
+                                Ok(Ok(WireReply::Gossip(r))) => match *r {
+                                    GossipReply::Probed { reachable } => Some(reachable),
+                                    _ => None,
+                                },
+                                _ => None,
+                            };
+                            let _ = tx.send(Done::Indirect { target, reached });
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn batch(&self, updates: Vec<MemberUpdate>, announces: Vec<Announce>) -> GossipBatch {
+        GossipBatch {
+            from: self.me.peer.clone(),
+            announces,
+            updates,
+        }
+    }
+
+    fn probe(&mut self, target: String) {
+        let batch = self.batch(vec![self.swim.self_update()], Vec::new());
+        let bytes = encoded_len(&batch);
+        let (net, tx) = (self.net.clone(), self.done_tx.clone());
+        let timeout = Duration::from_millis(self.cfg.swim.probe_timeout);
+        tokio::spawn(async move {
+            let req = WireMessage::Gossip(Box::new(GossipRequest::Probe(batch)));
+            let reply = match tokio::time::timeout(timeout, net.request(&target, req)).await {
+                Ok(Ok(WireReply::Gossip(r))) => match *r {
+                    GossipReply::Ack(b) => Some(b),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let _ = tx.send(Done::Probe {
+                target,
+                reply,
+                bytes,
+            });
+        });
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now();
+        let outs = self.swim.tick(now);
+        self.handle(outs);
+        if let Some(t) = self.swim.next_probe() {
+            self.probe(t);
+        }
+        if self.swim.live().next().is_none() {
+            self.dial_seeds();
+        }
+        // Re-announce periodically, within the budget.
+        let announce_every = self.cfg.announce_every.as_millis() as u64;
+        if now.saturating_sub(self.last_announce) >= announce_every {
+            let (out_rate, _) = self.rate(1000);
+            if self.announce_due || out_rate < self.cfg.budget_bytes_per_s {
+                self.announce_due = true;
+            } else {
+                self.stats.announces_skipped += 1;
+                self.last_announce = now;
+            }
+        }
+        if self.announce_due || !self.queue.is_empty() {
+            let updates: Vec<MemberUpdate> =
+                std::mem::take(&mut self.queue).into_values().collect();
+            let announces = if self.announce_due {
+                self.me.incarnation = self.swim.incarnation();
+                self.last_announce = now;
+                vec![self.me.clone()]
+            } else {
+                Vec::new()
+            };
+            self.announce_due = false;
+            let batch = self.batch(updates, announces);
+            match skein_protocol::codec::encode(&batch) {
+                Ok(bytes) => {
+                    self.count(bytes.len() as u64, 0);
+                    self.net.publish(bytes);
+                }
+                Err(e) => debug!(error = %e, "gossip batch not encoded"),
+            }
+        }
+        let (o, i) = self.rate(10_000);
+        if (o, i) != (self.stats.bytes_out_per_s, self.stats.bytes_in_per_s) {
+            self.stats.bytes_out_per_s = o;
+            self.stats.bytes_in_per_s = i;
+            self.dirty = true;
+        }
+    }
+
+    fn take_batch(&mut self, b: GossipBatch, source: Option<&str>) {
+        let now = self.now();
+        for a in b.announces {
+            // Only a node's own announce is believed.
+            if source.is_some_and(|s| s != a.peer) || a.peer == self.me.peer {
+                continue;
+            }
+            let newer = self.announces.get(&a.peer).is_none_or(|old| old != &a);
+            let outs = self.swim.heard_from(&a.peer, a.incarnation, now);
+            self.handle(outs);
+            if newer {
+                if let Some(addr) = a.addrs.first() {
+                    if !self.added.contains(&a.peer)
+                        && self.swim.state_of(&a.peer) == Some(MemberState::Alive)
+                    {
+                        self.net.add_peer(&a.peer, addr);
+                        self.added.insert(a.peer.clone());
+                    }
+                }
+                self.announces.insert(a.peer.clone(), a);
+                self.dirty = true;
+            }
+        }
+        for u in b.updates {
+            let outs = self.swim.apply(&u, now);
+            if u.peer == self.me.peer && !outs.is_empty() {
+                info!(claim = %u.state, incarnation = u.incarnation, "refuting a claim about this node");
+                self.announce_due = true;
+            }
+            self.handle(outs);
+        }
+    }
+
+    fn on_gossip(&mut self, m: GossipIn) {
+        self.count(0, m.data.len() as u64);
+        match skein_protocol::codec::decode::<GossipBatch>(&m.data) {
+            Ok(b) if b.from == m.source => self.take_batch(b, Some(&m.source)),
+            Ok(_) => {
+                debug!(source = %m.source, "gossip batch from another sender than it claims; dropped")
+            }
+            Err(e) => debug!(source = %m.source, error = %e, "undecodable gossip"),
+        }
+    }
+
+    fn full_batch(&self) -> GossipBatch {
+        let mut me = self.me.clone();
+        me.incarnation = self.swim.incarnation();
+        let mut announces = vec![me];
+        announces.extend(
+            self.announces
+                .iter()
+                .filter(|(p, _)| self.swim.state_of(p) != Some(MemberState::Dead))
+                .map(|(_, a)| a.clone()),
+        );
+        self.batch(self.swim.snapshot(), announces)
+    }
+
+    fn on_net(&mut self, e: NetEvent) {
+        let now = self.now();
+        match e {
+            NetEvent::Connected { peer, .. } => {
+                // Push-pull: both sides learn each other's whole view.
+                let batch = self.full_batch();
+                let bytes = encoded_len(&batch);
+                let (net, tx) = (self.net.clone(), self.done_tx.clone());
+                tokio::spawn(async move {
+                    let req = WireMessage::Gossip(Box::new(GossipRequest::Sync(batch)));
+                    let reply = match net.request(&peer, req).await {
+                        Ok(WireReply::Gossip(r)) => match *r {
+                            GossipReply::Sync(b) => Some(b),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    let _ = tx.send(Done::Synced { reply, bytes });
+                });
+            }
+            NetEvent::Disconnected { peer } => {
+                let outs = self.swim.connection_closed(&peer);
+                self.handle(outs);
+            }
+            NetEvent::Discovered { peer, addr } => {
+                let connected = self.net.connected().contains(&peer);
+                let recent = self
+                    .tried
+                    .get(&peer)
+                    .is_some_and(|t| now.saturating_sub(*t) < 10_000);
+                if !connected && !recent {
+                    self.tried.insert(peer.clone(), now);
+                    let net = self.net.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = net.dial(&addr).await {
+                            debug!(%peer, %addr, error = %e, "mDNS peer not reachable");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_done(&mut self, d: Done) {
+        let now = self.now();
+        match d {
+            Done::Probe {
+                target,
+                reply,
+                bytes,
+            } => match reply {
+                Some(b) => {
+                    self.count(bytes, encoded_len(&b));
+                    self.swim.probe_ok(&target);
+                    self.take_batch(b, Some(&target));
+                }
+                None => {
+                    self.count(bytes, 0);
+                    let outs = self.swim.probe_failed(&target, now);
+                    self.handle(outs);
+                }
+            },
+            Done::Indirect { target, reached } => {
+                let outs = self.swim.indirect_result(&target, reached, now);
+                self.handle(outs);
+            }
+            Done::Synced { reply, bytes } => {
+                let inb = reply.as_ref().map_or(0, encoded_len);
+                self.count(bytes, inb);
+                if let Some(b) = reply {
+                    let from = b.from.clone();
+                    self.take_batch(b, Some(&from));
+                }
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, c: Cmd) {
+        let now = self.now();
+        match c {
+            Cmd::SetSelf(a) => {
+                let peer = self.me.peer.clone();
+                self.me = *a;
+                self.me.peer = peer;
+                self.announce_due = true;
+                self.dirty = true;
+            }
+            Cmd::Request { peer, req, reply } => match req {
+                GossipRequest::Probe(b) => {
+                    self.count(0, encoded_len(&b));
+                    self.take_batch(b, Some(&peer));
+                    let ack = self.batch(vec![self.swim.self_update()], Vec::new());
+                    self.count(encoded_len(&ack), 0);
+                    let _ = reply.send(WireReply::Gossip(Box::new(GossipReply::Ack(ack))));
+                }
+                GossipRequest::ProbeFor { target, timeout_ms } => {
+                    let net = self.net.clone();
+                    let ping = self.batch(vec![self.swim.self_update()], Vec::new());
+                    let timeout = Duration::from_millis(timeout_ms.clamp(50, 5_000));
+                    tokio::spawn(async move {
+                        let req = WireMessage::Gossip(Box::new(GossipRequest::Probe(ping)));
+                        let ok = matches!(
+                            tokio::time::timeout(timeout, net.request(&target, req)).await,
+                            Ok(Ok(WireReply::Gossip(_)))
+                        );
+                        let _ = reply.send(WireReply::Gossip(Box::new(GossipReply::Probed {
+                            reachable: ok,
+                        })));
+                    });
+                }
+                GossipRequest::Sync(b) => {
+                    self.count(0, encoded_len(&b));
+                    self.take_batch(b, Some(&peer));
+                    let full = self.full_batch();
+                    self.count(encoded_len(&full), 0);
+                    let _ = reply.send(WireReply::Gossip(Box::new(GossipReply::Sync(full))));
+                }
+                GossipRequest::Confirm { founder, set } => {
+                    let r = if founder != peer {
+                        Err("the founder must ask for itself".to_string())
+                    } else {
+                        self.promise.confirm(
+                            &founder,
+                            &set,
+                            &self.me.proposal,
+                            !self.me.cluster_id.is_empty(),
+                            now,
+                        )
+                    };
+                    let (ok, reason) = match r {
+                        Ok(()) => (true, String::new()),
+                        Err(e) => (false, e),
+                    };
+                    let _ = reply.send(WireReply::Gossip(Box::new(GossipReply::Confirmed {
+                        ok,
+                        reason,
+                    })));
+                }
+            },
+        }
+    }
+
+    fn publish_view(&mut self) {
+        self.dirty = false;
+        let now = self.now();
+        let members = self
+            .swim
+            .members()
+            .iter()
+            .map(|(p, m)| {
+                let a = self.announces.get(p);
+                MemberView {
+                    peer: p.clone(),
+                    node_id: a.map(|a| a.node_id.clone()).unwrap_or_default(),
+                    name: a.map(|a| a.name.clone()).unwrap_or_default(),
+                    state: m.state,
+                    incarnation: m.incarnation,
+                    role: a.map(|a| a.role).unwrap_or_default(),
+                    cluster_id: a.map(|a| a.cluster_id.clone()).unwrap_or_default(),
+                    addrs: a.map(|a| a.addrs.clone()).unwrap_or_default(),
+                    for_ms: now.saturating_sub(m.since),
+                }
+            })
+            .collect();
+        let mut me = self.me.clone();
+        me.incarnation = self.swim.incarnation();
+        self.view_tx.send_replace(Arc::new(Snapshot {
+            me,
+            members,
+            gossip: self.stats.clone(),
+        }));
+        let alive: BTreeMap<String, Announce> = self
+            .announces
+            .iter()
+            .filter(|(p, _)| self.swim.state_of(p) == Some(MemberState::Alive))
+            .map(|(p, a)| (p.clone(), a.clone()))
+            .collect();
+        self.ann_tx.send_replace(Arc::new(alive));
+    }
+}
+
+/// The bootstrap confirmation round, founder side: asks every other box of
+/// `set` to confirm this founder. True when all did.
+pub async fn confirm_round(net: &NetHandle, set: &[String]) -> Result<(), String> {
+    let me = net.peer_id();
+    for p in set.iter().filter(|p| **p != me) {
+        let req = GossipRequest::Confirm {
+            founder: me.clone(),
+            set: set.to_vec(),
+        };
+        match net.request(p, WireMessage::Gossip(Box::new(req))).await {
+            Ok(WireReply::Gossip(r)) => match *r {
+                GossipReply::Confirmed { ok: true, .. } => {}
+                GossipReply::Confirmed { reason, .. } => return Err(format!("{p}: {reason}")),
+                other => return Err(format!("{p}: unexpected answer {other:?}")),
+            },
+            Ok(other) => return Err(format!("{p}: unexpected answer {other:?}")),
+            Err(e) => return Err(format!("{p}: {e}")),
+        }
+    }
+    Ok(())
+}
