@@ -559,6 +559,14 @@ fn advertised(cfg: &AgentConfig, bound: std::net::SocketAddr) -> String {
         return a.clone();
     }
     if bound.ip().is_unspecified() {
+        if let Some(ip) = lan_ipv4() {
+            tracing::info!(
+                listen = %bound,
+                "listening on all interfaces: other nodes are told {ip}:{} (set --advertise HOST:PORT to choose)",
+                bound.port()
+            );
+            return format!("{ip}:{}", bound.port());
+        }
         tracing::warn!(
             listen = %bound,
             "listening on all interfaces without --advertise: other nodes are told 127.0.0.1:{}; set --advertise HOST:PORT for nodes on other hosts",
@@ -567,6 +575,42 @@ fn advertised(cfg: &AgentConfig, bound: std::net::SocketAddr) -> String {
         return format!("127.0.0.1:{}", bound.port());
     }
     bound.to_string()
+}
+
+/// The first IPv4 address of an interface that is up and not loopback
+/// (what a box with one LAN link should advertise).
+fn lan_ipv4() -> Option<std::net::Ipv4Addr> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list that is only read here and freed with
+    // freeifaddrs below; every pointer is checked for null before use.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: cur is a non-null node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
+        let lo = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+        if !ifa.ifa_addr.is_null() && up && !lo {
+            // SAFETY: ifa_addr is non-null; its family says how to read it.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_link_local() {
+                    found = Some(ip);
+                    break;
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: ifap came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(ifap) };
+    found
 }
 
 /// Keeps a connection to every member this node may need to reach (their

@@ -284,7 +284,7 @@ mod tests {
         assert!(p.confirm("x", &other, &other, false, 100).is_err());
         assert_eq!(p.bound(100), Some(set.as_slice()));
         assert!(p
-            .confirm("x", &other, &other, false, PROMISE_MS + 1)
+            .confirm("x", &other, &other, false, PROMISE_MS + 10)
             .is_ok());
         assert!(p.confirm("a", &set, &set, true, 0).is_err());
     }

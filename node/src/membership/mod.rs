@@ -136,7 +136,7 @@ impl MembershipHandle {
         self.view.clone()
     }
 
-    /// Alive members' announces, by peer id.
+    /// Announces of the members not dead (alive or suspect), by peer id.
     pub fn announces(&self) -> watch::Receiver<Arc<BTreeMap<String, Announce>>> {
         self.announces.clone()
     }
@@ -451,7 +451,13 @@ impl Actor {
             self.dial_seeds();
         }
         // Re-announce periodically, within the budget.
-        let announce_every = self.cfg.announce_every.as_millis() as u64;
+        // While bootstrapping, proposals must spread fast (a publish made
+        // before gossipsub knows its peers is lost): announce every second.
+        let announce_every = if self.me.cluster_id.is_empty() {
+            1_000
+        } else {
+            self.cfg.announce_every.as_millis() as u64
+        };
         if now.saturating_sub(self.last_announce) >= announce_every {
             let (out_rate, _) = self.rate(1000);
             if self.announce_due || out_rate < self.cfg.budget_bytes_per_s {
@@ -501,9 +507,8 @@ impl Actor {
             self.handle(outs);
             if newer {
                 if let Some(addr) = a.addrs.first() {
-                    if !self.added.contains(&a.peer)
-                        && self.swim.state_of(&a.peer) == Some(MemberState::Alive)
-                    {
+                    if !self.added.contains(&a.peer) {
+                        // Learned from gossip: keep it connected.
                         self.net.add_peer(&a.peer, addr);
                         self.added.insert(a.peer.clone());
                     }
@@ -513,6 +518,11 @@ impl Actor {
             }
         }
         for u in b.updates {
+            // A member is known by its own announce (which says where it
+            // is); claims about strangers wait for it.
+            if u.peer != self.me.peer && !self.announces.contains_key(&u.peer) {
+                continue;
+            }
             let outs = self.swim.apply(&u, now);
             if u.peer == self.me.peer && !outs.is_empty() {
                 info!(claim = %u.state, incarnation = u.incarnation, "refuting a claim about this node");
@@ -720,7 +730,12 @@ impl Actor {
         let alive: BTreeMap<String, Announce> = self
             .announces
             .iter()
-            .filter(|(p, _)| self.swim.state_of(p) == Some(MemberState::Alive))
+            .filter(|(p, _)| {
+                matches!(
+                    self.swim.state_of(p),
+                    Some(MemberState::Alive | MemberState::Suspect)
+                )
+            })
             .map(|(p, a)| (p.clone(), a.clone()))
             .collect();
         self.ann_tx.send_replace(Arc::new(alive));

@@ -47,7 +47,7 @@ impl Default for SwimConfig {
     fn default() -> Self {
         SwimConfig {
             probe_interval: 250,
-            probe_timeout: 400,
+            probe_timeout: 500,
             indirect_k: 3,
             suspect_timeout: 2_000,
             dead_retain: 60_000,
@@ -189,8 +189,10 @@ impl Swim {
                 self.incarnation = u.incarnation + 1;
                 out.push(Out::Broadcast(self.self_update()));
             } else if u.incarnation > self.incarnation {
-                // Our own old alive claim from a previous life: move past it.
-                self.incarnation = u.incarnation + 1;
+                // Our own alive claim from a previous life (a restart lost
+                // the count): carry on from it. Taking max(alive claims,
+                // other claims + 1) keeps the result independent of order.
+                self.incarnation = u.incarnation;
                 out.push(Out::Broadcast(self.self_update()));
             }
             return out;

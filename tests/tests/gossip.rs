@@ -1,0 +1,317 @@
+//! Zero-touch bootstrap on separate "boxes": every agent runs in its own
+//! network namespace on one Linux bridge (its own address, multicast on, so
+//! mDNS works as on a LAN), started with only `--bootstrap-expect 3
+//! --cluster-key K` (plus a name, a data dir and the process runtime).
+//! Checks what an operator would see from every box: one cluster of 5, 3
+//! managers, one leader, all ready; a box with another key stays out; a
+//! killed box is marked down.
+//!
+//! Needs root and `ip` (CI runs as root); skips with a message otherwise.
+//! Everything it creates (namespaces `skn-<pid>-<i>`, bridge, veths, an
+//! iptables FORWARD rule on that bridge, processes) is removed on drop, also
+//! when the test fails. Traffic only flows inside those namespaces.
+
+use skein_protocol::api::NodeRow;
+use skein_tests::{skein_bin, wait_for};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+fn must(args: &[&str]) {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        return Some("not root: network namespaces need root (CI runs as root)".into());
+    }
+    if !have("ip") {
+        return Some("`ip` (iproute2) is missing: run scripts/setup.sh".into());
+    }
+    None
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// A bridge with one namespace per box. Removed on drop.
+struct Lab {
+    bridge: String,
+    ns: Vec<String>,
+    hosts: Vec<String>,
+    ips: Vec<String>,
+    forward_rule: bool,
+    procs: Vec<Option<Child>>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(n: usize) -> Lab {
+        let pid = std::process::id();
+        let tag = pid % 100_000;
+        let net = 20 + (pid % 200);
+        let mut lab = Lab {
+            bridge: format!("skb{tag}"),
+            ns: Vec::new(),
+            hosts: Vec::new(),
+            ips: Vec::new(),
+            forward_rule: false,
+            procs: Vec::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        must(&["ip", "link", "add", &lab.bridge, "type", "bridge"]);
+        // Multicast (mDNS) must pass: no snooping without a querier.
+        let _ = run(&[
+            "ip",
+            "link",
+            "set",
+            &lab.bridge,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        must(&["ip", "link", "set", &lab.bridge, "up"]);
+        if have("iptables") {
+            // Where Docker runs, bridged frames meet a FORWARD DROP policy.
+            let ok = run(&[
+                "iptables",
+                "-I",
+                "FORWARD",
+                "-i",
+                &lab.bridge,
+                "-o",
+                &lab.bridge,
+                "-j",
+                "ACCEPT",
+            ]);
+            lab.forward_rule = ok.status.success();
+        }
+        for i in 0..n {
+            let ns = format!("skn-{pid}-{i}");
+            let host = format!("skv{tag}h{i}");
+            let peer = format!("skv{tag}n{i}");
+            let ip = format!("10.213.{net}.{}", 10 + i);
+            must(&["ip", "netns", "add", &ns]);
+            lab.ns.push(ns.clone());
+            must(&[
+                "ip", "link", "add", &host, "type", "veth", "peer", "name", &peer,
+            ]);
+            lab.hosts.push(host.clone());
+            must(&["ip", "link", "set", &host, "master", &lab.bridge]);
+            must(&["ip", "link", "set", &host, "up"]);
+            must(&["ip", "link", "set", &peer, "netns", &ns]);
+            let x = |args: &[&str]| {
+                let mut all = vec!["ip", "netns", "exec", &ns];
+                all.extend_from_slice(args);
+                must(&all);
+            };
+            x(&["ip", "link", "set", "lo", "up"]);
+            x(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &peer]);
+            x(&["ip", "link", "set", &peer, "multicast", "on"]);
+            x(&["ip", "link", "set", &peer, "up"]);
+            x(&["ip", "route", "add", "224.0.0.0/4", "dev", &peer]);
+            lab.ips.push(ip);
+            lab.procs.push(None);
+        }
+        lab
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("box{i}.log"))
+    }
+
+    /// Starts `skein agent` in box `i` with only the bootstrap flags.
+    fn start(&mut self, i: usize, key: &str) {
+        let data = self.dir.path().join(format!("box{i}"));
+        let log = std::fs::File::create(self.log(i)).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns[i]])
+            .arg(skein_bin())
+            .args(["agent", "--bootstrap-expect", "3", "--cluster-key", key])
+            .args(["--name", &format!("box{i}"), "--runtime", "process"])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start skein agent");
+        self.procs[i] = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `skein node ls --format json` run inside box `i`.
+    fn nodes(&self, i: usize) -> Option<Vec<NodeRow>> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns[i]])
+            .arg(skein_bin())
+            .args(["node", "ls", "--format", "json"])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log(i)).unwrap_or_default()
+    }
+
+    fn dump_logs(&self) {
+        for i in 0..self.ns.len() {
+            let text = self.log_text(i);
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            eprintln!("---- box{i} (last lines) ----");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for i in 0..self.procs.len() {
+            self.kill(i);
+        }
+        for ns in &self.ns {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        for h in &self.hosts {
+            let _ = run(&["ip", "link", "del", h]);
+        }
+        if self.forward_rule {
+            let _ = run(&[
+                "iptables",
+                "-D",
+                "FORWARD",
+                "-i",
+                &self.bridge,
+                "-o",
+                &self.bridge,
+                "-j",
+                "ACCEPT",
+            ]);
+        }
+        let _ = run(&["ip", "link", "del", &self.bridge]);
+    }
+}
+
+/// One cluster of `n`, `managers` managers, exactly one leader, all ready.
+fn healthy(rows: &[NodeRow], n: usize, managers: usize) -> bool {
+    rows.len() == n
+        && rows.iter().all(|r| r.status == "ready")
+        && rows.iter().filter(|r| r.role == "manager").count() == managers
+        && rows.iter().filter(|r| r.leader).count() == 1
+}
+
+#[test]
+fn five_boxes_form_one_cluster_by_themselves() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED five_boxes_form_one_cluster_by_themselves: {why}");
+        return;
+    }
+    let mut lab = Lab::new(6);
+    let key = "edge-fleet-key-1";
+    for i in 0..5 {
+        lab.start(i, key);
+    }
+    // Seen from every box: 5 nodes, 3 managers, one leader, all ready.
+    for i in 0..5 {
+        let rows = wait_for(
+            &format!("box{i} to show one healthy cluster of 5 with 3 managers"),
+            Duration::from_secs(90),
+            || lab.nodes(i).filter(|r| healthy(r, 5, 3)),
+        );
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        for j in 0..5 {
+            assert!(names.contains(&format!("box{j}").as_str()), "{names:?}");
+        }
+    }
+
+    // A box with another key: it cannot connect, says why, and the
+    // cluster does not change.
+    lab.start(5, "another-fleet-key");
+    wait_for(
+        "the box with another key to log why it cannot join",
+        Duration::from_secs(30),
+        || {
+            (lab.log_text(5).contains("wrong cluster key?")
+                || (0..5).any(|i| lab.log_text(i).contains("wrong cluster key?")))
+            .then_some(())
+        },
+    );
+    for i in 0..5 {
+        let rows = lab.nodes(i).expect("node ls");
+        assert!(healthy(&rows, 5, 3), "box{i} after the stranger: {rows:?}");
+    }
+    assert!(
+        lab.nodes(5).is_none(),
+        "the box with another key must not have formed or joined a cluster"
+    );
+
+    // Kill a worker box: the others mark it down.
+    let rows = lab.nodes(0).expect("node ls");
+    let worker = rows
+        .iter()
+        .find(|r| r.role == "worker")
+        .expect("a worker")
+        .name
+        .clone();
+    let victim: usize = worker
+        .trim_start_matches("box")
+        .parse()
+        .expect("box number");
+    let watcher = (0..5).find(|i| *i != victim).expect("another box");
+    let killed = Instant::now();
+    lab.kill(victim);
+    wait_for(
+        &format!("{worker} to be marked down"),
+        Duration::from_secs(20),
+        || {
+            lab.nodes(watcher)
+                .filter(|rows| rows.iter().any(|r| r.name == worker && r.status == "down"))
+        },
+    );
+    eprintln!(
+        "{worker} killed -> marked down in {:?} (as seen by box{watcher})",
+        killed.elapsed()
+    );
+}
