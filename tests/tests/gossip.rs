@@ -11,7 +11,6 @@
 //! iptables FORWARD rule on that bridge, processes) is removed on drop, also
 //! when the test fails. Traffic only flows inside those namespaces.
 
-use skein_protocol::api::NodeRow;
 use skein_tests::{skein_bin, wait_for};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -174,6 +173,11 @@ impl Lab {
 
     /// `skein node ls --format json` run inside box `i`.
     fn nodes(&self, i: usize) -> Option<Vec<NodeRow>> {
+        self.nodes_json(i)
+            .map(|v| v.iter().map(NodeRow::from).collect())
+    }
+
+    fn nodes_json(&self, i: usize) -> Option<Vec<serde_json::Value>> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns[i]])
             .arg(skein_bin())
@@ -234,6 +238,27 @@ impl Drop for Lab {
     }
 }
 
+/// A row of `node ls --format json`: what the test looks at.
+#[derive(Debug)]
+struct NodeRow {
+    name: String,
+    role: String,
+    status: String,
+    leader: bool,
+}
+
+impl From<&serde_json::Value> for NodeRow {
+    fn from(v: &serde_json::Value) -> Self {
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        NodeRow {
+            name: s("name"),
+            role: s("role"),
+            status: s("status"),
+            leader: v["leader"].as_bool().unwrap_or(false),
+        }
+    }
+}
+
 /// One cluster of `n`, `managers` managers, exactly one leader, all ready.
 fn healthy(rows: &[NodeRow], n: usize, managers: usize) -> bool {
     rows.len() == n
@@ -250,6 +275,7 @@ fn five_boxes_form_one_cluster_by_themselves() {
     }
     let mut lab = Lab::new(6);
     let key = "edge-fleet-key-1";
+    let started = Instant::now();
     for i in 0..5 {
         lab.start(i, key);
     }
@@ -266,8 +292,14 @@ fn five_boxes_form_one_cluster_by_themselves() {
         }
     }
 
+    eprintln!(
+        "one cluster of 5 seen from every box after {:?}",
+        started.elapsed()
+    );
+
     // A box with another key: it cannot connect, says why, and the
     // cluster does not change.
+    let stranger = Instant::now();
     lab.start(5, "another-fleet-key");
     wait_for(
         "the box with another key to log why it cannot join",
@@ -278,6 +310,7 @@ fn five_boxes_form_one_cluster_by_themselves() {
             .then_some(())
         },
     );
+    eprintln!("the stranger was refused after {:?}", stranger.elapsed());
     for i in 0..5 {
         let rows = lab.nodes(i).expect("node ls");
         assert!(healthy(&rows, 5, 3), "box{i} after the stranger: {rows:?}");
