@@ -405,6 +405,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         node_id: identity.node_id.clone(),
         node_name: cfg.name.clone(),
         cluster_id: identity.cluster_id.clone(),
+        membership: Some(membership.clone()),
     });
     tracing::info!(api = %cfg.api, "API listening");
     let mut api_shutdown = shutdown.clone();
@@ -506,6 +507,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         raft.clone(),
         shutdown.clone(),
     ));
+    if cfg.cluster_key.is_some() && cfg.voters > 0 {
+        tokio::spawn(crate::cluster::voters::run(
+            raft.clone(),
+            cfg.voters as usize,
+            shutdown.clone(),
+        ));
+    }
     let beat = Duration::from_millis(cfg.heartbeat_ms.max(50));
     tokio::spawn(heartbeat::run_sender(
         identity.node_id.clone(),

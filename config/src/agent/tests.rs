@@ -454,7 +454,8 @@ fn token_and_join_come_together() {
     assert_eq!(
         e,
         "env SKEIN_JOIN: join = \"10.0.0.1:7946,10.0.0.2:7946\": join needs a token: get one with \
-         `skein join-token worker` on a manager and pass --token"
+         `skein join-token worker` on a manager and pass --token \
+         (or, for a self-forming cluster, add --bootstrap-expect N --cluster-key K: join then names seeds)"
     );
     let (_dir, path) = file("join = [\"10.0.0.1:7946\"]\n");
     let e = err(&with_file(&path), &[]);

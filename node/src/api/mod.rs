@@ -31,6 +31,8 @@ pub struct AppState {
     pub node_id: String,
     pub node_name: String,
     pub cluster_id: String,
+    /// Gossip membership (`GET /v1/members`), when it runs.
+    pub membership: Option<crate::membership::MembershipHandle>,
 }
 
 /// An API error: status and a message that says what to do.
@@ -131,6 +133,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/info", get(info))
         .route("/v1/nodes", get(list_nodes))
+        .route("/v1/members", get(list_members))
         .route("/v1/nodes/{id}", get(get_node).delete(remove_node))
         .route("/v1/nodes/{id}/promote", post(promote_node))
         .route("/v1/nodes/{id}/demote", post(demote_node))
@@ -149,7 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stacks/{name}/tasks", get(stack_tasks))
         .fallback(|| async {
             ApiError::not_found(
-                "no such API path: see /v1/info, /v1/nodes, /v1/services, /v1/tasks, /v1/stacks",
+                "no such API path: see /v1/info, /v1/nodes, /v1/members, /v1/services, /v1/tasks, /v1/stacks",
             )
         })
         .with_state(state)
@@ -188,6 +191,20 @@ async fn info(State(st): State<AppState>) -> Json<Info> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         default_runtime: st.runtimes.default_kind().to_string(),
     })
+}
+
+/// This node's gossip view: itself, every member with its SWIM state, and
+/// the gossip bandwidth metric (`gossip.bytes_out_per_s`, `bytes_in_per_s`,
+/// `budget_bytes_per_s`).
+async fn list_members(
+    State(st): State<AppState>,
+) -> Result<Json<crate::membership::Snapshot>, ApiError> {
+    match &st.membership {
+        Some(m) => Ok(Json(m.snapshot().as_ref().clone())),
+        None => Err(ApiError::not_found(
+            "gossip membership is not running on this node",
+        )),
+    }
 }
 
 async fn list_nodes(State(st): State<AppState>) -> Json<Vec<skein_protocol::api::NodeRow>> {

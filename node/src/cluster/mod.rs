@@ -7,7 +7,8 @@
 //! - [`inbound`]: routes every request a peer sends to its owner;
 //! - [`join`]: a new node asking in, and a manager letting it in;
 //! - [`heartbeat`]: nodes tell the leader they are alive; the leader marks
-//!   silent nodes down (the decision is [`crate::dispatcher::liveness`]).
+//!   silent nodes down (the decision is [`crate::dispatcher::liveness`]);
+//! - [`voters`]: a self-formed cluster keeps an odd number of managers.
 //!
 //! Every node is a Raft member: managers vote, workers are learners. So
 //! every node holds the committed state (reads and `skein` commands work
@@ -20,3 +21,4 @@ pub mod inbound;
 pub mod join;
 pub mod membership;
 pub mod raft_link;
+pub mod voters;

@@ -387,7 +387,7 @@ impl Swim {
             .filter(|(p, m)| {
                 m.state == MemberState::Suspect
                     && now.saturating_sub(m.since) >= self.cfg.suspect_timeout
-                    && !self.pending.get(*p).is_some_and(|q| q.reachable > 0)
+                    && self.pending.get(*p).is_none_or(|q| q.reachable == 0)
             })
             .map(|(p, _)| p.clone())
             .collect();
