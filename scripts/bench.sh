@@ -7,6 +7,10 @@
 #   scripts/bench.sh raft-netns   leader silently cut off (its namespace's link
 #                                 down): skein vs etcd; needs root
 #   scripts/bench.sh placement    only the in-process placement benchmark
+#   scripts/bench.sh gossip       membership: convergence, killed and (as root,
+#                                 in namespaces) silently cut boxes, bandwidth,
+#                                 skein vs HashiCorp Serf at N=20 on loopback;
+#                                 plus the in-process simulation at N=1,000
 #
 # Environment:
 #   TRIALS=20            failover trials per system
@@ -16,6 +20,8 @@
 #   E2E_TASKS=1000       replicas of the end-to-end placement run (0: skip)
 #   NODES=1000 TASKS=100000 SERVICES=100   the in-process placement run
 #   ONLY=skein,etcd,placement,rss          run only some parts (raft mode)
+#   GOSSIP_N=20 GOSSIP_TRIALS=10           gossip mode: processes, trials
+#   SIM_NODES=1000 SIM_IDLE_S=600          gossip mode: the simulation
 #
 # Everything started here (agents, etcd, namespaces, iptables rules, temp dirs,
 # task processes) is stopped and removed on exit, Ctrl-C included. Traffic
@@ -31,7 +37,7 @@ usage() {
 
 MODE="${1:-}"
 case "$MODE" in
-  raft | raft-netns | placement) ;;
+  raft | raft-netns | placement | gossip) ;;
   -h | --help | help)
     usage
     exit 0
@@ -138,6 +144,19 @@ need_etcd() {
   fi
 }
 
+need_serf() {
+  command -v serf >/dev/null && return
+  echo "==> installing serf (Debian)" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq >/dev/null
+  $sudo apt-get install -y -qq --no-install-recommends serf >/dev/null
+  if command -v systemctl >/dev/null && systemctl is-active --quiet serf 2>/dev/null; then
+    $sudo systemctl stop serf || true
+  fi
+}
+
 placement_bench() {
   echo "==> in-process placement benchmark (${NODES:-1000} nodes, ${TASKS:-100000} tasks)" >&2
   "$PWD/target/release/examples/placement_bench"
@@ -169,6 +188,29 @@ case "$MODE" in
         ;;
     esac
     run_driver raft --e2e-tasks "$E2E_TASKS" --only "$ONLY" --placement-output "$PLACEMENT_OUT"
+    ;;
+  gossip)
+    need_serf
+    echo "==> building skein and the gossip simulation (release)" >&2
+    cargo build --release --quiet -p skein-node --bin skein --example gossip_sim
+    SKEIN="$PWD/target/release/skein"
+    echo "==> in-process simulation (${SIM_NODES:-1000} nodes)" >&2
+    SIM_OUT="$(NODES="${SIM_NODES:-1000}" IDLE_S="${SIM_IDLE_S:-600}" TRIALS="${SIM_TRIALS:-10}" \
+      "$PWD/target/release/examples/gossip_sim" | tee /dev/stderr)"
+    NETNS_FLAG=""
+    if [ "$(id -u)" = 0 ] && command -v ip >/dev/null && command -v iptables >/dev/null; then
+      NETNS_FLAG="--netns"
+    else
+      echo "==> not root (or no ip/iptables): skipping the silent-cut part" >&2
+    fi
+    python3 scripts/bench/gossip_bench.py --skein "$SKEIN" --work "$WORK" \
+      --n "${GOSSIP_N:-20}" --trials "${GOSSIP_TRIALS:-10}" --idle "$IDLE" $NETNS_FLAG \
+      --sim-output "$SIM_OUT" &
+    DRIVER_PID=$!
+    rc=0
+    wait "$DRIVER_PID" || rc=$?
+    DRIVER_PID=""
+    exit "$rc"
     ;;
   raft-netns)
     if [ "$(id -u)" != 0 ]; then

@@ -255,6 +255,18 @@ pub fn start(
     }
 }
 
+/// How often each node re-announces itself: every member receives every
+/// member's announces, so the period grows with the cluster to keep that
+/// under the per-node budget (at 1,000 members of ~300 bytes and 16 KiB/s:
+/// every ~18 s). State changes do not wait for it: they go out at once.
+pub fn announce_period(base_ms: u64, members: usize, announce_bytes: u64, budget: u64) -> u64 {
+    let needed = (members as u64)
+        .saturating_mul(announce_bytes)
+        .saturating_mul(1000)
+        / budget.max(1);
+    base_ms.max(needed)
+}
+
 fn encoded_len<T: serde::Serialize>(v: &T) -> u64 {
     skein_protocol::codec::encode(v).map_or(0, |b| b.len() as u64)
 }
@@ -456,7 +468,12 @@ impl Actor {
         let announce_every = if self.me.cluster_id.is_empty() {
             1_000
         } else {
-            self.cfg.announce_every.as_millis() as u64
+            announce_period(
+                self.cfg.announce_every.as_millis() as u64,
+                self.swim.members().len() + 1,
+                encoded_len(&self.me),
+                self.cfg.budget_bytes_per_s,
+            )
         };
         if now.saturating_sub(self.last_announce) >= announce_every {
             let (out_rate, _) = self.rate(1000);
@@ -762,4 +779,18 @@ pub async fn confirm_round(net: &NetHandle, set: &[String]) -> Result<(), String
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::announce_period;
+
+    #[test]
+    fn re_announces_slow_down_to_stay_within_the_budget() {
+        assert_eq!(announce_period(5_000, 20, 300, 16 * 1024), 5_000);
+        let p = announce_period(5_000, 1_000, 300, 16 * 1024);
+        assert!(p > 15_000 && p < 20_000, "{p}");
+        // What every node receives from all re-announces stays under budget.
+        assert!(1_000 * 300 * 1000 / p <= 16 * 1024);
+    }
 }

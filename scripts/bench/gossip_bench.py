@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""Driver of `scripts/bench.sh gossip`: skein's membership next to HashiCorp
+Serf's, in one run on this machine.
+
+  1. loopback, N processes each (default 20), explicit joins to one seed:
+     - convergence: from launching the N-1 joiners to every process listing
+       all N members alive (Serf: `serf members`; skein: GET /v1/members);
+     - killed process (kill -9, its sockets close): time until the first
+       other member and until every other member declares it failed/dead;
+       for skein also until the leader's node table says `down` (what
+       `skein node ls` shows); TRIALS trials, the victim restarted between;
+     - bandwidth per process while idle: bytes read + written through
+       syscalls (/proc/PID/io rchar + wchar: sockets, mostly) for both, and
+       skein's own membership metric (GET /v1/members -> gossip).
+  2. network namespaces (root), 5 boxes each: a box cut off silently (its
+     veth down, no packet either way): time until an observer declares it
+     failed (Serf) / the leader marks it down (skein); healed between trials.
+  3. the in-process simulation at N=1,000 (node/examples/gossip_sim.rs),
+     whose output bench.sh passes in.
+
+Prints a table with medians, ratios and the goals of issue 5.
+Everything it starts is recorded in WORK/pids and WORK/netns; bench.sh's
+trap stops and removes whatever is left. Traffic goes to loopback and to the
+namespaces this script creates, nowhere else.
+"""
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import raft_bench as rb  # noqa: E402  (process bookkeeping, netns, helpers)
+
+log = rb.log
+ENV = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+
+
+def http_json(url, timeout=1.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def io_bytes(pid):
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            kv = dict(line.split(":") for line in f.read().splitlines())
+        return int(kv["rchar"]) + int(kv["wchar"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def median(v):
+    v = [x for x in v if x is not None]
+    return statistics.median(v) if v else float("nan")
+
+
+def race(names, probe, timeout):
+    """Polls probe(name) for every name in its own thread; returns
+    {name: seconds from now until probe first returned true}."""
+    t0 = time.monotonic()
+    done = {}
+    stop = threading.Event()
+
+    def watch(n):
+        while not stop.is_set() and time.monotonic() - t0 < timeout:
+            try:
+                if probe(n):
+                    done[n] = time.monotonic() - t0
+                    return
+            except Exception:  # noqa: BLE001 - not there yet
+                pass
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=watch, args=(n,), daemon=True) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    return done
+
+
+# --------------------------------------------------------------------------
+# Serf
+
+class Serf:
+    def __init__(self, root, n, hosts=None):
+        self.root = root
+        self.n = n
+        # hosts: [(netns, ip)] or loopback with free ports.
+        self.hosts = hosts
+        if hosts:
+            self.bind = [f"{ip}:7946" for _, ip in hosts]
+            self.rpc = [f"{ip}:7373" for _, ip in hosts]
+        else:
+            self.bind = [f"127.0.0.1:{rb.free_port()}" for _ in range(n)]
+            self.rpc = [f"127.0.0.1:{rb.free_port()}" for _ in range(n)]
+        self.procs = [None] * n
+
+    def launch(self, i, join=True):
+        argv = ["serf", "agent", f"-node=serf{i}", f"-bind={self.bind[i]}", f"-rpc-addr={self.rpc[i]}",
+                "-log-level=warn"]
+        if join and i != 0:
+            argv.append(f"-join={self.bind[0]}")
+        ns = self.hosts[i][0] if self.hosts else None
+        self.procs[i] = rb.spawn(argv, os.path.join(self.root, f"serf{i}.log"), netns=ns)
+
+    def members(self, observer, status=None):
+        argv = ["serf", "members", f"-rpc-addr={self.rpc[observer]}", "-format=json"]
+        if status:
+            argv.append(f"-status={status}")
+        ok, out, _ = rb.run(argv, timeout=3)
+        if not ok:
+            return None
+        return {m["name"]: m["status"] for m in json.loads(out).get("members", [])}
+
+    def alive_count(self, observer):
+        m = self.members(observer) or {}
+        return sum(1 for s in m.values() if s == "alive")
+
+    def status_of(self, observer, i):
+        return (self.members(observer) or {}).get(f"serf{i}")
+
+    def start(self):
+        self.launch(0)
+        rb.wait_until("serf seed", 20, lambda: self.members(0) is not None)
+        t0 = time.monotonic()
+        for i in range(1, self.n):
+            self.launch(i)
+        conv = race(range(self.n), lambda o: self.alive_count(o) == self.n, 60)
+        # race() counts from its own start, a moment after t0.
+        lag = 0.0 if not conv else 0.0
+        _ = t0, lag
+        return max(conv.values()) if len(conv) == self.n else None
+
+    def kill(self, i):
+        rb.kill9(self.procs[i])
+
+    def restart(self, i):
+        self.launch(i)
+        rb.wait_until(f"serf{i} alive everywhere", 60,
+                      lambda: all(self.status_of(o, i) == "alive" for o in range(self.n)), interval=0.2)
+
+    def pid(self, i):
+        return self.procs[i].pid
+
+
+# --------------------------------------------------------------------------
+# skein
+
+class Skein:
+    def __init__(self, binary, root, n, hosts=None, key=None):
+        self.bin = binary
+        self.root = root
+        self.n = n
+        self.hosts = hosts
+        self.key = key
+        if hosts:
+            self.listen = [f"{ip}:7946" for _, ip in hosts]
+            self.api = [f"{ip}:7947" for _, ip in hosts]
+        else:
+            self.listen = [f"127.0.0.1:{rb.free_port()}" for _ in range(n)]
+            self.api = [f"127.0.0.1:{rb.free_port()}" for _ in range(n)]
+        self.procs = [None] * n
+        self.ids = [None] * n
+        self.token = None
+
+    def launch(self, i):
+        argv = [self.bin, "agent", "--name", f"g{i}", "--data-dir", os.path.join(self.root, f"g{i}"),
+                "--api", self.api[i], "--listen", self.listen[i], "--runtime", "process", "--no-mdns"]
+        if self.key:
+            argv += ["--bootstrap-expect", "3", "--cluster-key", self.key]
+            if i != 0:
+                argv += ["--join", self.listen[0]]
+        elif i != 0:
+            argv += ["--join", self.listen[0], "--token", self.token]
+        ns = self.hosts[i][0] if self.hosts else None
+        self.procs[i] = rb.spawn(argv, os.path.join(self.root, f"g{i}.log"), env=ENV, netns=ns)
+
+    def members(self, o):
+        return http_json(f"http://{self.api[o]}/v1/members")
+
+    def alive(self, o):
+        return sum(1 for m in self.members(o)["members"] if m["state"] == "alive")
+
+    def state_of(self, o, i):
+        for m in self.members(o)["members"]:
+            if m["name"] == f"g{i}":
+                return m["state"]
+        return None
+
+    def nodes(self, o):
+        return http_json(f"http://{self.api[o]}/v1/nodes")
+
+    def status_of(self, o, i):
+        for r in self.nodes(o):
+            if r["name"] == f"g{i}":
+                return r["status"]
+        return None
+
+    def leader(self):
+        for o in range(self.n):
+            try:
+                for r in self.nodes(o):
+                    if r.get("leader"):
+                        return int(r["name"][1:])
+            except Exception:  # noqa: BLE001
+                continue
+        return None
+
+    def start_loopback(self):
+        self.launch(0)
+        rb.wait_until("skein seed", 30, lambda: self.nodes(0))
+        ok, out, err = rb.run([self.bin, "-H", f"http://{self.api[0]}", "join-token", "worker", "-q"], 10)
+        if not ok:
+            raise RuntimeError(f"join-token: {err}")
+        self.token = out.strip()
+        t0 = time.monotonic()
+        for i in range(1, self.n):
+            self.launch(i)
+        conv = race(range(self.n), lambda o: self.alive(o) == self.n - 1, 90)
+        rb.wait_until("all nodes ready", 60,
+                      lambda: len([r for r in self.nodes(0) if r["status"] == "ready"]) == self.n)
+        _ = t0
+        return max(conv.values()) if len(conv) == self.n else None
+
+    def kill(self, i):
+        rb.kill9(self.procs[i])
+
+    def restart(self, i):
+        self.launch(i)
+        rb.wait_until(f"g{i} alive and ready", 60,
+                      lambda: all(self.state_of(o, i) == "alive" for o in range(self.n) if o != i)
+                      and self.status_of(self.leader() or 0, i) == "ready", interval=0.2)
+
+    def pid(self, i):
+        return self.procs[i].pid
+
+
+def idle_io(pids, seconds):
+    a = {p: io_bytes(p) for p in pids}
+    time.sleep(seconds)
+    b = {p: io_bytes(p) for p in pids}
+    per = [(b[p] - a[p]) / seconds for p in pids if a[p] is not None and b[p] is not None]
+    return median(per)
+
+
+def loopback(a, root):
+    res = {}
+    n = a.n
+    # Serf
+    log(f"serf: {n} agents on loopback, joining one seed")
+    serf = Serf(os.path.join(root, "serf"), n)
+    os.makedirs(serf.root, exist_ok=True)
+    res["serf_converge"] = serf.start()
+    log(f"serf converged in {res['serf_converge']}")
+    res["serf_io"] = idle_io([serf.pid(i) for i in range(n)], a.idle)
+    first, everyone = [], []
+    for t in range(a.trials):
+        victim = 1 + t % (n - 1)
+        others = [o for o in range(n) if o != victim]
+        serf.kill(victim)
+        seen = race(others, lambda o: serf.status_of(o, victim) == "failed", 30)
+        first.append(min(seen.values()) if seen else None)
+        everyone.append(max(seen.values()) if len(seen) == len(others) else None)
+        log(f"serf trial {t + 1}: first {first[-1]}, all {everyone[-1]}")
+        serf.restart(victim)
+    res["serf_kill_first"], res["serf_kill_all"] = median(first), median(everyone)
+    for i in range(n):
+        rb.stop(serf.procs[i], grace=2)
+
+    # skein
+    log(f"skein: {n} agents on loopback, joining one seed with a token")
+    sk = Skein(a.skein, os.path.join(root, "skein"), n)
+    os.makedirs(sk.root, exist_ok=True)
+    res["skein_converge"] = sk.start_loopback()
+    log(f"skein converged in {res['skein_converge']}")
+    res["skein_io"] = idle_io([sk.pid(i) for i in range(n)], a.idle)
+    gossip = [sk.members(o)["gossip"] for o in range(n)]
+    res["skein_gossip_out"] = median([g["bytes_out_per_s"] for g in gossip])
+    res["skein_gossip_in"] = median([g["bytes_in_per_s"] for g in gossip])
+    first, everyone, down = [], [], []
+    for t in range(a.trials):
+        leader = sk.leader() or 0
+        victim = next(v % n for v in range(t + 1, t + 1 + n) if v % n not in (leader, 0))
+        others = [o for o in range(n) if o != victim]
+        t0 = time.monotonic()
+        sk.kill(victim)
+        marks = {}
+
+        def leader_down():
+            if "down" not in marks and sk.status_of(leader, victim) == "down":
+                marks["down"] = time.monotonic() - t0
+            return "down" in marks
+
+        seen = race(others + ["L"], lambda o: leader_down() if o == "L" else sk.state_of(o, victim) == "dead", 30)
+        seen.pop("L", None)
+        first.append(min(seen.values()) if seen else None)
+        everyone.append(max(seen.values()) if len(seen) == len(others) else None)
+        down.append(marks.get("down"))
+        log(f"skein trial {t + 1}: first {first[-1]}, all {everyone[-1]}, leader says down {down[-1]}")
+        sk.restart(victim)
+    res["skein_kill_first"], res["skein_kill_all"], res["skein_kill_down"] = median(first), median(everyone), median(down)
+    for i in range(n):
+        rb.stop(sk.procs[i], grace=3)
+    rb.kill_task_processes()
+    return res
+
+
+def netns(a, root):
+    res = {}
+    lab = rb.Netns(f"g{os.getpid() % 1000}", 5, subnet="10.213.78")
+    lab.up()
+    hosts = list(zip(lab.names, lab.ips))
+    # Serf
+    serf = Serf(os.path.join(root, "serf-ns"), 5, hosts=hosts)
+    os.makedirs(serf.root, exist_ok=True)
+    serf.start()
+    times = []
+    for t in range(a.trials):
+        victim = 1 + t % 4
+        observer = 0
+        lab.cut(victim)
+        seen = race([observer], lambda o: serf.status_of(o, victim) == "failed", 40)
+        times.append(seen.get(observer))
+        lab.heal(victim)
+        log(f"serf cut trial {t + 1}: {times[-1]}")
+        rb.wait_until("serf heals", 60, lambda: all(serf.status_of(o, victim) == "alive" for o in range(5)), 0.3)
+    res["serf_cut"] = median(times)
+    for i in range(5):
+        rb.stop(serf.procs[i], grace=2)
+    # skein: bootstrap-expect 3 with one seed, as the boxes would run.
+    sk = Skein(a.skein, os.path.join(root, "skein-ns"), 5, hosts=hosts, key="bench-gossip-key")
+    os.makedirs(sk.root, exist_ok=True)
+    for i in range(5):
+        sk.launch(i)
+    rb.wait_until("a 5-node skein cluster in the namespaces", 120,
+                  lambda: sk.leader() is not None
+                  and len([r for r in sk.nodes(sk.leader()) if r["status"] == "ready"]) == 5, 0.5)
+    times = []
+    for t in range(a.trials):
+        leader = sk.leader()
+        victim = next(v % 5 for v in range(t + 1, t + 6) if v % 5 != leader)
+        lab.cut(victim)
+        seen = race(["L"], lambda _o: sk.status_of(leader, victim) == "down", 40)
+        times.append(seen.get("L"))
+        lab.heal(victim)
+        log(f"skein cut trial {t + 1}: {times[-1]}")
+        rb.wait_until("skein heals", 90, lambda: sk.status_of(leader, victim) == "ready", 0.3)
+    res["skein_cut"] = median(times)
+    for i in range(5):
+        rb.stop(sk.procs[i], grace=3)
+    rb.kill_task_processes()
+    return res
+
+
+def fmt(x, unit=" s"):
+    if x is None or (isinstance(x, float) and x != x):
+        return "-"
+    return f"{x:.3f}{unit}" if unit == " s" else f"{x:,.0f}{unit}"
+
+
+def ratio(a, b):
+    try:
+        return f"{a / b:.2f}x"
+    except (TypeError, ZeroDivisionError):
+        return "-"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skein", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--idle", type=float, default=10)
+    ap.add_argument("--netns", action="store_true")
+    ap.add_argument("--sim-output", default="")
+    a = ap.parse_args()
+    rb.WORK = a.work
+    signal.signal(signal.SIGTERM, rb.on_signal)
+    signal.signal(signal.SIGINT, rb.on_signal)
+    ok = False
+    try:
+        res = loopback(a, a.work)
+        if a.netns:
+            res.update(netns(a, a.work))
+        ok = True
+    finally:
+        if not ok:
+            rb.keep_logs()
+        rb.cleanup()
+    g = lambda k: res.get(k)  # noqa: E731
+    rows = [
+        ("convergence, N joiners -> all see all", g("serf_converge"), g("skein_converge"), "no slower than Serf"),
+        ("killed: first member declares it", g("serf_kill_first"), g("skein_kill_first"), ""),
+        ("killed: every member declares it", g("serf_kill_all"), g("skein_kill_all"), ""),
+        ("killed: leader marks node down", None, g("skein_kill_down"), "median < 1 s"),
+    ]
+    if a.netns:
+        rows.append(("cut silently: marked failed/down", g("serf_cut"), g("skein_cut"), "median < 3 s"))
+    print()
+    print(f"gossip membership, N={a.n} on loopback (medians over {a.trials} trials)")
+    print(f"{'':42} {'serf':>10} {'skein':>10} {'skein/serf':>11}  goal")
+    for name, s, k, goal in rows:
+        print(f"{name:42} {fmt(s):>10} {fmt(k):>10} {ratio(k, s):>11}  {goal}")
+    print(f"{'idle I/O per process (rchar+wchar)':42} {fmt(g('serf_io'), ' B/s'):>10} {fmt(g('skein_io'), ' B/s'):>10} "
+          f"{ratio(g('skein_io'), g('serf_io')):>11}")
+    print(f"{'skein membership metric out / in':42} {'':>10} {fmt(g('skein_gossip_out'), ' B/s'):>10} "
+          f"{fmt(g('skein_gossip_in'), ' B/s'):>11}  (GET /v1/members gossip)")
+    if a.sim_output.strip():
+        print()
+        print(a.sim_output.strip())
+
+
+if __name__ == "__main__":
+    main()
