@@ -44,14 +44,38 @@ fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
 enum Ev {
     Tick(usize),
     /// A direct probe (or an indirect helper's probe) arrives at `to`.
-    Probe { from: usize, to: usize, id: u64 },
-    Ack { to: usize, id: u64 },
-    ProbeTimeout { from: usize, id: u64 },
+    Probe {
+        from: usize,
+        to: usize,
+        id: u64,
+    },
+    Ack {
+        to: usize,
+        id: u64,
+    },
+    ProbeTimeout {
+        from: usize,
+        id: u64,
+    },
     /// `helper` is asked by `from` to probe `target`.
-    ProbeFor { from: usize, helper: usize, target: usize },
-    Probed { to: usize, target: usize, reached: Option<bool> },
-    Gossip { to: usize, u: MemberUpdate },
-    Closed { at: usize, peer: usize },
+    ProbeFor {
+        from: usize,
+        helper: usize,
+        target: usize,
+    },
+    Probed {
+        to: usize,
+        target: usize,
+        reached: Option<bool>,
+    },
+    Gossip {
+        to: usize,
+        u: MemberUpdate,
+    },
+    Closed {
+        at: usize,
+        peer: usize,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -98,7 +122,11 @@ impl Sim {
     fn new(n: usize, seed: u64, loss: f64) -> Sim {
         let cfg = SwimConfig::default();
         let ids: Vec<String> = (0..n).map(|i| format!("n{i:05}")).collect();
-        let index = ids.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect();
+        let index = ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i))
+            .collect();
         let mut nodes: Vec<Swim> = ids
             .iter()
             .enumerate()
@@ -213,12 +241,31 @@ impl Sim {
                     let t = self.index[&target];
                     for h in via {
                         let helper = self.index[&h];
-                        self.send(node, helper, INDIRECT_BYTES, Ev::ProbeFor { from: node, helper, target: t });
+                        self.send(
+                            node,
+                            helper,
+                            INDIRECT_BYTES,
+                            Ev::ProbeFor {
+                                from: node,
+                                helper,
+                                target: t,
+                            },
+                        );
                         // The requester's own deadline for this helper.
                         let id = self.next_id;
                         self.next_id += 1;
-                        self.pending.insert(id, Pending { target: t, kind: Kind::Deadline, done: false });
-                        self.at(self.cfg.probe_timeout * 2 + 100, Ev::ProbeTimeout { from: node, id });
+                        self.pending.insert(
+                            id,
+                            Pending {
+                                target: t,
+                                kind: Kind::Deadline,
+                                done: false,
+                            },
+                        );
+                        self.at(
+                            self.cfg.probe_timeout * 2 + 100,
+                            Ev::ProbeTimeout { from: node, id },
+                        );
                     }
                 }
             }
@@ -228,7 +275,14 @@ impl Sim {
     fn probe(&mut self, from: usize, to: usize, kind: Kind) {
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.insert(id, Pending { target: to, kind, done: false });
+        self.pending.insert(
+            id,
+            Pending {
+                target: to,
+                kind,
+                done: false,
+            },
+        );
         if self.down[to] && self.killed(to) {
             // Connection refused: the probe fails at once.
             self.bytes[from] += PROBE_BYTES;
@@ -265,11 +319,19 @@ impl Sim {
                     self.probe(i, t, Kind::Direct);
                 }
                 // Re-announces, spread over the period (anti-entropy).
-                let period = skein_node::membership::announce_period(5_000, self.nodes.len(), ANNOUNCE_BYTES, BUDGET);
-                if self.rand() % (period / self.cfg.probe_interval).max(1) == 0 {
+                let period = skein_node::membership::announce_period(
+                    5_000,
+                    self.nodes.len(),
+                    ANNOUNCE_BYTES,
+                    BUDGET,
+                );
+                if self
+                    .rand()
+                    .is_multiple_of((period / self.cfg.probe_interval).max(1))
+                {
                     // Flooded over the mesh: everyone receives it once (plus
                     // duplicates on mesh links), costs counted per link.
-                    let per_node = ANNOUNCE_BYTES * (MESH as u64) / 2;
+                    let per_node = ANNOUNCE_BYTES * skein_node::membership::MESH_COPIES;
                     for b in self.bytes.iter_mut() {
                         *b += per_node;
                     }
@@ -293,7 +355,16 @@ impl Sim {
                             self.nodes[to].probe_ok(&t);
                         }
                         Kind::For(requester) => {
-                            self.send(to, requester, INDIRECT_BYTES, Ev::Probed { to: requester, target, reached: Some(true) });
+                            self.send(
+                                to,
+                                requester,
+                                INDIRECT_BYTES,
+                                Ev::Probed {
+                                    to: requester,
+                                    target,
+                                    reached: Some(true),
+                                },
+                            );
                         }
                         Kind::Deadline => {}
                     }
@@ -321,14 +392,31 @@ impl Sim {
                     }
                     Kind::For(requester) => {
                         let target = p.target;
-                        self.send(from, requester, INDIRECT_BYTES, Ev::Probed { to: requester, target, reached: Some(false) });
+                        self.send(
+                            from,
+                            requester,
+                            INDIRECT_BYTES,
+                            Ev::Probed {
+                                to: requester,
+                                target,
+                                reached: Some(false),
+                            },
+                        );
                     }
                 }
             }
-            Ev::ProbeFor { from, helper, target } => {
+            Ev::ProbeFor {
+                from,
+                helper,
+                target,
+            } => {
                 self.probe(helper, target, Kind::For(from));
             }
-            Ev::Probed { to, target, reached } => {
+            Ev::Probed {
+                to,
+                target,
+                reached,
+            } => {
                 // Settle one of the requester's helper deadlines.
                 let key = self
                     .pending
@@ -396,7 +484,10 @@ fn main() {
     let idle_s: u64 = env("IDLE_S", 600);
     let loss: f64 = env("LOSS", 0.001);
     let seed: u64 = env("SEED", 1);
-    println!("gossip_sim: {n} nodes, mesh {MESH}, SWIM {:?}", SwimConfig::default());
+    println!(
+        "gossip_sim: {n} nodes, mesh {MESH}, SWIM {:?}",
+        SwimConfig::default()
+    );
 
     for (what, killed) in [("killed", true), ("cut", false)] {
         let (mut first, mut all, mut bw) = (Vec::new(), Vec::new(), Vec::new());
@@ -423,9 +514,9 @@ fn main() {
                 .filter(|((_, p), _)| *p == victim)
                 .map(|(_, t)| t - t0)
                 .collect();
-            let secs = (sim.now - 2_000) as f64 / 1000.0;
             let b1: u64 = sim.bytes.iter().sum();
-            bw.push((b1 - b0) as f64 / n as f64 / secs.max(0.001));
+            // Bytes per node from the failure until every node knew.
+            bw.push((b1 - b0) as f64 / n as f64);
             first.push(times.iter().min().copied().unwrap_or(u64::MAX) as f64 / 1000.0);
             all.push(if times.len() >= others {
                 times.iter().max().copied().unwrap_or(0) as f64 / 1000.0
@@ -434,7 +525,7 @@ fn main() {
             });
         }
         println!(
-            "N={n} {what:6}: first node declares it dead median {:.3} s, all {} nodes median {:.3} s; bandwidth during detection {:.0} B/s per node",
+            "N={n} {what:6}: first node declares it dead median {:.3} s, all {} nodes median {:.3} s; {:.0} bytes per node from the failure until all knew",
             median(&mut first),
             n - 1,
             median(&mut all),
@@ -452,7 +543,12 @@ fn main() {
     let suspects: usize = sim
         .nodes
         .iter()
-        .map(|s| s.members().values().filter(|m| m.state == MemberState::Suspect).count())
+        .map(|s| {
+            s.members()
+                .values()
+                .filter(|m| m.state == MemberState::Suspect)
+                .count()
+        })
         .sum();
     println!(
         "N={n} idle {idle_s} s with {:.2}% message loss: {false_dead} false dead declarations, {suspects} suspects at the end; idle bandwidth {:.0} B/s per node (budget {BUDGET})",

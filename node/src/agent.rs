@@ -528,6 +528,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         raft.clone(),
         heard_rx,
         Some(membership.events()),
+        Some(net.clone()),
         beat * 3,
         shutdown.clone(),
     ));

@@ -67,6 +67,7 @@ pub async fn run_monitor(
     raft: RaftHandle,
     mut heard: mpsc::Receiver<String>,
     mut members: Option<broadcast::Receiver<MemberEvent>>,
+    net: Option<NetHandle>,
     grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -89,8 +90,11 @@ pub async fn run_monitor(
                 let Some(node) = node else { continue };
                 match ev.state {
                     MemberState::Dead => {
-                        tracing::info!(node = %node, "gossip declared the node dead");
-                        l.declared_dead(&node, crate::util::now_ms());
+                        // Our own connection closed too: its kernel answered
+                        // for a dead process (strong evidence).
+                        let strong = net.as_ref().is_some_and(|n| !n.connected().contains(&ev.peer));
+                        tracing::info!(node = %node, strong, "gossip declared the node dead");
+                        l.declared_dead(&node, crate::util::now_ms(), strong);
                     }
                     MemberState::Alive => l.declared_alive(&node),
                     MemberState::Suspect => continue,

@@ -4,9 +4,13 @@
 //! the verdicts are committed.
 //!
 //! Rules: a node is `down` once nothing was heard from it for `grace`, or
-//! at once when gossip declared it dead (failed probes that `k` other
-//! members confirmed, see [`crate::membership::swim`]) and nothing was
-//! heard from it since;
+//! when gossip declared it dead (failed probes that `k` other members
+//! confirmed, see [`crate::membership::swim`]) and nothing was heard from it
+//! since: at once when the verdict came with strong evidence (the leader's
+//! own connection to it had closed: its kernel answered for a dead
+//! process), else once it has also been silent for half the grace period
+//! (so a busy node whose probes were slow is not marked down while its
+//! heartbeats still arrive);
 //! counted from when this leader took over at the earliest (a new leader
 //! gives every node a full grace period); a down or unknown node that is
 //! heard from again is `ready`. The leader's own node is always alive.
@@ -21,8 +25,8 @@ pub struct Liveness {
     /// When this leader started watching.
     since: u64,
     heard: HashMap<NodeId, u64>,
-    /// Gossip verdicts: node -> when it was declared dead.
-    dead: HashMap<NodeId, u64>,
+    /// Gossip verdicts: node -> (when it was declared dead, strong evidence).
+    dead: HashMap<NodeId, (u64, bool)>,
 }
 
 impl Liveness {
@@ -35,10 +39,10 @@ impl Liveness {
         }
     }
 
-    /// Gossip declared `node` dead at `now`: it is down unless heard from
-    /// after that.
-    pub fn declared_dead(&mut self, node: &str, now: u64) {
-        self.dead.insert(node.to_string(), now);
+    /// Gossip declared `node` dead at `now`; `strong` when this leader's
+    /// connection to it had closed too. See the rules above.
+    pub fn declared_dead(&mut self, node: &str, now: u64, strong: bool) {
+        self.dead.insert(node.to_string(), (now, strong));
     }
 
     /// Gossip sees `node` alive again (it refuted): its heartbeats decide.
@@ -71,7 +75,12 @@ impl Liveness {
                 self.last_heard(&n.id)
             };
             let silent = now.saturating_sub(last);
-            let dead_at = self.dead.get(&n.id).copied().filter(|d| *d > last);
+            let dead_at = self
+                .dead
+                .get(&n.id)
+                .copied()
+                .filter(|(d, strong)| *d > last && (*strong || silent >= self.grace_ms / 2))
+                .map(|(d, _)| d);
             let alive = silent < self.grace_ms && (dead_at.is_none() || n.id == self_node);
             if let (NodeStatus::Ready, false, Some(d)) = (n.status, alive, dead_at) {
                 if silent < self.grace_ms {
@@ -152,7 +161,8 @@ mod tests {
         let st = state(&[("me", NodeStatus::Ready), ("a", NodeStatus::Ready)]);
         let mut l = Liveness::new(3000, 0);
         l.heard("a", 1000);
-        l.declared_dead("a", 1200);
+        // Strong evidence (the connection closed): down at once.
+        l.declared_dead("a", 1200, true);
         let c = l.changes(&st, 1300, "me");
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].0.as_str(), c[0].1), ("a", NodeStatus::Down));
@@ -160,9 +170,17 @@ mod tests {
         // A heartbeat after the verdict wins: the node refuted and is alive.
         l.heard("a", 1400);
         assert!(l.changes(&st, 1500, "me").is_empty());
+        // Without strong evidence, also silent for half the grace period.
+        l.declared_dead("a", 1600, false);
+        assert!(l.changes(&st, 1400 + 1499, "me").is_empty());
+        let c = l.changes(&st, 1400 + 1500, "me");
+        assert_eq!((c[0].0.as_str(), c[0].1), ("a", NodeStatus::Down));
         // A verdict about the leader itself is ignored.
-        l.declared_dead("me", 1500);
-        assert!(l.changes(&st, 1600, "me").is_empty());
+        l.declared_dead("me", 1500, true);
+        assert!(l
+            .changes(&st, 1600, "me")
+            .iter()
+            .all(|(id, _, _)| id != "me"));
     }
 
     #[test]

@@ -12,11 +12,14 @@
 //! - a claim that this node is suspect or dead is refuted: the node raises
 //!   its incarnation above the claim's and broadcasts itself alive (which
 //!   then beats the claim everywhere). This node is never in its own table;
-//! - a probe that fails makes the member suspect and asks `k` other
-//!   members to probe it ("indirect confirmation"); when every helper
-//!   answers that it cannot reach it either, the member is dead at once;
-//!   otherwise a suspect that nobody refutes is dead after
-//!   `suspect_timeout`. An answered indirect probe clears the suspicion;
+//! - a probe that fails asks `k` other members to probe the member
+//!   ("indirect confirmation"); when every helper answers that it cannot
+//!   reach it either, the member is dead at once; when one reaches it,
+//!   nothing happens (only this node's link is bad: a lost packet costs
+//!   three small requests, not a cluster-wide suspicion); when helpers do
+//!   not answer (or there are none), the member becomes suspect, which
+//!   spreads and which the member refutes; an unrefuted suspect is dead
+//!   after `suspect_timeout`;
 //! - a closed connection (the peer's process died: its kernel answered)
 //!   is strong evidence: the member is probed at once, not at its turn;
 //! - probing is a randomised round robin: every live member is probed once
@@ -281,8 +284,8 @@ impl Swim {
         }
     }
 
-    /// A direct probe failed: the member becomes suspect and `k` others are
-    /// asked to probe it.
+    /// A direct probe failed: `k` others are asked to probe the member (it
+    /// becomes suspect at once only when there is nobody to ask).
     pub fn probe_failed(&mut self, peer: &str, now: u64) -> Vec<Out> {
         let Some(m) = self.members.get(peer) else {
             return Vec::new();
@@ -291,9 +294,6 @@ impl Swim {
             return Vec::new();
         }
         let mut out = Vec::new();
-        if m.state == MemberState::Alive {
-            out.extend(self.declare(peer, MemberState::Suspect, now));
-        }
         let mut helpers: Vec<String> = self
             .members
             .iter()
@@ -320,6 +320,8 @@ impl Swim {
                 target: peer.to_string(),
                 via: helpers,
             });
+        } else if self.state_of(peer) == Some(MemberState::Alive) {
+            out.extend(self.declare(peer, MemberState::Suspect, now));
         }
         out
     }
@@ -343,15 +345,17 @@ impl Swim {
             return Vec::new();
         };
         if p.reachable > 0 {
-            // Someone reached it: only this node's link is bad. Keep it
-            // alive (a suspicion already spread is refuted by the member).
+            // Someone reached it: only this node's link is bad.
             return Vec::new();
         }
         if p.unreachable == p.asked {
             // Every helper confirms: dead now.
             return self.declare(target, MemberState::Dead, now);
         }
-        // Some helpers did not answer: the suspicion runs its course.
+        // Some helpers did not answer: suspect, which the member may refute.
+        if self.state_of(target) == Some(MemberState::Alive) {
+            return self.declare(target, MemberState::Suspect, now);
+        }
         Vec::new()
     }
 
@@ -445,13 +449,13 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_probe_suspects_and_asks_k_others() {
+    fn a_failed_probe_asks_k_others_who_confirm_it_dead() {
         let mut s = swim();
         for p in ["a", "b", "c", "d", "e"] {
             s.heard_from(p, 0, 0);
         }
         let out = s.probe_failed("a", 100);
-        assert_eq!(changed(&out, "a"), Some(Suspect));
+        assert_eq!(changed(&out, "a"), None, "no suspicion for one lost probe");
         let via = out
             .iter()
             .find_map(|o| match o {
@@ -478,11 +482,30 @@ mod tests {
         }
         s.probe_failed("a", 100);
         let out = s.indirect_result("a", Some(true), 110);
-        assert!(out.is_empty(), "no dead claim when a helper reached it");
-        assert_eq!(s.state_of("a"), Some(Suspect));
-        // The member refutes with a higher incarnation: alive again.
-        s.apply(&up("a", 1, Alive), 120);
+        assert!(out.is_empty(), "no claim when a helper reached it");
         assert_eq!(s.state_of("a"), Some(Alive));
+        assert!(s.tick(100 + 60_000).is_empty());
+    }
+
+    #[test]
+    fn silent_helpers_make_a_suspect_that_dies_unless_refuted() {
+        let mut s = swim();
+        for p in ["a", "b", "c"] {
+            s.heard_from(p, 0, 0);
+        }
+        s.probe_failed("a", 100);
+        s.indirect_result("a", Some(false), 200);
+        let out = s.indirect_result("a", None, 300);
+        assert_eq!(changed(&out, "a"), Some(Suspect));
+        assert!(out.contains(&Out::Broadcast(up("a", 0, Suspect))));
+        // Refuted: alive, and the timeout does nothing.
+        s.apply(&up("a", 1, Alive), 400);
+        assert!(changed(&s.tick(300 + 2000), "a").is_none());
+        // Not refuted: dead after the timeout.
+        s.probe_failed("b", 3000);
+        s.indirect_result("b", None, 3100);
+        s.indirect_result("b", None, 3100);
+        assert_eq!(changed(&s.tick(3100 + 2000), "b"), Some(Dead));
     }
 
     #[test]
