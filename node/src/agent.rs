@@ -251,11 +251,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         net.clone(),
         announce.clone(),
         MembershipConfig {
-            seeds: if token.is_none() {
-                cfg.join.clone()
-            } else {
-                Vec::new()
-            },
+            // Also with a token: membership connects while the join runs.
+            seeds: cfg.join.clone(),
             ..Default::default()
         },
         shutdown.clone(),

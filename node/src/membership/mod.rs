@@ -184,6 +184,9 @@ enum Done {
         reply: Option<GossipBatch>,
         bytes: u64,
     },
+    /// A batch with this node's announce could not be published (no
+    /// subscribed peer yet): announce again at the next tick.
+    AnnounceLost,
 }
 
 struct Actor {
@@ -503,11 +506,21 @@ impl Actor {
                 Vec::new()
             };
             self.announce_due = false;
+            let with_announce = !announces.is_empty();
             let batch = self.batch(updates, announces);
             match skein_protocol::codec::encode(&batch) {
                 Ok(bytes) => {
                     self.count(bytes.len() as u64, 0);
-                    self.net.publish(bytes);
+                    if with_announce {
+                        let (net, tx) = (self.net.clone(), self.done_tx.clone());
+                        tokio::spawn(async move {
+                            if !net.publish_confirmed(bytes).await {
+                                let _ = tx.send(Done::AnnounceLost);
+                            }
+                        });
+                    } else {
+                        self.net.publish(bytes);
+                    }
                 }
                 Err(e) => debug!(error = %e, "gossip batch not encoded"),
             }
@@ -647,6 +660,7 @@ impl Actor {
                 let outs = self.swim.indirect_result(&target, reached, now);
                 self.handle(outs);
             }
+            Done::AnnounceLost => self.announce_due = true,
             Done::Synced { reply, bytes } => {
                 let inb = reply.as_ref().map_or(0, encoded_len);
                 self.count(bytes, inb);

@@ -413,11 +413,18 @@ impl Actor {
                 }
                 debug!(%peer, addr = %k.addr, "peer added");
             }
-            Command::Publish { data } => {
+            Command::Publish { data, done } => {
                 let topic = self.topic.clone();
-                if let Err(e) = self.swarm.behaviour_mut().gossip.publish(topic, data) {
-                    // No peer yet (InsufficientPeers) is normal for a lone node.
-                    debug!(error = %e, "gossip not published");
+                let ok = match self.swarm.behaviour_mut().gossip.publish(topic, data) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        // No peer yet (InsufficientPeers) is normal for a lone node.
+                        debug!(error = %e, "gossip not published");
+                        false
+                    }
+                };
+                if let Some(d) = done {
+                    let _ = d.send(ok);
                 }
             }
             Command::RemovePeer { peer } => {

@@ -224,6 +224,8 @@ pub(crate) enum Command {
     },
     Publish {
         data: Vec<u8>,
+        /// Told whether gossipsub took it (false: no subscribed peer yet).
+        done: Option<oneshot::Sender<bool>>,
     },
 }
 
@@ -376,9 +378,26 @@ impl NetHandle {
     /// Publishes `data` on the gossip topic (dropped, logged at debug, when
     /// no peer is connected or the queue is full).
     pub fn publish(&self, data: Vec<u8>) {
-        if let Err(e) = self.cmd.try_send(Command::Publish { data }) {
+        if let Err(e) = self.cmd.try_send(Command::Publish { data, done: None }) {
             tracing::debug!(error = %e, "gossip not queued");
         }
+    }
+
+    /// Like [`NetHandle::publish`], and tells whether the message went out
+    /// to at least one peer (false when nobody subscribed yet: retry).
+    pub async fn publish_confirmed(&self, data: Vec<u8>) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .cmd
+            .try_send(Command::Publish {
+                data,
+                done: Some(tx),
+            })
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// Messages published on the gossip topic by other nodes.
