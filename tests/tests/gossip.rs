@@ -315,9 +315,17 @@ fn five_boxes_form_one_cluster_by_themselves() {
         let rows = lab.nodes(i).expect("node ls");
         assert!(healthy(&rows, 5, 3), "box{i} after the stranger: {rows:?}");
     }
+    // It keeps waiting for boxes of its own key: it neither founded nor
+    // joined anything (its API only opens once it is in a cluster).
+    let stranger_log = lab.log_text(5);
     assert!(
-        lab.nodes(5).is_none(),
-        "the box with another key must not have formed or joined a cluster"
+        stranger_log.contains("bootstrap: waiting for boxes with the same cluster key"),
+        "{stranger_log}"
+    );
+    assert!(
+        !stranger_log.contains("founding the cluster")
+            && !stranger_log.contains("joining the cluster"),
+        "the box with another key must not have formed or joined a cluster: {stranger_log}"
     );
 
     // Kill a worker box: the others mark it down.

@@ -11,8 +11,10 @@
 //!   table with every newly connected peer (push-pull), dials peers it
 //!   learns about from gossip or mDNS, and publishes a snapshot.
 //!
-//! Invariants: only announces signed by their own peer are taken (gossipsub
-//! signs and checks the source); gossip published per second stays under
+//! Invariants: from the gossip topic and probes, only a node's own announce
+//! is taken (gossipsub signs and checks the source); a push-pull sync, a
+//! direct exchange with a peer that holds the cluster key, carries its
+//! whole view; gossip published per second stays under
 //! `budget_bytes_per_s` (the periodic re-announce is skipped when over;
 //! state changes are batched and never dropped); every request is answered.
 //! Who calls it: the agent starts it ([`start`]); the inbound router passes
@@ -665,8 +667,8 @@ impl Actor {
                 let inb = reply.as_ref().map_or(0, encoded_len);
                 self.count(bytes, inb);
                 if let Some(b) = reply {
-                    let from = b.from.clone();
-                    self.take_batch(b, Some(&from));
+                    // A push-pull carries the peer's whole view.
+                    self.take_batch(b, None);
                 }
             }
         }
@@ -707,7 +709,7 @@ impl Actor {
                 }
                 GossipRequest::Sync(b) => {
                     self.count(0, encoded_len(&b));
-                    self.take_batch(b, Some(&peer));
+                    self.take_batch(b, None);
                     let full = self.full_batch();
                     self.count(encoded_len(&full), 0);
                     let _ = reply.send(WireReply::Gossip(Box::new(GossipReply::Sync(full))));
