@@ -465,9 +465,10 @@ def main():
     for name, s, k, goal in rows:
         print(f"{name:42} {fmt(s):>10} {fmt(k):>10} {ratio(k, s):>11}  {goal}")
     print(f"{'idle: bytes sent per process (IP, loopback)':42} {fmt(g('serf_wire'), ' B/s'):>10} "
-          f"{fmt(g('skein_wire'), ' B/s'):>10} {ratio(g('skein_wire'), g('serf_wire')):>11}  bounded (budget 16,384 B/s)")
+          f"{fmt(g('skein_wire'), ' B/s'):>10} {ratio(g('skein_wire'), g('serf_wire')):>11}  "
+          "all of skein's traffic: Raft heartbeats every 100 ms to every member dominate")
     print(f"{'skein membership metric out / in':42} {'':>10} {fmt(g('skein_gossip_out'), ' B/s'):>10} "
-          f"{fmt(g('skein_gossip_in'), ' B/s'):>11}  (GET /v1/members gossip)")
+          f"{fmt(g('skein_gossip_in'), ' B/s'):>11}  membership payload, bounded (budget 16,384 B/s)")
     if a.sim_output.strip():
         print()
         print(a.sim_output.strip())
