@@ -269,7 +269,8 @@ fn node_lifecycle_promote_demote_rm_leave() {
     // A reachable node is not removed without --force; a down one is.
     let out = m2.cli(&["node", "rm", "w2"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("reachable"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reachable"), "{err}");
     c.workers[1].kill9();
     wait_for("w2 down", T, || {
         nodes(m2)
