@@ -57,6 +57,10 @@ pub struct TaskRow {
     pub error: String,
     pub exit_code: Option<i32>,
     pub health: Option<String>,
+    /// Made from the service's current spec (false: an older version,
+    /// still running during an update, or history).
+    #[serde(default)]
+    pub up_to_date: bool,
 }
 
 /// `service inspect`: the service object plus a summary of its tasks.
@@ -65,6 +69,30 @@ pub struct ServiceDetail {
     #[serde(flatten)]
     pub service: Service,
     pub tasks: Vec<TaskRow>,
+}
+
+/// `POST /v1/services/{id}/update`: the whole new spec, and the version it
+/// was made from (refused with 409 if the service changed meanwhile).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceUpdateRequest {
+    pub version: u64,
+    pub spec: ServiceSpec,
+}
+
+/// `POST /v1/stacks/{name}/rollback`: back to a recorded version (None: the
+/// one before the newest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRollbackRequest {
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// One recorded version of a stack (`stack history`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StackVersionRow {
+    pub version: u64,
+    pub deployed_at: u64,
+    pub services: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,9 @@ use crate::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Deployed versions kept per stack (`stack rollback --to` reaches back this far).
+pub const STACK_VERSIONS: usize = 10;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// A node joins or describes itself again (restart, new address or labels).
@@ -43,6 +46,26 @@ pub enum Command {
     SetUpdateStatus {
         id: ServiceId,
         status: Option<UpdateStatus>,
+    },
+    /// Puts `spec` back (a previous spec) and starts driving it with its
+    /// rollback settings: `update_status` becomes rollback_started. A manual
+    /// rollback keeps the replaced spec as `previous_spec` (so two go back
+    /// and forth); an automatic one clears it (never rolled back twice).
+    /// Refused unless the stored version is `expected_version`.
+    RollbackService {
+        id: ServiceId,
+        expected_version: u64,
+        spec: ServiceSpec,
+        keep_previous: bool,
+        message: String,
+        at: Millis,
+    },
+    /// Records a deployed version of a stack (the last [`STACK_VERSIONS`]
+    /// are kept): the specs of all its services as deployed.
+    RecordStackVersion {
+        stack: String,
+        services: Vec<ServiceSpec>,
+        at: Millis,
     },
     /// Removes the service; its tasks are told to shut down and are reaped
     /// once they have stopped.
@@ -97,6 +120,8 @@ impl Command {
             Command::CreateService(_) => "create_service",
             Command::UpdateService { .. } => "update_service",
             Command::SetUpdateStatus { .. } => "set_update_status",
+            Command::RollbackService { .. } => "rollback_service",
+            Command::RecordStackVersion { .. } => "record_stack_version",
             Command::RemoveService { .. } => "remove_service",
             Command::CreateTasks(_) => "create_tasks",
             Command::SetDesiredState(_) => "set_desired_state",

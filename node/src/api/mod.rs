@@ -3,6 +3,7 @@
 //! once applied. Every failure is a JSON `{"message": ...}` with a 4xx for
 //! what the caller can fix and 5xx otherwise; no input can crash the agent.
 
+mod update;
 pub mod views;
 
 use crate::raft::{ProposeError, RaftHandle};
@@ -138,6 +139,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{id}", get(get_service).delete(remove_service))
         .route("/v1/services/{id}/scale", post(scale_service))
+        .route("/v1/services/{id}/update", post(update::update_service))
+        .route("/v1/services/{id}/rollback", post(update::rollback_service))
+        .route("/v1/stacks/{name}/versions", get(update::stack_versions))
+        .route("/v1/stacks/{name}/rollback", post(update::rollback_stack))
         .route("/v1/services/{id}/tasks", get(service_tasks))
         .route("/v1/services/{id}/logs", get(service_logs))
         .route("/v1/tasks", get(list_tasks))
@@ -615,6 +620,7 @@ async fn deploy_stack(
         removed: vec![],
     };
     let mut names = std::collections::BTreeSet::new();
+    let mut deployed = Vec::new();
     for spec in req.services {
         let mut spec = spec;
         spec.labels
@@ -627,6 +633,7 @@ async fn deploy_stack(
                 req.name, spec.name
             )));
         }
+        deployed.push(spec.clone());
         match s.service_by_name(&spec.name) {
             Some(existing) => {
                 if existing.stack() != Some(req.name.as_str()) {
@@ -667,6 +674,11 @@ async fn deploy_stack(
                 });
             }
         }
+    }
+    let first_deploy = !s.stacks.contains_key(&req.name);
+    if !cmds.is_empty() || first_deploy {
+        // The deployed version is recorded with the deploy itself.
+        cmds.push(update::record(&req.name, &deployed, now));
     }
     if !cmds.is_empty() {
         // One entry: the whole stack is deployed, or nothing of it.

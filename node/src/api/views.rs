@@ -181,6 +181,10 @@ pub fn task_rows<'a>(state: &ClusterState, tasks: impl Iterator<Item = &'a Task>
             },
             exit_code: t.status.exit_code,
             health: t.status.health.map(|h| format!("{h:?}").to_lowercase()),
+            up_to_date: state
+                .services
+                .get(&t.service_id)
+                .is_some_and(|s| t.spec.same_task_template(&s.spec)),
         })
         .collect()
 }

@@ -5,8 +5,10 @@
 
 mod client;
 mod output;
+mod progress;
 mod service;
 mod stack;
+mod update;
 mod wait;
 
 use clap::{Args, Parser, Subcommand};

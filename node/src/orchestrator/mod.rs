@@ -11,6 +11,7 @@
 pub mod placement;
 pub mod reconcile;
 pub mod restart;
+pub mod updater;
 
 use crate::raft::RaftHandle;
 use crate::store::ClusterState;
@@ -26,7 +27,7 @@ pub fn orchestrate(
     new_id: &mut dyn FnMut() -> String,
 ) -> (Vec<Command>, Option<Millis>) {
     let plan = reconcile::reconcile(state, now, new_id);
-    let mut cmds = Vec::new();
+    let mut cmds = plan.commands.clone();
     if !plan.remove.is_empty() {
         cmds.push(Command::RemoveTasks(plan.remove.clone()));
     }

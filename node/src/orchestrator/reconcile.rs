@@ -19,7 +19,7 @@ use super::restart::{decide, RestartDecision};
 use crate::store::ClusterState;
 use skein_protocol::{
     Millis, NodeStatus, Service, ServiceId, ServiceMode, Task, TaskId, TaskState, TaskStatus,
-    UpdateOrder, UpdateState, UpdateStatus,
+    UpdateStatus,
 };
 use std::collections::BTreeMap;
 
@@ -34,6 +34,8 @@ pub struct Plan {
     pub update_status: Vec<(ServiceId, Option<UpdateStatus>)>,
     /// Tasks on a down node that are given up on (replicated ones move).
     pub orphan: Vec<TaskId>,
+    /// Service-level commands: automatic rollbacks (proposed first).
+    pub commands: Vec<skein_protocol::Command>,
     /// Earliest time reconcile has something to do without any new event.
     pub wake_at: Option<Millis>,
 }
@@ -45,6 +47,7 @@ impl Plan {
             && self.remove.is_empty()
             && self.update_status.is_empty()
             && self.orphan.is_empty()
+            && self.commands.is_empty()
     }
     fn wake(&mut self, at: Millis) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
@@ -250,53 +253,33 @@ fn reconcile_service(
         }
     }
 
-    // Rolling replacement of outdated tasks.
-    let uc = &svc.spec.update_config;
-    let budget = if uc.parallelism == 0 {
-        u64::MAX
-    } else {
-        uc.parallelism.saturating_sub(in_flight)
-    };
-    for t in outdated
-        .iter()
-        .take(usize::try_from(budget).unwrap_or(usize::MAX))
-    {
-        match uc.order {
-            UpdateOrder::StopFirst => plan.shutdown.push(t.id.clone()),
-            UpdateOrder::StartFirst => {
-                if let Some(key) = key_of(t) {
-                    plan.create
-                        .push(new_task(svc, &key, now, new_id(), Vec::new()));
-                }
-            }
+    // Rolling replacement of outdated tasks: the updater decides.
+    let step = super::updater::step(&super::updater::Input {
+        svc,
+        tasks,
+        outdated: &outdated,
+        in_flight,
+        now,
+    });
+    plan.shutdown.extend(step.stop_first);
+    for id in &step.start_first {
+        if let Some(key) = outdated
+            .iter()
+            .find(|t| &t.id == id)
+            .and_then(|t| key_of(t))
+        {
+            plan.create
+                .push(new_task(svc, &key, now, new_id(), Vec::new()));
         }
     }
-
-    // Update status: updating while outdated tasks remain.
-    let updating = !outdated.is_empty();
-    let status = svc.update_status.as_ref();
-    if updating && status.is_none_or(|s| s.state != UpdateState::Updating) && svc.version > 1 {
-        plan.update_status.push((
-            svc.id.clone(),
-            Some(UpdateStatus {
-                state: UpdateState::Updating,
-                started: now,
-                completed: None,
-                message: "update in progress".into(),
-            }),
-        ));
-    } else if !updating && in_flight == 0 {
-        if let Some(s) = status.filter(|s| s.state == UpdateState::Updating) {
-            plan.update_status.push((
-                svc.id.clone(),
-                Some(UpdateStatus {
-                    state: UpdateState::Completed,
-                    started: s.started,
-                    completed: Some(now),
-                    message: "update completed".into(),
-                }),
-            ));
-        }
+    if let Some(status) = step.status {
+        plan.update_status.push((svc.id.clone(), Some(status)));
+    }
+    if let Some(cmd) = step.command {
+        plan.commands.push(cmd);
+    }
+    if let Some(at) = step.wake_at {
+        plan.wake(at);
     }
 
     // History: keep the newest HISTORY finished tasks per key.

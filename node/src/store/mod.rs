@@ -27,6 +27,10 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, Node>,
     pub services: BTreeMap<ServiceId, Service>,
     pub tasks: BTreeMap<TaskId, Task>,
+    /// Deployed versions per stack, oldest first, at most
+    /// [`skein_protocol::STACK_VERSIONS`] each.
+    #[serde(default)]
+    pub stacks: BTreeMap<String, Vec<skein_protocol::StackVersion>>,
 }
 
 /// Why a command was refused. Deterministic: every manager refuses alike.
@@ -195,11 +199,74 @@ impl ClusterState {
                         expected: *expected_version,
                     });
                 }
+                // A new task template starts a rollout; any update resumes
+                // a paused one (as in Swarm). A scale alone changes nothing.
+                let paused = s.update_status.as_ref().is_some_and(|u| {
+                    matches!(
+                        u.state,
+                        skein_protocol::UpdateState::Paused
+                            | skein_protocol::UpdateState::RollbackPaused
+                    )
+                });
+                if paused || !s.spec.same_task_template(spec) {
+                    s.update_status = Some(skein_protocol::UpdateStatus::begin(
+                        skein_protocol::UpdateState::Updating,
+                        *at,
+                        "update in progress",
+                    ));
+                }
                 s.spec = spec.clone();
                 s.previous_spec = previous_spec.clone();
                 s.version += 1;
                 s.updated_at = *at;
                 ev.push(Event::Service(id.clone()));
+            }
+            Command::RollbackService {
+                id,
+                expected_version,
+                spec,
+                keep_previous,
+                message,
+                at,
+            } => {
+                let s = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NoSuchService(id.clone()))?;
+                if s.version != *expected_version {
+                    return Err(ApplyError::VersionConflict {
+                        name: s.spec.name.clone(),
+                        found: s.version,
+                        expected: *expected_version,
+                    });
+                }
+                let replaced = std::mem::replace(&mut s.spec, spec.clone());
+                s.previous_spec = keep_previous.then_some(replaced);
+                s.update_status = Some(skein_protocol::UpdateStatus::begin(
+                    skein_protocol::UpdateState::RollbackStarted,
+                    *at,
+                    message.clone(),
+                ));
+                s.version += 1;
+                s.updated_at = *at;
+                ev.push(Event::Service(id.clone()));
+            }
+            Command::RecordStackVersion {
+                stack,
+                services,
+                at,
+            } => {
+                let versions = self.stacks.entry(stack.clone()).or_default();
+                let version = versions.last().map_or(1, |v| v.version + 1);
+                versions.push(skein_protocol::StackVersion {
+                    version,
+                    deployed_at: *at,
+                    services: services.clone(),
+                });
+                if versions.len() > skein_protocol::STACK_VERSIONS {
+                    let extra = versions.len() - skein_protocol::STACK_VERSIONS;
+                    versions.drain(..extra);
+                }
             }
             Command::SetUpdateStatus { id, status } => {
                 let s = self
@@ -416,6 +483,7 @@ fn can_fail(cmd: &Command) -> bool {
             | Command::SetPendingMessage(_)
             | Command::SetTaskStatus(_)
             | Command::RemoveTasks(_)
+            | Command::RecordStackVersion { .. }
     )
 }
 

@@ -1,0 +1,181 @@
+//! Rolling updates and rollbacks on one real agent (process runtime),
+//! driven through the CLI as a user would: what runs before and after, what
+//! `service inspect` and `service ps` say, and the exit codes.
+
+use skein_tests::{wait_for, Agent};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn inspect(a: &Agent, service: &str) -> serde_json::Value {
+    let text = a.ok(&["service", "inspect", service]);
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad inspect JSON: {e}: {text}"));
+    match v {
+        serde_json::Value::Array(mut items) if !items.is_empty() => items.remove(0),
+        other => other,
+    }
+}
+
+fn update_state(a: &Agent, service: &str) -> String {
+    inspect(a, service)["update_status"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until exactly `n` processes run `argv` and none runs `gone`.
+fn wait_processes(a: &Agent, argv: &[&str], n: usize, gone: &[&str]) {
+    wait_for(&format!("{n} x {argv:?} and no {gone:?}"), T, || {
+        (a.task_processes(argv).len() == n && a.task_processes(gone).is_empty()).then_some(())
+    });
+}
+
+#[test]
+fn update_rollback_and_automatic_rollback_of_processes() {
+    let a = Agent::start(&[]);
+    let old = ["sleep", "3621"];
+    let new = ["sleep", "3622"];
+    a.ok(&[
+        "service",
+        "create",
+        "--name",
+        "s",
+        "--replicas",
+        "4",
+        "sleep",
+        "3621",
+    ]);
+    wait_processes(&a, &old, 4, &new);
+
+    // Rolling update, two at a time, each batch watched for 1s.
+    let out = a.ok(&[
+        "service",
+        "update",
+        "--args",
+        "3622",
+        "--update-parallelism",
+        "2",
+        "--update-monitor",
+        "1s",
+        "s",
+    ]);
+    assert!(out.contains("/4: running"), "per-slot progress: {out}");
+    assert!(out.contains("overall progress: 4 out of 4 tasks"), "{out}");
+    wait_processes(&a, &new, 4, &old);
+    let svc = inspect(&a, "s");
+    assert_eq!(svc["spec"]["update_config"]["parallelism"], 2);
+    assert_eq!(svc["update_status"]["state"], "completed");
+    assert_eq!(svc["spec"]["command"], serde_json::json!(["3622"]));
+
+    // Manual rollback: the old processes and the old update settings.
+    a.ok(&["service", "rollback", "s"]);
+    wait_processes(&a, &old, 4, &new);
+    let svc = inspect(&a, "s");
+    assert_eq!(svc["spec"]["update_config"]["parallelism"], 1);
+    assert_eq!(svc["update_status"]["state"], "rollback_completed");
+    assert_eq!(svc["spec"]["command"], serde_json::json!(["3621"]));
+
+    // A bad update (the program exits at once) rolls itself back and the
+    // command says it failed.
+    let out = a.cli(&[
+        "service",
+        "update",
+        "--args",
+        "0.2",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "3s",
+        "s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a rolled-back update must fail");
+    assert!(stderr.contains("rolled back"), "{stderr}");
+    wait_for("rollback_completed", T, || {
+        (update_state(&a, "s") == "rollback_completed").then_some(())
+    });
+    wait_processes(&a, &old, 4, &["sleep", "0.2"]);
+    let svc = inspect(&a, "s");
+    assert_eq!(svc["spec"]["command"], serde_json::json!(["3621"]));
+    assert!(
+        svc["update_status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exited"),
+        "says why: {}",
+        svc["update_status"]
+    );
+    // An automatic rollback leaves nothing to roll back to.
+    assert!(svc["previous_spec"].is_null(), "{}", svc["previous_spec"]);
+    let ps = a.json(&["service", "ps", "s"]);
+    let ended_new: Vec<_> = ps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| !t["up_to_date"].as_bool().unwrap_or(true))
+        .filter(|t| t["state"] == "complete" || t["state"] == "failed")
+        .collect();
+    assert!(
+        !ended_new.is_empty(),
+        "service ps shows the failed tasks: {ps}"
+    );
+    assert_eq!(a.running_tasks("s").len(), 4);
+}
+
+#[test]
+fn two_manual_rollbacks_go_back_and_forth_and_pause_resumes() {
+    let a = Agent::start(&[]);
+    a.ok(&[
+        "service",
+        "create",
+        "--name",
+        "p",
+        "--replicas",
+        "2",
+        "sleep",
+        "3631",
+    ]);
+    a.ok(&[
+        "service",
+        "update",
+        "--args",
+        "3632",
+        "--update-monitor",
+        "0s",
+        "p",
+    ]);
+    a.ok(&["service", "rollback", "p"]);
+    wait_processes(&a, &["sleep", "3631"], 2, &["sleep", "3632"]);
+    a.ok(&["service", "rollback", "p"]);
+    wait_processes(&a, &["sleep", "3632"], 2, &["sleep", "3631"]);
+    assert_eq!(update_state(&a, "p"), "rollback_completed");
+
+    // A failing update pauses (the default action) and says so.
+    let out = a.cli(&[
+        "service",
+        "update",
+        "--args",
+        "0.1",
+        "--update-monitor",
+        "2s",
+        "p",
+    ]);
+    assert!(!out.status.success(), "a paused update must fail");
+    let svc = inspect(&a, "p");
+    assert_eq!(svc["update_status"]["state"], "paused");
+    // Only the first slot was touched: the other still runs the old version.
+    assert_eq!(a.task_processes(&["sleep", "3632"]).len(), 1);
+    // A new update resumes with the fixed spec.
+    a.ok(&[
+        "service",
+        "update",
+        "--args",
+        "3633",
+        "--update-monitor",
+        "0s",
+        "p",
+    ]);
+    wait_processes(&a, &["sleep", "3633"], 2, &["sleep", "3632"]);
+    assert_eq!(update_state(&a, "p"), "completed");
+}
