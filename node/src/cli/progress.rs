@@ -84,7 +84,7 @@ fn stage(state: &str) -> u64 {
 
 fn bar(fill: u64, of: u64) -> String {
     const W: u64 = 30;
-    let n = if of == 0 { 0 } else { fill * W / of };
+    let n = (fill * W).checked_div(of).unwrap_or(0).min(W);
     let mut s = "=".repeat(n as usize);
     if n < W {
         s.push('>');
