@@ -179,3 +179,64 @@ fn two_manual_rollbacks_go_back_and_forth_and_pause_resumes() {
     wait_processes(&a, &["sleep", "3633"], 2, &["sleep", "3632"]);
     assert_eq!(update_state(&a, "p"), "completed");
 }
+
+fn write_stack(a: &Agent, file: &str, web_arg: &str, db_arg: &str, web_action: &str) -> String {
+    let path = a.dir.path().join(file);
+    std::fs::write(
+        &path,
+        format!(
+            "services:\n  web:\n    image: sleep\n    command: [\"{web_arg}\"]\n    deploy:\n      replicas: 2\n      update_config:\n        parallelism: 2\n        monitor: 2s\n        failure_action: {web_action}\n  db:\n    image: sleep\n    command: [\"{db_arg}\"]\n    deploy:\n      replicas: 1\n"
+        ),
+    )
+    .expect("write stack file");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn stack_deploy_updates_only_changed_services_and_stack_rollback_reverts_all() {
+    let a = Agent::start(&[]);
+    let v1 = write_stack(&a, "v1.yml", "3641", "3642", "pause");
+    a.ok(&["stack", "deploy", "-c", &v1, "app"]);
+    wait_processes(&a, &["sleep", "3641"], 2, &[]);
+    wait_processes(&a, &["sleep", "3642"], 1, &[]);
+    let db_pid = a.task_processes(&["sleep", "3642"]);
+
+    // Only web changes: db keeps its process.
+    let v2 = write_stack(&a, "v2.yml", "3643", "3642", "pause");
+    let out = a.ok(&["stack", "deploy", "-c", &v2, "app"]);
+    assert!(out.contains("Updating service app_web"), "{out}");
+    assert!(!out.contains("Updating service app_db"), "{out}");
+    wait_processes(&a, &["sleep", "3643"], 2, &["sleep", "3641"]);
+    assert_eq!(a.task_processes(&["sleep", "3642"]), db_pid, "db untouched");
+
+    // Both change; then the stack goes back to version 2 together, then to 1.
+    let v3 = write_stack(&a, "v3.yml", "3644", "3645", "pause");
+    a.ok(&["stack", "deploy", "-c", &v3, "app"]);
+    wait_processes(&a, &["sleep", "3644"], 2, &["sleep", "3643"]);
+    wait_processes(&a, &["sleep", "3645"], 1, &["sleep", "3642"]);
+    let versions = a.json(&["stack", "versions", "app"]);
+    assert_eq!(versions.as_array().map(Vec::len), Some(3), "{versions}");
+
+    a.ok(&["stack", "rollback", "app"]);
+    wait_processes(&a, &["sleep", "3643"], 2, &["sleep", "3644"]);
+    wait_processes(&a, &["sleep", "3642"], 1, &["sleep", "3645"]);
+    assert_eq!(update_state(&a, "app_web"), "rollback_completed");
+    assert_eq!(update_state(&a, "app_db"), "rollback_completed");
+
+    a.ok(&["stack", "rollback", "app", "--to", "1"]);
+    wait_processes(&a, &["sleep", "3641"], 2, &["sleep", "3643"]);
+    let out = a.cli(&["stack", "rollback", "app", "--to", "99"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no version 99"), "{err}");
+
+    // A bad deploy: web exits at once, rolls itself back; deploy says it failed.
+    let bad = write_stack(&a, "bad.yml", "0.1", "3642", "rollback");
+    let out = a.cli(&["stack", "deploy", "-c", &bad, "app"]);
+    assert!(
+        !out.status.success(),
+        "a deploy that rolled back must fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_processes(&a, &["sleep", "3641"], 2, &["sleep", "0.1"]);
+}

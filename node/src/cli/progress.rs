@@ -215,6 +215,32 @@ pub async fn follow(c: &Client, service: &str, op: Op) -> anyhow::Result<bool> {
     }
 }
 
+/// Versions of the named services now (None: no such service yet): what
+/// a stack deploy or rollback compares against to know its rollout.
+pub async fn versions(c: &Client, names: &[String]) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for n in names {
+        if let Some(d) = c
+            .get_opt::<ServiceDetail>(&format!("/v1/services/{}", seg(n)))
+            .await?
+        {
+            out.insert(n.clone(), d.service.version);
+        }
+    }
+    Ok(out)
+}
+
+/// Follows several rollouts (they run at once on the cluster; they are
+/// shown one after the other). True when all did what was asked.
+pub async fn follow_all(c: &Client, rollouts: &[(String, Op)]) -> anyhow::Result<bool> {
+    let mut ok = true;
+    for (name, op) in rollouts {
+        println!("{name}:");
+        ok &= follow(c, name, *op).await?;
+    }
+    Ok(ok)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
