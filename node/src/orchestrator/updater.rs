@@ -290,7 +290,11 @@ pub fn step(input: &Input<'_>) -> Step {
                 None => "rollback completed".into(),
             }
         } else {
-            "update completed".into()
+            // Keep saying where start-first could not be honoured.
+            match status.message.split_once("; start-first done stop-first") {
+                Some((_, note)) => format!("update completed; start-first done stop-first{note}"),
+                None => "update completed".into(),
+            }
         };
         write(&mut out, &status);
         return out;
