@@ -7,6 +7,10 @@
 #   scripts/bench.sh raft-netns   leader silently cut off (its namespace's link
 #                                 down): skein vs etcd; needs root
 #   scripts/bench.sh placement    only the in-process placement benchmark
+#   scripts/bench.sh update       service create / rolling update / rollback /
+#                                 scale: skein (Docker runtime) vs Docker Swarm
+#                                 mode on the same engine and image; inits a
+#                                 loopback swarm if none is active, leaves it after
 #
 # Environment:
 #   TRIALS=20            failover trials per system
@@ -31,7 +35,7 @@ usage() {
 
 MODE="${1:-}"
 case "$MODE" in
-  raft | raft-netns | placement) ;;
+  raft | raft-netns | placement | update) ;;
   -h | --help | help)
     usage
     exit 0
@@ -92,6 +96,24 @@ cleanup() {
     ps -eo pid=,sid= | while read -r pid sid; do
       case " $sids " in *" $sid "*) kill -KILL "$pid" 2>/dev/null ;; esac
     done
+  fi
+  # Docker objects of the update benchmark: skein's containers and networks
+  # (by the agent's node id), the Swarm service, the Swarm if we made it.
+  if [ -f "$WORK/docker" ]; then
+    while read -r kind arg; do
+      case "$kind" in
+        docker-skein)
+          local node
+          node="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["node_id"])' "$arg/node.json" 2>/dev/null)"
+          if [ -n "$node" ]; then
+            docker ps -aq --filter "label=skein.node=$node" | xargs -r docker rm -f -v >/dev/null 2>&1
+            docker network ls -q --filter "label=skein.node=$node" | xargs -r docker network rm >/dev/null 2>&1
+          fi
+          ;;
+        docker-service) docker service rm "$arg" >/dev/null 2>&1 ;;
+        swarm-init) docker swarm leave --force >/dev/null 2>&1 ;;
+      esac
+    done < <(tac "$WORK/docker")
   fi
   # Namespaces, veths, bridges and iptables rules of raft-netns.
   if [ -f "$WORK/netns" ]; then
@@ -155,6 +177,14 @@ run_driver() {
 }
 
 case "$MODE" in
+  update)
+    echo "==> building skein (release)" >&2
+    cargo build --release --quiet -p skein-node --bin skein
+    SKEIN="$PWD/target/release/skein"
+    # shellcheck source=scripts/bench/update_bench.sh
+    source scripts/bench/update_bench.sh
+    update_bench
+    ;;
   placement)
     build_skein
     placement_bench
