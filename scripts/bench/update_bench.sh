@@ -72,7 +72,7 @@ update_bench() {
     --update-parallelism 2 --update-monitor 1s skein-test:v1)
   s_update=$(timed docker service update --quiet --no-resolve-image --image skein-test:v2 "$sw")
   s_rollback=$(timed docker service rollback --quiet "$sw")
-  s_scale=$(timed docker service scale --quiet "$sw=18")
+  s_scale=$(timed docker service scale "$sw=18")
   docker service rm "$sw" >/dev/null 2>&1 || true
 
   echo

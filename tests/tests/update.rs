@@ -164,8 +164,16 @@ fn two_manual_rollbacks_go_back_and_forth_and_pause_resumes() {
     assert!(!out.status.success(), "a paused update must fail");
     let svc = inspect(&a, "p");
     assert_eq!(svc["update_status"]["state"], "paused");
-    // Only the first slot was touched: the other still runs the old version.
-    assert_eq!(a.task_processes(&["sleep", "3632"]).len(), 1);
+    let msg = svc["update_status"]["message"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("update paused: task p."), "{msg}");
+    // Paused means stopped: what still runs the old version keeps running.
+    let old_left = a.task_processes(&["sleep", "3632"]).len();
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < end {
+        assert_eq!(a.task_processes(&["sleep", "3632"]).len(), old_left);
+        assert_eq!(update_state(&a, "p"), "paused");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // A new update resumes with the fixed spec.
     a.ok(&[
         "service",

@@ -69,7 +69,8 @@ fn a_new_leader_finishes_an_update_the_old_one_started() {
         "3722",
         "--update-parallelism",
         "1",
-        "--update-monitor",
+        // Paced so that the leader dies mid-update.
+        "--update-delay",
         "2s",
         "web",
     ]);

@@ -7,10 +7,12 @@
 //! [`UpdateStatus`] (state, when the rollout began, the failures it counted)
 //! or derivable from the tasks, so a new leader continues where the old one
 //! stopped. Invariants:
-//! - a new batch starts only when the previous one is fully running (every
-//!   replaced key runs a task of the current spec) and has been watched for
-//!   `max(monitor, delay)` since its last task started: under stop-first at
-//!   most `parallelism` keys are down because of the update at any time;
+//! - pacing is Swarm's: `parallelism` workers each replace one key, wait
+//!   until its new task runs, wait `delay`, then take the next key; so under
+//!   stop-first at most `parallelism` keys are down because of the update at
+//!   any time. The monitor window runs alongside (it does not hold the next
+//!   key back); the rollout completes once every key is done and the last
+//!   new task has been watched for `delay + monitor`;
 //! - start-first starts the new task first; reconcile stops the old one only
 //!   once the new one runs (and is healthy). When the old and new task
 //!   publish the same host port, that key is done stop-first instead and the
@@ -253,8 +255,12 @@ pub fn step(input: &Input<'_>) -> Step {
         }
     }
 
-    // The batch in progress must run, then be watched, before the next.
-    let last_started = tasks
+    // Swarm's pacing: `parallelism` workers, each replaces one key, waits
+    // until its new task runs, then waits `delay` before taking the next.
+    // Failures are watched all along (above); the rollout completes once
+    // every key is done and the last new task was watched for `monitor`.
+    let delay_ms = uc.delay.as_millis();
+    let started_at: Vec<Millis> = tasks
         .iter()
         .filter(|t| {
             t.created_at >= status.started
@@ -263,21 +269,26 @@ pub fn step(input: &Input<'_>) -> Step {
                 && t.spec.same_task_template(spec)
         })
         .map(|t| t.status.started_at.unwrap_or(t.status.timestamp))
-        .max();
-    let settle_ms = monitor_ms.max(uc.delay.as_millis());
-    let gate = last_started.map(|s| s + settle_ms);
-    let waiting = gate.filter(|g| *g > now);
-    if in_flight > 0 {
-        write(&mut out, &status);
-        return out;
-    }
-    if let Some(g) = waiting {
-        out.wake_at = Some(g);
-        write(&mut out, &status);
-        return out;
-    }
+        .collect();
+    let in_delay: Vec<Millis> = started_at
+        .iter()
+        .map(|s| s + delay_ms)
+        .filter(|end| *end > now)
+        .collect();
+    let busy = in_flight + in_delay.len() as u64;
 
     if outdated.is_empty() {
+        let watched_until = started_at
+            .iter()
+            .max()
+            .map_or(now, |s| s + delay_ms + monitor_ms);
+        if in_flight > 0 || watched_until > now {
+            if in_flight == 0 {
+                out.wake_at = Some(watched_until);
+            }
+            write(&mut out, &status);
+            return out;
+        }
         status.state = if rollback {
             UpdateState::RollbackCompleted
         } else {
@@ -300,12 +311,17 @@ pub fn step(input: &Input<'_>) -> Step {
         return out;
     }
 
-    // Next batch.
+    // As many keys as there are free workers.
     let n = if uc.parallelism == 0 {
         outdated.len()
     } else {
-        usize::try_from(uc.parallelism).unwrap_or(usize::MAX)
+        usize::try_from(uc.parallelism.saturating_sub(busy)).unwrap_or(usize::MAX)
     };
+    if n == 0 {
+        out.wake_at = in_delay.iter().min().copied();
+        write(&mut out, &status);
+        return out;
+    }
     let mut note: Option<String> = None;
     for t in outdated.iter().take(n) {
         match uc.order {
