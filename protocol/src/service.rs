@@ -31,6 +31,11 @@ pub struct UpdateStatus {
     /// counted once toward `max_failure_ratio`.
     #[serde(default)]
     pub failed: Vec<TaskId>,
+    /// The service version this rollout began at: tasks made from this
+    /// version on belong to it (versions, not clocks, so clock skew between
+    /// the node that took the request and the leader cannot hide a task).
+    #[serde(default)]
+    pub from_version: u64,
 }
 
 impl UpdateState {
@@ -59,14 +64,15 @@ impl UpdateState {
 }
 
 impl UpdateStatus {
-    /// A rollout that begins at `at`.
-    pub fn begin(state: UpdateState, at: Millis, message: impl Into<String>) -> Self {
+    /// A rollout that begins at `at`, with the service at `version`.
+    pub fn begin(state: UpdateState, at: Millis, version: u64, message: impl Into<String>) -> Self {
         UpdateStatus {
             state,
             started: at,
             completed: None,
             message: message.into(),
             failed: Vec::new(),
+            from_version: version,
         }
     }
 }

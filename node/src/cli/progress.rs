@@ -253,7 +253,7 @@ mod tests {
                 spec: ServiceSpec::new("web", "sleep"),
                 previous_spec: None,
                 version,
-                update_status: state.map(|s| UpdateStatus::begin(s, 0, "why")),
+                update_status: state.map(|s| UpdateStatus::begin(s, 0, version, "why")),
                 created_at: 0,
                 updated_at: 0,
             },

@@ -4,7 +4,8 @@
 //!
 //! Owner: called by [`super::reconcile`] only (leader side). No I/O, no clock.
 //! Everything it remembers between steps is in the replicated
-//! [`UpdateStatus`] (state, when the rollout began, the failures it counted)
+//! [`UpdateStatus`] (state, the version the rollout began at, the failures
+//! it counted)
 //! or derivable from the tasks, so a new leader continues where the old one
 //! stopped. Invariants:
 //! - pacing is Swarm's: `parallelism` workers each replace one key, wait
@@ -66,11 +67,11 @@ pub fn config_for(spec: &ServiceSpec, state: Option<UpdateState>) -> &UpdateConf
     }
 }
 
-/// Whether `t` counts as a failure of the rollout that began at `started`:
-/// made from the current spec since then, ended by itself (or unhealthy),
-/// within `monitor` of starting (or never started).
-pub fn failed_in_window(t: &Task, spec: &ServiceSpec, started: Millis, monitor_ms: u64) -> bool {
-    if t.created_at < started
+/// Whether `t` counts as a failure of the rollout that began at service
+/// version `from`: made from the current spec since then, ended by itself
+/// (or unhealthy), within `monitor` of starting (or never started).
+pub fn failed_in_window(t: &Task, spec: &ServiceSpec, from: u64, monitor_ms: u64) -> bool {
+    if t.spec_version < from
         || t.desired_state > TaskState::Running
         || !matches!(
             t.status.state,
@@ -129,12 +130,12 @@ fn shared_host_ports(old: &Task, spec: &ServiceSpec) -> Vec<String> {
         .collect()
 }
 
-/// Distinct keys (slot or node) with a task of the current spec created
-/// since `started`: the keys this rollout has updated so far.
-fn updated_keys(tasks: &[&Task], spec: &ServiceSpec, started: Millis) -> usize {
+/// Distinct keys (slot or node) with a task of the current spec made since
+/// version `from`: the keys this rollout has updated so far.
+fn updated_keys(tasks: &[&Task], spec: &ServiceSpec, from: u64) -> usize {
     tasks
         .iter()
-        .filter(|t| t.created_at >= started && t.spec.same_task_template(spec))
+        .filter(|t| t.spec_version >= from && t.spec.same_task_template(spec))
         .map(|t| {
             (
                 t.slot,
@@ -171,9 +172,12 @@ pub fn step(input: &Input<'_>) -> Step {
         {
             s.clone()
         }
-        _ if !outdated.is_empty() && svc.version > 1 => {
-            UpdateStatus::begin(UpdateState::Updating, now, "update in progress")
-        }
+        _ if !outdated.is_empty() && svc.version > 1 => UpdateStatus::begin(
+            UpdateState::Updating,
+            now,
+            svc.version,
+            "update in progress",
+        ),
         _ => return out,
     };
     let before = svc.update_status.clone();
@@ -197,13 +201,14 @@ pub fn step(input: &Input<'_>) -> Step {
         .iter()
         .copied()
         .filter(|t| {
-            !status.failed.contains(&t.id) && failed_in_window(t, spec, status.started, monitor_ms)
+            !status.failed.contains(&t.id)
+                && failed_in_window(t, spec, status.from_version, monitor_ms)
         })
         .collect();
     newly.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     if let Some(last) = newly.last() {
         status.failed.extend(newly.iter().map(|t| t.id.clone()));
-        let updated = updated_keys(tasks, spec, status.started).max(1);
+        let updated = updated_keys(tasks, spec, status.from_version).max(1);
         let ratio = status.failed.len() as f64 / updated as f64;
         if ratio > uc.max_failure_ratio {
             let why = describe_failure(last);
@@ -263,7 +268,7 @@ pub fn step(input: &Input<'_>) -> Step {
     let started_at: Vec<Millis> = tasks
         .iter()
         .filter(|t| {
-            t.created_at >= status.started
+            t.spec_version >= status.from_version
                 && t.is_live()
                 && t.status.state == TaskState::Running
                 && t.spec.same_task_template(spec)

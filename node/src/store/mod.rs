@@ -212,6 +212,7 @@ impl ClusterState {
                     s.update_status = Some(skein_protocol::UpdateStatus::begin(
                         skein_protocol::UpdateState::Updating,
                         *at,
+                        s.version + 1,
                         "update in progress",
                     ));
                 }
@@ -245,6 +246,7 @@ impl ClusterState {
                 s.update_status = Some(skein_protocol::UpdateStatus::begin(
                     skein_protocol::UpdateState::RollbackStarted,
                     *at,
+                    s.version + 1,
                     message.clone(),
                 ));
                 s.version += 1;

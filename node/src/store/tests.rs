@@ -260,6 +260,7 @@ fn a_new_template_starts_an_update_and_any_update_resumes_a_pause() {
     st.services.get_mut("a").expect("svc").update_status = Some(UpdateStatus::begin(
         UpdateState::Paused,
         7,
+        3,
         "update paused: x",
     ));
     let c = update(&st, &|s| s.replicas = Some(4));

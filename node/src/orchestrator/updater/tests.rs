@@ -420,3 +420,26 @@ fn a_new_leader_continues_the_update_from_the_replicated_state() {
     assert_eq!(r.len(), 6);
     assert!(r.iter().all(|t| t.2 == vec!["2".to_string()]));
 }
+
+#[test]
+fn a_clock_ahead_on_the_node_that_took_the_update_hides_no_failure() {
+    let mut d = Driver::new(&["n0"]);
+    let mut s = spec("web", 2, "1");
+    s.restart_policy.condition = skein_protocol::RestartCondition::None;
+    let id = d.sim.create(s);
+    d.run(|_| {});
+    d.bad.insert(vec!["2".to_string()]);
+    d.sim.update(&id, |s| s.command = vec!["2".into()]);
+    // The update was stamped by a node whose clock runs an hour ahead.
+    if let Some(st) = d
+        .sim
+        .state
+        .services
+        .get_mut(&id)
+        .and_then(|s| s.update_status.as_mut())
+    {
+        st.started += 3_600_000;
+    }
+    d.run(|_| {});
+    assert_eq!(d.state(&id), Some(UpdateState::Paused));
+}
