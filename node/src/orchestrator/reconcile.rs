@@ -21,7 +21,7 @@ use skein_protocol::{
     Millis, NodeStatus, Service, ServiceId, ServiceMode, Task, TaskId, TaskState, TaskStatus,
     UpdateOrder, UpdateState, UpdateStatus,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Finished tasks kept per slot (Swarm's task history retention default).
 pub const HISTORY: usize = 5;
@@ -81,9 +81,25 @@ fn ended_unacknowledged(t: &Task) -> bool {
 }
 
 pub fn reconcile(state: &ClusterState, now: Millis, new_id: &mut dyn FnMut() -> String) -> Plan {
+    reconcile_scoped(state, now, new_id, None)
+}
+
+/// [`reconcile`], limited to the services in `scope` (None: every service).
+/// A scoped round skips what only a node change can cause (tasks on nodes
+/// that left or went down): the caller makes every round that follows a
+/// node change a full one.
+pub fn reconcile_scoped(
+    state: &ClusterState,
+    now: Millis,
+    new_id: &mut dyn FnMut() -> String,
+    scope: Option<&HashSet<ServiceId>>,
+) -> Plan {
     let mut plan = Plan::default();
     let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for t in state.tasks.values() {
+        if scope.is_some_and(|s| !s.contains(&t.service_id)) {
+            continue;
+        }
         let node_gone = t
             .node_id
             .as_deref()
@@ -121,7 +137,15 @@ pub fn reconcile(state: &ClusterState, now: Millis, new_id: &mut dyn FnMut() -> 
         }
         by_service.entry(&t.service_id).or_default().push(t);
     }
-    for svc in state.services.values() {
+    let services: Box<dyn Iterator<Item = &Service>> = match scope {
+        None => Box::new(state.services.values()),
+        Some(ids) => {
+            let mut ids: Vec<&ServiceId> = ids.iter().collect();
+            ids.sort();
+            Box::new(ids.into_iter().filter_map(|id| state.services.get(id)))
+        }
+    };
+    for svc in services {
         let tasks = by_service.remove(svc.id.as_str()).unwrap_or_default();
         reconcile_service(state, svc, &tasks, now, new_id, &mut plan);
     }

@@ -46,6 +46,12 @@ pub struct Sim {
     next: u64,
     /// Exit code the fake worker gives a task of this service instead of running it.
     pub crash: BTreeMap<String, i32>,
+    /// Rounds scoped by events, as the actor runs them (see [`Scope`]);
+    /// otherwise every round looks at everything.
+    pub scoped: bool,
+    events: Vec<crate::store::Event>,
+    carried: Vec<crate::store::Event>,
+    wake: Option<Millis>,
 }
 
 impl Sim {
@@ -59,12 +65,15 @@ impl Sim {
             now: 1_000_000,
             next: 0,
             crash: BTreeMap::new(),
+            scoped: false,
+            events: Vec::new(),
+            carried: Vec::new(),
+            wake: None,
         }
     }
 
     pub fn apply(&mut self, cmd: Command) {
-        let mut ev = Vec::new();
-        self.state.apply(&cmd, &mut ev).expect("apply");
+        self.state.apply(&cmd, &mut self.events).expect("apply");
     }
 
     pub fn create(&mut self, spec: ServiceSpec) -> String {
@@ -102,7 +111,17 @@ impl Sim {
             next += 1;
             format!("t{next:04}")
         };
-        let (cmds, _) = orchestrate(&self.state, self.now, &mut ids);
+        let scope = if !self.scoped || self.wake.is_some_and(|w| w <= self.now) {
+            self.wake = None;
+            Scope::All
+        } else {
+            Scope::of_events(&self.state, self.carried.iter().chain(&self.events))
+        };
+        self.carried = std::mem::take(&mut self.events);
+        let (cmds, wake) = orchestrate_scoped(&self.state, self.now, &mut ids, &scope);
+        if let Some(at) = wake {
+            self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+        }
         self.next = next;
         if !cmds.is_empty() {
             self.apply(Command::Batch(cmds));
@@ -407,6 +426,53 @@ fn rolling_update_start_first() {
 }
 
 proptest! {
+    /// Rounds scoped to the services that events touched (as the actor runs
+    /// them) end where rounds over everything end, whatever happens to
+    /// several services at once: scaling, crashing tasks, spec updates.
+    #[test]
+    fn scoped_rounds_end_where_full_rounds_end(
+        nodes in 1usize..4,
+        ops in proptest::collection::vec((0usize..3, 0u8..3, 0u64..6), 1..8),
+    ) {
+        let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut full = Sim::new(&refs);
+        let mut scoped = Sim::new(&refs);
+        scoped.scoped = true;
+        let mut ids = Vec::new();
+        for sim in [&mut full, &mut scoped] {
+            ids = (0..3).map(|i| {
+                let mut spec = replicated(&format!("s{i}"), 2);
+                spec.restart_policy.delay = skein_protocol::Dur(1500);
+                sim.create(spec)
+            }).collect();
+        }
+        for (svc, op, n) in ops {
+            let id = ids[svc].clone();
+            for sim in [&mut full, &mut scoped] {
+                match op {
+                    0 => sim.update(&id, |s| s.replicas = Some(n)),
+                    1 => sim.update(&id, |s| s.command = vec![format!("{}", 3600 + n)]),
+                    _ => {
+                        // Tasks of this service crash from now on (or stop crashing).
+                        let name = format!("s{svc}");
+                        if n % 2 == 0 { sim.crash.insert(name, 1); } else { sim.crash.remove(&name); }
+                    }
+                }
+                for _ in 0..12 { sim.step(); }
+            }
+        }
+        for sim in [&mut full, &mut scoped] {
+            sim.crash.clear();
+            sim.settle();
+        }
+        for id in &ids {
+            prop_assert_eq!(full.running_keys(id), scoped.running_keys(id), "service {}", id);
+            let want = full.state.services[id].spec.replicas.unwrap_or(0) as usize;
+            prop_assert_eq!(scoped.running_keys(id).len(), want, "service {}", id);
+        }
+    }
+
     /// Whatever the replica count, scale changes and node count, a
     /// replicated service settles on exactly one running task per slot
     /// 1..=replicas and never runs two tasks in one slot (stop-first).
