@@ -180,6 +180,29 @@ impl Proposer {
         }
     }
 
+    /// Makes the leader hand leadership to another manager, wherever the
+    /// leader is; returns once it has moved.
+    pub async fn hand_over_leadership(&self) -> Result<(), ForwardError> {
+        let p = self.raft.current();
+        if p.is_leader {
+            return super::membership::hand_over(&self.raft)
+                .await
+                .map_err(ForwardError::Remote);
+        }
+        let (Some(net), true) = (&self.net, p.leader_id != 0) else {
+            return Err(ForwardError::NoLeader);
+        };
+        let Some(peer) = peer_of(&self.raft, &self.book, p.leader_id) else {
+            return Err(ForwardError::NoLeader);
+        };
+        match net.request(&peer, WireMessage::HandOverLeadership).await {
+            Ok(WireReply::Ack) => Ok(()),
+            Ok(WireReply::Error(e)) => Err(ForwardError::Remote(e)),
+            Ok(other) => Err(ForwardError::Remote(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(ForwardError::Unreachable(e.to_string())),
+        }
+    }
+
     /// After a remote commit, wait (briefly) until this node has applied
     /// the leader's index too, so a read here after a write sees the write.
     async fn wait_applied_locally(&self, index: u64) {

@@ -11,6 +11,11 @@
 //! - tasks whose spec is out of date are replaced `parallelism` at a time, in
 //!   the update order (stop-first / start-first);
 //! - keys beyond the replica count, or nodes no longer eligible, are shut down;
+//! - a replicated task on a drained node is displaced: stop-first services
+//!   stop it (`parallelism` at a time) and refill the slot elsewhere;
+//!   start-first services start the replacement elsewhere first and stop the
+//!   displaced task once the replacement runs (and is healthy), so a drain
+//!   costs them no running replica;
 //! - finished tasks are kept as history (the newest [`HISTORY`] per key) and
 //!   reaped beyond that, or at once when their service is gone.
 
@@ -186,7 +191,10 @@ fn reconcile_service(
     };
 
     let current = |t: &Task| t.spec.same_task_template(&svc.spec);
+    let displaced = |t: &Task| t.slot.is_some() && on_drained_node(state, t);
     let mut outdated: Vec<&Task> = Vec::new();
+    // Current tasks on drained nodes, each with the slot's newest task.
+    let mut to_move: Vec<(&Task, Option<&Task>)> = Vec::new();
     let mut in_flight = 0u64;
 
     // Keys no longer wanted: stop what runs there.
@@ -240,6 +248,8 @@ fn reconcile_service(
             [only] => {
                 if !current(only) {
                     outdated.push(only);
+                } else if displaced(only) {
+                    to_move.push((only, list.last().copied()));
                 } else if only.status.state < TaskState::Running {
                     in_flight += 1;
                 }
@@ -256,8 +266,12 @@ fn reconcile_service(
                     }
                     Some(keep) => {
                         in_flight += 1;
-                        // Extra current duplicates beyond the one we wait for.
-                        for t in many.iter().filter(|t| t.id != keep.id && current(t)) {
+                        // Extra current duplicates beyond the one we wait for
+                        // (a displaced task runs on until its replacement does).
+                        for t in many
+                            .iter()
+                            .filter(|t| t.id != keep.id && current(t) && !displaced(t))
+                        {
                             plan.shutdown.push(t.id.clone());
                         }
                     }
@@ -294,6 +308,49 @@ fn reconcile_service(
                 }
             }
         }
+    }
+
+    // Tasks displaced by a drain, in the service's update order, within what
+    // the rolling replacement above left of the parallelism budget.
+    let mut budget = if uc.parallelism == 0 {
+        u64::MAX
+    } else {
+        budget.saturating_sub(outdated.len() as u64)
+    };
+    for (t, newest) in to_move {
+        if budget == 0 {
+            break;
+        }
+        match uc.order {
+            UpdateOrder::StopFirst => plan.shutdown.push(t.id.clone()),
+            UpdateOrder::StartFirst => {
+                let Some(key) = key_of(t) else { continue };
+                // A replacement that ended by itself restarts as its policy says.
+                let restarts = match newest {
+                    Some(last)
+                        if last.id != t.id
+                            && current(last)
+                            && matches!(
+                                last.status.state,
+                                TaskState::Complete | TaskState::Failed | TaskState::Rejected
+                            ) =>
+                    {
+                        match decide(last, &svc.spec.restart_policy, now) {
+                            RestartDecision::Now { restarts } => restarts,
+                            RestartDecision::At(at) => {
+                                plan.wake(at);
+                                continue;
+                            }
+                            RestartDecision::Never => continue,
+                        }
+                    }
+                    _ => Vec::new(),
+                };
+                plan.create
+                    .push(new_task(svc, &key, now, new_id(), restarts));
+            }
+        }
+        budget -= 1;
     }
 
     // Update status: updating while outdated tasks remain.
@@ -335,6 +392,14 @@ fn reconcile_service(
             }
         }
     }
+}
+
+/// Whether the task's node is being drained.
+fn on_drained_node(state: &ClusterState, t: &Task) -> bool {
+    t.node_id
+        .as_deref()
+        .and_then(|n| state.nodes.get(n))
+        .is_some_and(|n| n.availability == skein_protocol::Availability::Drain)
 }
 
 /// Nodes that should run a task of a global service: not drained,

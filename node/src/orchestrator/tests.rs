@@ -598,3 +598,149 @@ fn a_down_nodes_replicated_tasks_move_and_never_run_twice() {
             .is_none_or(|t| t.status.state == TaskState::Orphaned));
     }
 }
+
+fn set_availability(sim: &mut Sim, node: &str, availability: Availability) {
+    sim.apply(Command::UpdateNode {
+        id: node.into(),
+        role: None,
+        availability: Some(availability),
+        labels: None,
+        at: sim.now,
+    });
+}
+
+fn live_on<'a>(sim: &'a Sim, node: &str) -> Vec<&'a Task> {
+    sim.state
+        .tasks
+        .values()
+        .filter(|t| t.node_id.as_deref() == Some(node) && !t.status.state.is_terminal())
+        .collect()
+}
+
+#[test]
+fn draining_a_node_moves_replicas_and_stops_its_global_task() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    let web = sim.create(replicated("web", 8));
+    let mut spec = ServiceSpec::new("agent", "sleep");
+    spec.mode = ServiceMode::Global;
+    spec.replicas = None;
+    let agent = sim.create(spec);
+    sim.settle();
+    assert!(sim
+        .running(&web)
+        .iter()
+        .any(|t| t.node_id.as_deref() == Some("c")));
+    set_availability(&mut sim, "c", Availability::Drain);
+    sim.settle();
+    assert!(live_on(&sim, "c").is_empty(), "{:?}", live_on(&sim, "c"));
+    assert_eq!(sim.running(&web).len(), 8);
+    assert_eq!(sim.running_keys(&agent), ["a", "b"]);
+    // Back to active: the global task returns at once, replicas stay put.
+    set_availability(&mut sim, "c", Availability::Active);
+    sim.settle();
+    assert_eq!(sim.running_keys(&agent), ["a", "b", "c"]);
+    let web_on_c = sim
+        .running(&web)
+        .iter()
+        .filter(|t| t.node_id.as_deref() == Some("c"))
+        .count();
+    assert_eq!(
+        web_on_c, 0,
+        "replicated tasks are not moved back by themselves"
+    );
+}
+
+#[test]
+fn a_start_first_service_never_drops_below_its_replicas_during_a_drain() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    let mut spec = replicated("web", 6);
+    spec.update_config.order = UpdateOrder::StartFirst;
+    spec.update_config.parallelism = 2;
+    let web = sim.create(spec);
+    sim.settle();
+    set_availability(&mut sim, "b", Availability::Drain);
+    for _ in 0..60 {
+        let changed = sim.step();
+        let running = sim.running(&web).len();
+        assert!(running >= 6, "only {running} of 6 running during the drain");
+        // Never two tasks of one slot still running afterwards, and never more
+        // than the parallelism budget of extra ones while it moves.
+        assert!(running <= 6 + 2, "{running} running");
+        if !changed {
+            break;
+        }
+    }
+    assert!(live_on(&sim, "b").is_empty());
+    assert_eq!(sim.running_keys(&web), ["1", "2", "3", "4", "5", "6"]);
+}
+
+#[test]
+fn a_stop_first_drain_replaces_parallelism_tasks_at_a_time() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let mut spec = replicated("web", 6);
+    spec.update_config.parallelism = 2;
+    let web = sim.create(spec);
+    sim.settle();
+    set_availability(&mut sim, "b", Availability::Drain);
+    for _ in 0..60 {
+        let changed = sim.step();
+        let running = sim.running(&web).len();
+        assert!(
+            running >= 4,
+            "only {running} of 6 running: more than 2 down at once"
+        );
+        if !changed {
+            break;
+        }
+    }
+    assert!(live_on(&sim, "b").is_empty());
+    assert_eq!(sim.running(&web).len(), 6);
+}
+
+#[test]
+fn a_start_first_task_stays_until_its_replacement_can_run() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let mut spec = replicated("web", 2);
+    spec.update_config.order = UpdateOrder::StartFirst;
+    spec.placement.max_replicas_per_node = 1;
+    let web = sim.create(spec);
+    sim.settle();
+    set_availability(&mut sim, "b", Availability::Drain);
+    sim.settle();
+    // Nowhere to go: the task on b keeps running, its replacement waits.
+    assert_eq!(sim.running(&web).len(), 2);
+    assert_eq!(live_on(&sim, "b").len(), 1);
+    let pending: Vec<&Task> = sim
+        .state
+        .tasks_of(&web)
+        .filter(|t| t.status.state == TaskState::Pending)
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert!(
+        pending[0].status.message.contains("no suitable node"),
+        "{}",
+        pending[0].status.message
+    );
+    // Room appears: the move completes.
+    sim.apply(Command::UpsertNode(node("c")));
+    sim.settle();
+    assert!(live_on(&sim, "b").is_empty());
+    assert_eq!(sim.running(&web).len(), 2);
+}
+
+#[test]
+fn a_drained_node_that_goes_down_stays_drained_when_it_returns() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let web = sim.create(replicated("web", 4));
+    sim.settle();
+    set_availability(&mut sim, "b", Availability::Drain);
+    sim.settle();
+    set_status(&mut sim, "b", NodeStatus::Down);
+    sim.settle();
+    set_status(&mut sim, "b", NodeStatus::Ready);
+    sim.update(&web, |s| s.replicas = Some(6));
+    sim.settle();
+    assert_eq!(sim.state.nodes["b"].availability, Availability::Drain);
+    assert!(live_on(&sim, "b").is_empty());
+    assert_eq!(sim.running(&web).len(), 6);
+}
