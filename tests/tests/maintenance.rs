@@ -114,6 +114,20 @@ fn drain_pause_and_activate_a_worker_and_the_leader() {
         "a drained manager keeps its raft duties: {managers:?}"
     );
     assert_eq!(m2.nodes().iter().filter(|n| n["leader"] == true).count(), 1);
+    // --transfer-leadership hands leadership to another manager.
+    let leader = c.leader(m2).expect("a leader").name.clone();
+    let out = m2.ok(&[
+        "node",
+        "update",
+        "--availability",
+        "drain",
+        "--transfer-leadership",
+        &leader,
+    ]);
+    assert!(out.contains("availability: drain"), "{out}");
+    wait_for("leadership moved away from the drained leader", T, || {
+        c.leader(m2).filter(|a| a.name != leader).map(|_| ())
+    });
 
     // The worker back to active: its global task returns, replicas stay put.
     m2.ok(&["node", "update", "--availability", "active", "w1"]);
