@@ -222,6 +222,12 @@ fn node_lifecycle_promote_demote_rm_leave() {
         "service", "create", "--name", "still", "--detach", "sleep", "3715",
     ]);
     // A reachable node is not removed without --force; a down one is.
+    wait_for("w2 ready", T, || {
+        nodes(m2)
+            .iter()
+            .any(|n| n["name"] == "w2" && n["status"] == "ready")
+            .then_some(())
+    });
     let out = m2.cli(&["node", "rm", "w2"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("reachable"));

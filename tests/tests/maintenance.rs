@@ -47,7 +47,7 @@ fn drain_wait(via: &Agent, node: &str, extra: &[&str]) -> String {
 
 #[test]
 fn drain_pause_and_activate_a_worker_and_the_leader() {
-    let c = Cluster::start(3, 1, T);
+    let mut c = Cluster::start(3, 1, T);
     let (m2, w1) = (&c.managers[1], &c.workers[0]);
     m2.ok(&[
         "service",
@@ -67,7 +67,12 @@ fn drain_pause_and_activate_a_worker_and_the_leader() {
     });
     assert!(
         m2.running_nodes("web").contains(&"w1".to_string()),
-        "some replicas run on the worker before the drain"
+        "some replicas run on the worker before the drain: {:?}",
+        (
+            m2.running_nodes("web"),
+            m2.nodes(),
+            m2.ok(&["service", "ps", "web"])
+        )
     );
 
     // Drain the worker: replicas move, the global task stops, nothing left.
@@ -87,6 +92,24 @@ fn drain_pause_and_activate_a_worker_and_the_leader() {
         .find(|n| n["name"] == "w1")
         .expect("w1 listed");
     assert_eq!(row["availability"], "drain");
+
+    // kill -9 and restart the drained worker: it comes back drained and runs nothing.
+    c.workers[0].restart();
+    let (m2, w1) = (&c.managers[1], &c.workers[0]);
+    wait_for("w1 ready again", T, || {
+        m2.nodes()
+            .iter()
+            .any(|n| n["name"] == "w1" && n["status"] == "ready")
+            .then_some(())
+    });
+    let row = m2
+        .nodes()
+        .into_iter()
+        .find(|n| n["name"] == "w1")
+        .expect("w1 listed");
+    assert_eq!(row["availability"], "drain", "drain survives a restart");
+    assert!(live_on(m2, "w1").is_empty());
+    assert!(w1.task_processes(&["sleep", "3801"]).is_empty());
 
     // Drain the leader: it keeps leading (or hands over) and writes go on.
     let leader = c.leader(m2).expect("a leader").name.clone();
