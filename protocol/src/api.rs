@@ -95,6 +95,24 @@ pub struct StackVersionRow {
     pub services: Vec<String>,
 }
 
+/// `POST /v1/nodes/{id}/update`: the operator's changes to a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdateRequest {
+    /// active, pause or drain.
+    #[serde(default)]
+    pub availability: Option<crate::Availability>,
+    /// When the node is the leader: hand leadership to another manager first.
+    #[serde(default)]
+    pub transfer_leadership: bool,
+}
+
+/// `POST /v1/nodes/{id}/stop-tasks`: what a drain's deadline stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopTasksResponse {
+    pub stopped: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScaleRequest {
     pub replicas: u64,

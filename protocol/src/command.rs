@@ -96,6 +96,22 @@ pub enum Command {
         role: NodeRole,
         secret: String,
     },
+    /// `cmd`, applied at most once per `request`: a proposer that cannot tell
+    /// whether its first attempt committed (the leader went silent, or lost
+    /// leadership mid-flight) sends the same request again, and the copy that
+    /// commits second only returns the first one's verdict.
+    Once {
+        request: RequestId,
+        cmd: Box<Command>,
+    },
+}
+
+/// Names one client request across retries: the proposing node's raft id
+/// and a number it never reuses (random start, then counting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub origin: u64,
+    pub seq: u64,
 }
 
 /// The cluster's identity and join secrets, replicated to every manager so
@@ -132,6 +148,7 @@ impl Command {
             Command::Batch(_) => "batch",
             Command::InitCluster(_) => "init_cluster",
             Command::RotateJoinSecret { .. } => "rotate_join_secret",
+            Command::Once { cmd, .. } => cmd.kind(),
         }
     }
 }

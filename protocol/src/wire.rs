@@ -38,6 +38,9 @@ pub enum WireMessage {
     Join(Box<JoinRequest>),
     /// Part of a large raft message (a snapshot), split below the frame limit.
     RaftChunk(RaftChunk),
+    /// Asks the leader to hand leadership to another manager (drain of the
+    /// leader with `--transfer-leadership`). Answered once it moved.
+    HandOverLeadership,
 }
 
 /// The answer to every [`WireMessage`].

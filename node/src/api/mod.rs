@@ -135,6 +135,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{id}", get(get_node).delete(remove_node))
         .route("/v1/nodes/{id}/promote", post(promote_node))
         .route("/v1/nodes/{id}/demote", post(demote_node))
+        .route("/v1/nodes/{id}/update", post(update_node))
+        .route("/v1/nodes/{id}/stop-tasks", post(stop_node_tasks))
         .route("/v1/leave", post(leave))
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{id}", get(get_service).delete(remove_service))
@@ -221,6 +223,82 @@ fn find_node<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a skein_prot
     state
         .find_node(key)
         .ok_or_else(|| ApiError::not_found(format!("no such node: {key}")))
+}
+
+/// Availability changes (drain, pause, active). Draining the leader with
+/// `transfer_leadership` hands leadership over first; a drained manager
+/// otherwise keeps every Raft duty, leadership included.
+async fn update_node(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+    body: Result<Json<skein_protocol::api::NodeUpdateRequest>, JsonRejection>,
+) -> ApiResult<Json<skein_protocol::Node>> {
+    let Json(req) = body?;
+    let s = snapshot(&st);
+    let node = find_node(&s, &key)?.clone();
+    if req.transfer_leadership {
+        let p = st.proposer.raft().current();
+        let leads = node.raft_id != 0 && node.raft_id == p.leader_id;
+        if leads {
+            st.proposer.hand_over_leadership().await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("cannot hand over the leadership of {}: {e}", node.name),
+                )
+            })?;
+        }
+    }
+    if let Some(a) = req.availability.filter(|a| *a != node.availability) {
+        st.proposer
+            .propose(Command::UpdateNode {
+                id: node.id.clone(),
+                role: None,
+                availability: Some(a),
+                labels: None,
+                at: crate::util::now_ms(),
+            })
+            .await?;
+    }
+    let after = snapshot(&st);
+    Ok(Json(find_node(&after, &node.id)?.clone()))
+}
+
+/// A drain's deadline: stop every task still on the (drained) node now,
+/// whether or not its replacement runs yet.
+async fn stop_node_tasks(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<skein_protocol::api::StopTasksResponse>> {
+    let s = snapshot(&st);
+    let node = find_node(&s, &key)?;
+    if node.availability != skein_protocol::Availability::Drain {
+        return Err(ApiError::bad(format!(
+            "node {} is not drained: its tasks would only be started again; \
+             drain it first (`skein node drain {}`)",
+            node.name, node.name
+        )));
+    }
+    let live: Vec<&skein_protocol::Task> = s
+        .tasks
+        .values()
+        .filter(|t| {
+            t.node_id.as_deref() == Some(node.id.as_str())
+                && t.desired_state <= skein_protocol::TaskState::Running
+                && !t.status.state.is_terminal()
+        })
+        .collect();
+    if !live.is_empty() {
+        st.proposer
+            .propose(Command::SetDesiredState(
+                live.iter()
+                    .map(|t| (t.id.clone(), skein_protocol::TaskState::Shutdown))
+                    .collect(),
+            ))
+            .await?;
+    }
+    Ok(Json(skein_protocol::api::StopTasksResponse {
+        stopped: live.iter().map(|t| t.id.clone()).collect(),
+    }))
 }
 
 async fn set_role(

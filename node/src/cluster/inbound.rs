@@ -70,6 +70,16 @@ impl Router {
                         let _ = reply.send(r);
                     });
                 }
+                WireMessage::HandOverLeadership => {
+                    let raft = self.raft.clone();
+                    tokio::spawn(async move {
+                        let r = match super::membership::hand_over(&raft).await {
+                            Ok(()) => WireReply::Ack,
+                            Err(e) => WireReply::Error(e),
+                        };
+                        let _ = reply.send(r);
+                    });
+                }
                 WireMessage::Assignments(_) => {
                     let _ = reply.send(WireReply::Error(
                         "assignments are read from the replicated state, not sent".into(),

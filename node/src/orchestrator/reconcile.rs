@@ -11,6 +11,11 @@
 //! - tasks whose spec is out of date are replaced `parallelism` at a time, in
 //!   the update order (stop-first / start-first);
 //! - keys beyond the replica count, or nodes no longer eligible, are shut down;
+//! - a replicated task on a drained node is displaced: stop-first services
+//!   stop it (`parallelism` at a time) and refill the slot elsewhere;
+//!   start-first services start the replacement elsewhere first and stop the
+//!   displaced task once the replacement runs (and is healthy), so a drain
+//!   costs them no running replica;
 //! - finished tasks are kept as history (the newest [`HISTORY`] per key) and
 //!   reaped beyond that, or at once when their service is gone.
 
@@ -19,9 +24,9 @@ use super::restart::{decide, RestartDecision};
 use crate::store::ClusterState;
 use skein_protocol::{
     Millis, NodeStatus, Service, ServiceId, ServiceMode, Task, TaskId, TaskState, TaskStatus,
-    UpdateStatus,
+    UpdateOrder, UpdateStatus,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Finished tasks kept per slot (Swarm's task history retention default).
 pub const HISTORY: usize = 5;
@@ -84,9 +89,25 @@ fn ended_unacknowledged(t: &Task) -> bool {
 }
 
 pub fn reconcile(state: &ClusterState, now: Millis, new_id: &mut dyn FnMut() -> String) -> Plan {
+    reconcile_scoped(state, now, new_id, None)
+}
+
+/// [`reconcile`], limited to the services in `scope` (None: every service).
+/// A scoped round skips what only a node change can cause (tasks on nodes
+/// that left or went down): the caller makes every round that follows a
+/// node change a full one.
+pub fn reconcile_scoped(
+    state: &ClusterState,
+    now: Millis,
+    new_id: &mut dyn FnMut() -> String,
+    scope: Option<&HashSet<ServiceId>>,
+) -> Plan {
     let mut plan = Plan::default();
     let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for t in state.tasks.values() {
+        if scope.is_some_and(|s| !s.contains(&t.service_id)) {
+            continue;
+        }
         let node_gone = t
             .node_id
             .as_deref()
@@ -124,7 +145,15 @@ pub fn reconcile(state: &ClusterState, now: Millis, new_id: &mut dyn FnMut() -> 
         }
         by_service.entry(&t.service_id).or_default().push(t);
     }
-    for svc in state.services.values() {
+    let services: Box<dyn Iterator<Item = &Service>> = match scope {
+        None => Box::new(state.services.values()),
+        Some(ids) => {
+            let mut ids: Vec<&ServiceId> = ids.iter().collect();
+            ids.sort();
+            Box::new(ids.into_iter().filter_map(|id| state.services.get(id)))
+        }
+    };
+    for svc in services {
         let tasks = by_service.remove(svc.id.as_str()).unwrap_or_default();
         reconcile_service(state, svc, &tasks, now, new_id, &mut plan);
     }
@@ -165,7 +194,10 @@ fn reconcile_service(
     };
 
     let current = |t: &Task| t.spec.same_task_template(&svc.spec);
+    let displaced = |t: &Task| t.slot.is_some() && on_drained_node(state, t);
     let mut outdated: Vec<&Task> = Vec::new();
+    // Current tasks on drained nodes, each with the slot's newest task.
+    let mut to_move: Vec<(&Task, Option<&Task>)> = Vec::new();
     let mut in_flight = 0u64;
 
     // Keys no longer wanted: stop what runs there.
@@ -219,6 +251,8 @@ fn reconcile_service(
             [only] => {
                 if !current(only) {
                     outdated.push(only);
+                } else if displaced(only) {
+                    to_move.push((only, list.last().copied()));
                 } else if only.status.state < TaskState::Running {
                     in_flight += 1;
                 }
@@ -235,8 +269,12 @@ fn reconcile_service(
                     }
                     Some(keep) => {
                         in_flight += 1;
-                        // Extra current duplicates beyond the one we wait for.
-                        for t in many.iter().filter(|t| t.id != keep.id && current(t)) {
+                        // Extra current duplicates beyond the one we wait for
+                        // (a displaced task runs on until its replacement does).
+                        for t in many
+                            .iter()
+                            .filter(|t| t.id != keep.id && current(t) && !displaced(t))
+                        {
                             plan.shutdown.push(t.id.clone());
                         }
                     }
@@ -261,6 +299,7 @@ fn reconcile_service(
         in_flight,
         now,
     });
+    let replacing = (step.stop_first.len() + step.start_first.len()) as u64;
     plan.shutdown.extend(step.stop_first);
     for id in &step.start_first {
         if let Some(key) = outdated
@@ -282,6 +321,50 @@ fn reconcile_service(
         plan.wake(at);
     }
 
+    // Tasks displaced by a drain, in the service's update order, within what
+    // the rolling replacement left of the parallelism budget.
+    let uc = &svc.spec.update_config;
+    let mut budget = if uc.parallelism == 0 {
+        u64::MAX
+    } else {
+        uc.parallelism.saturating_sub(in_flight + replacing)
+    };
+    for (t, newest) in to_move {
+        if budget == 0 {
+            break;
+        }
+        match uc.order {
+            UpdateOrder::StopFirst => plan.shutdown.push(t.id.clone()),
+            UpdateOrder::StartFirst => {
+                let Some(key) = key_of(t) else { continue };
+                // A replacement that ended by itself restarts as its policy says.
+                let restarts = match newest {
+                    Some(last)
+                        if last.id != t.id
+                            && current(last)
+                            && matches!(
+                                last.status.state,
+                                TaskState::Complete | TaskState::Failed | TaskState::Rejected
+                            ) =>
+                    {
+                        match decide(last, &svc.spec.restart_policy, now) {
+                            RestartDecision::Now { restarts } => restarts,
+                            RestartDecision::At(at) => {
+                                plan.wake(at);
+                                continue;
+                            }
+                            RestartDecision::Never => continue,
+                        }
+                    }
+                    _ => Vec::new(),
+                };
+                plan.create
+                    .push(new_task(svc, &key, now, new_id(), restarts));
+            }
+        }
+        budget -= 1;
+    }
+
     // History: keep the newest HISTORY finished tasks per key.
     for list in by_key.values() {
         let finished: Vec<&&Task> = list
@@ -294,6 +377,14 @@ fn reconcile_service(
             }
         }
     }
+}
+
+/// Whether the task's node is being drained.
+fn on_drained_node(state: &ClusterState, t: &Task) -> bool {
+    t.node_id
+        .as_deref()
+        .and_then(|n| state.nodes.get(n))
+        .is_some_and(|n| n.availability == skein_protocol::Availability::Drain)
 }
 
 /// Nodes that should run a task of a global service: not drained,

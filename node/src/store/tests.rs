@@ -345,3 +345,73 @@ fn a_stack_keeps_its_last_ten_versions() {
         Some(vec!["12".to_string()])
     );
 }
+
+fn once(seq: u64, cmd: Command) -> Command {
+    Command::Once {
+        request: RequestId { origin: 7, seq },
+        cmd: Box::new(cmd),
+    }
+}
+
+#[test]
+fn a_request_sent_twice_is_applied_once_and_answered_alike() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    let create = once(1, Command::CreateService(service("a", "web")));
+    st.apply(&create, &mut ev).expect("first attempt");
+    let after_first = st.services.clone();
+    ev.clear();
+    // The retry of the same request: same (successful) verdict, no change,
+    // although applying the bare command again would be refused.
+    st.apply(&create, &mut ev)
+        .expect("the retry answers like the first");
+    assert!(ev.is_empty(), "a repeat changes nothing: {ev:?}");
+    assert_eq!(st.services, after_first);
+    // Another request with the same content is a new write and is refused.
+    let err = st
+        .apply(
+            &once(2, Command::CreateService(service("b", "web"))),
+            &mut ev,
+        )
+        .expect_err("a second create under a new id");
+    assert_eq!(err, ApplyError::ServiceExists("web".into()));
+    // ...and its repeat gets the same refusal, even once the name is free.
+    st.apply(
+        &Command::RemoveService {
+            id: "a".into(),
+            at: 2,
+        },
+        &mut ev,
+    )
+    .expect("remove");
+    st.services.clear();
+    let again = st
+        .apply(
+            &once(2, Command::CreateService(service("b", "web"))),
+            &mut ev,
+        )
+        .expect_err("the repeat keeps the first verdict");
+    assert_eq!(again, ApplyError::ServiceExists("web".into()));
+    assert!(st.services.is_empty());
+}
+
+#[test]
+fn request_verdicts_are_bounded_and_survive_a_snapshot() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    for seq in 0..(RECENT_REQUESTS as u64 + 10) {
+        st.apply(&once(seq, Command::RemoveTasks(Vec::new())), &mut ev)
+            .expect("apply");
+    }
+    assert_eq!(st.recent_requests.len(), RECENT_REQUESTS);
+    let oldest = RequestId { origin: 7, seq: 0 };
+    let newest = RequestId {
+        origin: 7,
+        seq: RECENT_REQUESTS as u64 + 9,
+    };
+    assert!(st.recent_requests.get(&oldest).is_none());
+    assert!(st.recent_requests.get(&newest).is_some());
+    let bytes = skein_protocol::codec::encode(&st).expect("encode");
+    let back: ClusterState = skein_protocol::codec::decode(&bytes).expect("decode");
+    assert_eq!(back, st);
+}
