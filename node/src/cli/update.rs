@@ -90,6 +90,59 @@ pub struct UpdateArgs {
     service: String,
 }
 
+/// `--args` as a shell would split it: whitespace separates, single quotes
+/// keep everything, double quotes keep all but `\"` and `\\`, a backslash
+/// outside quotes escapes the next character.
+fn split_args(s: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(w) = cur.take() {
+                    out.push(w);
+                }
+            }
+            '\'' => {
+                let w = cur.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => bail!("--args {s:?}: a single quote is not closed"),
+                    }
+                }
+            }
+            '"' => {
+                let w = cur.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => bail!("--args {s:?}: a double quote is not closed"),
+                        },
+                        Some(c) => w.push(c),
+                        None => bail!("--args {s:?}: a double quote is not closed"),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => cur.get_or_insert_with(String::new).push(c),
+                None => bail!("--args {s:?}: ends with a lone backslash"),
+            },
+            c => cur.get_or_insert_with(String::new).push(c),
+        }
+    }
+    out.extend(cur);
+    Ok(out)
+}
+
 /// The spec `a` asks for, made from `old`.
 pub fn updated_spec(old: &ServiceSpec, a: &UpdateArgs) -> anyhow::Result<ServiceSpec> {
     let mut spec = old.clone();
@@ -100,7 +153,7 @@ pub fn updated_spec(old: &ServiceSpec, a: &UpdateArgs) -> anyhow::Result<Service
         spec.image = i.clone();
     }
     if let Some(args) = &a.args {
-        spec.command = args.split_whitespace().map(String::from).collect();
+        spec.command = split_args(args)?;
     }
     for k in &a.env_rm {
         let k = k.split_once('=').map_or(k.as_str(), |(k, _)| k);
@@ -334,6 +387,17 @@ mod tests {
         assert_eq!(new.rollback_config, old.rollback_config);
         let forced = updated_spec(&old, &args(&["--force", "web"])).expect("force");
         assert!(!forced.same_task_template(&old));
+    }
+
+    #[test]
+    fn args_split_like_a_shell() {
+        assert_eq!(split_args("3622").expect("one"), vec!["3622"]);
+        assert_eq!(
+            split_args(r#"-c 'echo "hi there"' "a b" c\ d ''"#).expect("quotes"),
+            vec!["-c", "echo \"hi there\"", "a b", "c d", ""]
+        );
+        assert!(split_args("'open").is_err());
+        assert!(split_args("\"open").is_err());
     }
 
     #[test]
