@@ -105,6 +105,21 @@ pub struct NodeUpdateRequest {
     /// When the node is the leader: hand leadership to another manager first.
     #[serde(default)]
     pub transfer_leadership: bool,
+    /// With `active`: replicated services the node could run whose tasks are
+    /// spread unevenly get a forced rolling update, so the scheduler spreads
+    /// them again (update_config.parallelism at a time).
+    #[serde(default)]
+    pub rebalance: bool,
+}
+
+/// The answer to `POST /v1/nodes/{id}/update`: the node, and the services a
+/// rebalance started rolling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeUpdateResponse {
+    #[serde(flatten)]
+    pub node: crate::Node,
+    #[serde(default)]
+    pub rebalanced: Vec<String>,
 }
 
 /// `POST /v1/nodes/{id}/stop-tasks`: what a drain's deadline stopped.

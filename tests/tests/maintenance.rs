@@ -173,6 +173,15 @@ fn drain_pause_and_activate_a_worker_and_the_leader() {
     );
     assert!(m2.running_nodes("agent").contains(&"w1".to_string()));
     assert_eq!(w1.task_processes(&["sleep", "3802"]).len(), 1);
+
+    // Active again with --rebalance: the replicas spread over w1 too.
+    let out = m2.ok(&["node", "activate", "w1", "--rebalance"]);
+    assert!(out.contains("Rebalancing web"), "{out}");
+    wait_for("web spread again, w1 included", T, || {
+        let web = m2.running_nodes("web");
+        let on_w1 = web.iter().filter(|n| *n == "w1").count();
+        (web.len() == 12 && on_w1 >= 3).then_some(())
+    });
 }
 
 #[test]

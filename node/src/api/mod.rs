@@ -227,15 +227,25 @@ fn find_node<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a skein_prot
 
 /// Availability changes (drain, pause, active). Draining the leader with
 /// `transfer_leadership` hands leadership over first; a drained manager
-/// otherwise keeps every Raft duty, leadership included.
+/// otherwise keeps every Raft duty, leadership included. `rebalance` (with
+/// active) starts a forced rolling update of the replicated services the
+/// node could run whose tasks are spread unevenly.
 async fn update_node(
     State(st): State<AppState>,
     Path(key): Path<String>,
     body: Result<Json<skein_protocol::api::NodeUpdateRequest>, JsonRejection>,
-) -> ApiResult<Json<skein_protocol::Node>> {
+) -> ApiResult<Json<skein_protocol::api::NodeUpdateResponse>> {
     let Json(req) = body?;
     let s = snapshot(&st);
     let node = find_node(&s, &key)?.clone();
+    if req.rebalance
+        && req.availability.unwrap_or(node.availability) != skein_protocol::Availability::Active
+    {
+        return Err(ApiError::bad(
+            "rebalance: only an active node can take tasks: use it with availability active \
+             (`skein node activate NODE --rebalance`)",
+        ));
+    }
     if req.transfer_leadership {
         let p = st.proposer.raft().current();
         let leads = node.raft_id != 0 && node.raft_id == p.leader_id;
@@ -248,19 +258,42 @@ async fn update_node(
             })?;
         }
     }
+    let now = crate::util::now_ms();
+    let mut cmds = Vec::new();
     if let Some(a) = req.availability.filter(|a| *a != node.availability) {
-        st.proposer
-            .propose(Command::UpdateNode {
-                id: node.id.clone(),
-                role: None,
-                availability: Some(a),
-                labels: None,
-                at: crate::util::now_ms(),
-            })
-            .await?;
+        cmds.push(Command::UpdateNode {
+            id: node.id.clone(),
+            role: None,
+            availability: Some(a),
+            labels: None,
+            at: now,
+        });
+    }
+    let mut rebalanced = Vec::new();
+    if req.rebalance {
+        let mut active = node.clone();
+        active.availability = skein_protocol::Availability::Active;
+        for svc in crate::orchestrator::placement::uneven_services(&s, &active) {
+            let mut spec = svc.spec.clone();
+            spec.force_update += 1;
+            rebalanced.push(svc.spec.name.clone());
+            cmds.push(Command::UpdateService {
+                id: svc.id.clone(),
+                expected_version: svc.version,
+                spec,
+                previous_spec: Some(svc.spec.clone()),
+                at: now,
+            });
+        }
+    }
+    if !cmds.is_empty() {
+        st.proposer.propose(Command::Batch(cmds)).await?;
     }
     let after = snapshot(&st);
-    Ok(Json(find_node(&after, &node.id)?.clone()))
+    Ok(Json(skein_protocol::api::NodeUpdateResponse {
+        node: find_node(&after, &node.id)?.clone(),
+        rebalanced,
+    }))
 }
 
 /// A drain's deadline: stop every task still on the (drained) node now,

@@ -156,7 +156,13 @@ enum NodeCmd {
         transfer_leadership: bool,
     },
     /// Put a node back in service (global tasks return at once).
-    Activate { node: String },
+    Activate {
+        node: String,
+        /// Also spread the replicated services it could run again (a forced
+        /// rolling update of each unevenly spread one).
+        #[arg(long)]
+        rebalance: bool,
+    },
     /// Keep a node's tasks running but place nothing new on it.
     Pause { node: String },
     /// List the tasks on a node.
@@ -330,16 +336,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             };
             node::drain(&client()?, &node, &opts).await
         }
-        Cmd::Node(NodeCmd::Activate { node }) => {
-            let n = node::update(
-                &client()?,
-                &node,
-                skein_protocol::Availability::Active,
-                false,
-            )
-            .await?;
-            println!("Node {} is active.", n.name);
-            Ok(0)
+        Cmd::Node(NodeCmd::Activate { node, rebalance }) => {
+            node::activate(&client()?, &node, rebalance).await
         }
         Cmd::Node(NodeCmd::Pause { node }) => {
             let n = node::update(

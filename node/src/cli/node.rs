@@ -14,7 +14,7 @@
 
 use super::client::{seg, Client};
 use indicatif::{ProgressBar, ProgressStyle};
-use skein_protocol::api::{NodeUpdateRequest, StopTasksResponse, TaskRow};
+use skein_protocol::api::{NodeUpdateRequest, NodeUpdateResponse, StopTasksResponse, TaskRow};
 use skein_protocol::{Availability, Dur, Node};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -33,14 +33,44 @@ pub async fn update(
     availability: Availability,
     transfer_leadership: bool,
 ) -> anyhow::Result<Node> {
-    c.post(
-        &format!("/v1/nodes/{}/update", seg(node)),
-        &NodeUpdateRequest {
-            availability: Some(availability),
-            transfer_leadership,
-        },
-    )
-    .await
+    let r: NodeUpdateResponse = c
+        .post(
+            &format!("/v1/nodes/{}/update", seg(node)),
+            &NodeUpdateRequest {
+                availability: Some(availability),
+                transfer_leadership,
+                rebalance: false,
+            },
+        )
+        .await?;
+    Ok(r.node)
+}
+
+/// `skein node activate NODE [--rebalance]`.
+pub async fn activate(c: &Client, node: &str, rebalance: bool) -> anyhow::Result<i32> {
+    let r: NodeUpdateResponse = c
+        .post(
+            &format!("/v1/nodes/{}/update", seg(node)),
+            &NodeUpdateRequest {
+                availability: Some(Availability::Active),
+                transfer_leadership: false,
+                rebalance,
+            },
+        )
+        .await?;
+    println!("Node {} is active.", r.node.name);
+    if rebalance {
+        if r.rebalanced.is_empty() {
+            println!("Nothing to rebalance: every service it could run is spread evenly.");
+        } else {
+            println!(
+                "Rebalancing {} (a forced rolling update each, update_config.parallelism at a \
+                 time; follow it with `skein service ps`).",
+                r.rebalanced.join(", ")
+            );
+        }
+    }
+    Ok(0)
 }
 
 fn is_terminal(state: &str) -> bool {

@@ -284,6 +284,46 @@ fn place_run(
     }
 }
 
+/// Replicated services that `node` could run (as if it were ready, with its
+/// availability as given) whose live tasks are spread unevenly over the
+/// nodes that could run them: the busiest has at least two more than the
+/// idlest. What `node activate --rebalance` rolls again.
+pub fn uneven_services<'a>(
+    state: &'a ClusterState,
+    node: &Node,
+) -> Vec<&'a skein_protocol::Service> {
+    let eligible = |n: &Node, spec: &skein_protocol::ServiceSpec| {
+        n.availability == skein_protocol::Availability::Active
+            && offers_runtime(n, spec.runtime)
+            && satisfies(n, &spec.placement.constraints)
+    };
+    state
+        .services
+        .values()
+        .filter(|svc| svc.spec.mode == skein_protocol::ServiceMode::Replicated)
+        .filter(|svc| eligible(node, &svc.spec))
+        .filter(|svc| {
+            let mut counts: HashMap<&str, u64> = state
+                .nodes
+                .values()
+                .filter(|n| n.id != node.id && n.schedulable() && eligible(n, &svc.spec))
+                .map(|n| (n.id.as_str(), 0))
+                .collect();
+            counts.insert(node.id.as_str(), 0);
+            for t in state.tasks.values() {
+                if t.service_id == svc.id && t.is_live() {
+                    if let Some(c) = t.node_id.as_deref().and_then(|n| counts.get_mut(n)) {
+                        *c += 1;
+                    }
+                }
+            }
+            let max = counts.values().copied().max().unwrap_or(0);
+            let min = counts.values().copied().min().unwrap_or(0);
+            max >= min + 2
+        })
+        .collect()
+}
+
 fn add_load(load: &mut Load, t: &Task) {
     load.total += 1;
     load.ports.extend(t.spec.host_ports());

@@ -235,3 +235,60 @@ proptest! {
         prop_assert_eq!(got.assignments.len() + got.unplaced.len(), tasks.len());
     }
 }
+
+#[test]
+fn uneven_services_are_those_the_node_could_even_out() {
+    let mut st = ClusterState::default();
+    for id in ["a", "b", "c"] {
+        st.nodes.insert(id.into(), node(id));
+    }
+    let mut east = node("e");
+    east.labels.insert("zone".into(), "east".into());
+    st.nodes.insert("e".into(), east.clone());
+    let service = |name: &str, constraint: Option<&str>| {
+        let mut spec = ServiceSpec::new(name, "x");
+        if let Some(c) = constraint {
+            spec.placement.constraints.push(c.into());
+        }
+        skein_protocol::Service {
+            id: name.into(),
+            spec,
+            previous_spec: None,
+            version: 1,
+            update_status: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    };
+    for (name, c) in [
+        ("web", None),
+        ("west", Some("node.labels.zone!=east")),
+        ("even", None),
+    ] {
+        let s = service(name, c);
+        st.services.insert(s.id.clone(), s);
+    }
+    let mut n = 0;
+    let mut put = |st: &mut ClusterState, svc: &str, on: &str, k: usize| {
+        for _ in 0..k {
+            n += 1;
+            let mut t = task(&format!("t{n}"), svc, ServiceSpec::new(svc, "x"));
+            t.node_id = Some(on.into());
+            t.status.state = TaskState::Running;
+            st.tasks.insert(t.id.clone(), t);
+        }
+    };
+    // web: 2, 2, 2 and none on e; west: the same but e cannot run it;
+    // even: 1 on each of the four.
+    for on in ["a", "b", "c"] {
+        put(&mut st, "web", on, 2);
+        put(&mut st, "west", on, 2);
+        put(&mut st, "even", on, 1);
+    }
+    put(&mut st, "even", "e", 1);
+    let names: Vec<&str> = uneven_services(&st, &east)
+        .iter()
+        .map(|s| s.spec.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["web"]);
+}
