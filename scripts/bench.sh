@@ -11,6 +11,10 @@
 #                                 in namespaces) silently cut boxes, bandwidth,
 #                                 skein vs HashiCorp Serf at N=20 on loopback;
 #                                 plus the in-process simulation at N=1,000
+#   scripts/bench.sh update       service create / rolling update / rollback /
+#                                 scale: skein (Docker runtime) vs Docker Swarm
+#                                 mode on the same engine and image; inits a
+#                                 loopback swarm if none is active, leaves it after
 #
 # Environment:
 #   TRIALS=20            failover trials per system
@@ -37,7 +41,7 @@ usage() {
 
 MODE="${1:-}"
 case "$MODE" in
-  raft | raft-netns | placement | gossip) ;;
+  raft | raft-netns | placement | gossip | update) ;;
   -h | --help | help)
     usage
     exit 0
@@ -98,6 +102,24 @@ cleanup() {
     ps -eo pid=,sid= | while read -r pid sid; do
       case " $sids " in *" $sid "*) kill -KILL "$pid" 2>/dev/null ;; esac
     done
+  fi
+  # Docker objects of the update benchmark: skein's containers and networks
+  # (by the agent's node id), the Swarm service, the Swarm if we made it.
+  if [ -f "$WORK/docker" ]; then
+    while read -r kind arg; do
+      case "$kind" in
+        docker-skein)
+          local node
+          node="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["node_id"])' "$arg/node.json" 2>/dev/null)"
+          if [ -n "$node" ]; then
+            docker ps -aq --filter "label=skein.node=$node" | xargs -r docker rm -f -v >/dev/null 2>&1
+            docker network ls -q --filter "label=skein.node=$node" | xargs -r docker network rm >/dev/null 2>&1
+          fi
+          ;;
+        docker-service) docker service rm "$arg" >/dev/null 2>&1 ;;
+        swarm-init) docker swarm leave --force >/dev/null 2>&1 ;;
+      esac
+    done < <(tac "$WORK/docker")
   fi
   # Namespaces, veths, bridges and iptables rules of raft-netns.
   if [ -f "$WORK/netns" ]; then
@@ -174,6 +196,14 @@ run_driver() {
 }
 
 case "$MODE" in
+  update)
+    echo "==> building skein (release)" >&2
+    cargo build --release --quiet -p skein-node --bin skein
+    SKEIN="$PWD/target/release/skein"
+    # shellcheck source=scripts/bench/update_bench.sh
+    source scripts/bench/update_bench.sh
+    update_bench
+    ;;
   placement)
     build_skein
     placement_bench

@@ -21,6 +21,7 @@ want curl curl
 want pgrep procps
 want ip iproute2
 want iptables iptables
+want tmux tmux
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 want docker docker.io
 

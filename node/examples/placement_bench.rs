@@ -17,15 +17,16 @@
 //! - `bulk`: every service exists before the clock starts, as after a stack
 //!   deploy or a new leader's first reconcile;
 //! - `arrive`: services arrive one at a time, each followed by the rounds
-//!   that place it, as a live cluster sees them (each round looks at the
-//!   whole, growing state).
+//!   that place it, as a live cluster sees them. Rounds are scoped as the
+//!   orchestrator actor scopes them: to the services the events of the last
+//!   two applies touched.
 //!
 //! Run: `cargo run --release -p skein-node --example placement_bench`
 //! (env: NODES, TASKS, SERVICES, SCENARIOS=bulk,arrive). The last line is
 //! machine-readable: `RESULT key=value ...`.
 
-use skein_node::orchestrator::orchestrate;
-use skein_node::store::ClusterState;
+use skein_node::orchestrator::{orchestrate_scoped, Scope};
+use skein_node::store::{ClusterState, Event};
 use skein_protocol::{
     Availability, Command, Node, NodeDescription, NodeResources, NodeRole, NodeStatus, RuntimeKind,
     Service, ServiceSpec, TaskState,
@@ -119,14 +120,22 @@ struct Timing {
     largest_entry: usize,
 }
 
-/// One orchestrator round, applied as the Raft driver would apply the batch.
-fn round(state: &mut ClusterState, now: u64, next_id: &mut u64, t: &mut Timing) -> bool {
+/// One orchestrator round over `scope`, applied as the Raft driver would
+/// apply the batch; the apply's events are added to `events`.
+fn round(
+    state: &mut ClusterState,
+    now: u64,
+    next_id: &mut u64,
+    t: &mut Timing,
+    scope: &Scope,
+    events: &mut Vec<Event>,
+) -> bool {
     let started = Instant::now();
     let mut ids = || {
         *next_id += 1;
         format!("t{:08}", *next_id)
     };
-    let (cmds, _) = orchestrate(state, now, &mut ids);
+    let (cmds, _) = orchestrate_scoped(state, now, &mut ids, scope);
     t.orchestrate += started.elapsed();
     t.rounds += 1;
     if cmds.is_empty() {
@@ -141,8 +150,7 @@ fn round(state: &mut ClusterState, now: u64, next_id: &mut u64, t: &mut Timing) 
         t.largest_entry = usize::MAX;
     }
     let started = Instant::now();
-    let mut events = Vec::new();
-    if let Err(e) = state.apply(&batch, &mut events) {
+    if let Err(e) = state.apply(&batch, events) {
         eprintln!("apply refused the orchestrator's batch: {e}");
         std::process::exit(1);
     }
@@ -170,7 +178,15 @@ fn bulk(nodes: usize, services: usize, per_service: u64, total: usize) -> f64 {
     let mut next_id = 0;
     let started = Instant::now();
     while assigned(&state) < total {
-        if !round(&mut state, now, &mut next_id, &mut t) {
+        let mut events = Vec::new();
+        if !round(
+            &mut state,
+            now,
+            &mut next_id,
+            &mut t,
+            &Scope::All,
+            &mut events,
+        ) {
             eprintln!("the orchestrator stopped with tasks unassigned");
             std::process::exit(1);
         }
@@ -203,6 +219,7 @@ fn arrive(nodes: usize, services: usize, per_service: u64, total: usize) -> f64 
     let mut next_id = 0;
     let mut slowest = Duration::ZERO;
     let started = Instant::now();
+    let mut carried: Vec<Event> = Vec::new();
     for i in 0..services {
         let one = Instant::now();
         let mut events = Vec::new();
@@ -216,7 +233,9 @@ fn arrive(nodes: usize, services: usize, per_service: u64, total: usize) -> f64 
         let want = (i + 1) * per_service as usize;
         let mut guard = 0;
         while assigned(&state) < want {
-            if !round(&mut state, now, &mut next_id, &mut t) || guard > 100 {
+            let scope = Scope::of_events(&state, carried.iter().chain(&events));
+            carried = std::mem::take(&mut events);
+            if !round(&mut state, now, &mut next_id, &mut t, &scope, &mut events) || guard > 100 {
                 eprintln!("service {i} did not get placed");
                 std::process::exit(1);
             }

@@ -57,6 +57,10 @@ pub struct TaskRow {
     pub error: String,
     pub exit_code: Option<i32>,
     pub health: Option<String>,
+    /// Made from the service's current spec (false: an older version,
+    /// still running during an update, or history).
+    #[serde(default)]
+    pub up_to_date: bool,
 }
 
 /// `service inspect`: the service object plus a summary of its tasks.
@@ -65,6 +69,63 @@ pub struct ServiceDetail {
     #[serde(flatten)]
     pub service: Service,
     pub tasks: Vec<TaskRow>,
+}
+
+/// `POST /v1/services/{id}/update`: the whole new spec, and the version it
+/// was made from (refused with 409 if the service changed meanwhile).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceUpdateRequest {
+    pub version: u64,
+    pub spec: ServiceSpec,
+}
+
+/// `POST /v1/stacks/{name}/rollback`: back to a recorded version (None: the
+/// one before the newest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRollbackRequest {
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// One recorded version of a stack (`stack history`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StackVersionRow {
+    pub version: u64,
+    pub deployed_at: u64,
+    pub services: Vec<String>,
+}
+
+/// `POST /v1/nodes/{id}/update`: the operator's changes to a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdateRequest {
+    /// active, pause or drain.
+    #[serde(default)]
+    pub availability: Option<crate::Availability>,
+    /// When the node is the leader: hand leadership to another manager first.
+    #[serde(default)]
+    pub transfer_leadership: bool,
+    /// With `active`: replicated services the node could run whose tasks are
+    /// spread unevenly get a forced rolling update, so the scheduler spreads
+    /// them again (update_config.parallelism at a time).
+    #[serde(default)]
+    pub rebalance: bool,
+}
+
+/// The answer to `POST /v1/nodes/{id}/update`: the node, and the services a
+/// rebalance started rolling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeUpdateResponse {
+    #[serde(flatten)]
+    pub node: crate::Node,
+    #[serde(default)]
+    pub rebalanced: Vec<String>,
+}
+
+/// `POST /v1/nodes/{id}/stop-tasks`: what a drain's deadline stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopTasksResponse {
+    pub stopped: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,9 @@ use crate::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Deployed versions kept per stack (`stack rollback --to` reaches back this far).
+pub const STACK_VERSIONS: usize = 10;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// A node joins or describes itself again (restart, new address or labels).
@@ -44,6 +47,26 @@ pub enum Command {
         id: ServiceId,
         status: Option<UpdateStatus>,
     },
+    /// Puts `spec` back (a previous spec) and starts driving it with its
+    /// rollback settings: `update_status` becomes rollback_started. A manual
+    /// rollback keeps the replaced spec as `previous_spec` (so two go back
+    /// and forth); an automatic one clears it (never rolled back twice).
+    /// Refused unless the stored version is `expected_version`.
+    RollbackService {
+        id: ServiceId,
+        expected_version: u64,
+        spec: ServiceSpec,
+        keep_previous: bool,
+        message: String,
+        at: Millis,
+    },
+    /// Records a deployed version of a stack (the last [`STACK_VERSIONS`]
+    /// are kept): the specs of all its services as deployed.
+    RecordStackVersion {
+        stack: String,
+        services: Vec<ServiceSpec>,
+        at: Millis,
+    },
     /// Removes the service; its tasks are told to shut down and are reaped
     /// once they have stopped.
     RemoveService {
@@ -73,6 +96,22 @@ pub enum Command {
         role: NodeRole,
         secret: String,
     },
+    /// `cmd`, applied at most once per `request`: a proposer that cannot tell
+    /// whether its first attempt committed (the leader went silent, or lost
+    /// leadership mid-flight) sends the same request again, and the copy that
+    /// commits second only returns the first one's verdict.
+    Once {
+        request: RequestId,
+        cmd: Box<Command>,
+    },
+}
+
+/// Names one client request across retries: the proposing node's raft id
+/// and a number it never reuses (random start, then counting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub origin: u64,
+    pub seq: u64,
 }
 
 /// The cluster's identity and join secrets, replicated to every manager so
@@ -97,6 +136,8 @@ impl Command {
             Command::CreateService(_) => "create_service",
             Command::UpdateService { .. } => "update_service",
             Command::SetUpdateStatus { .. } => "set_update_status",
+            Command::RollbackService { .. } => "rollback_service",
+            Command::RecordStackVersion { .. } => "record_stack_version",
             Command::RemoveService { .. } => "remove_service",
             Command::CreateTasks(_) => "create_tasks",
             Command::SetDesiredState(_) => "set_desired_state",
@@ -107,6 +148,7 @@ impl Command {
             Command::Batch(_) => "batch",
             Command::InitCluster(_) => "init_cluster",
             Command::RotateJoinSecret { .. } => "rotate_join_secret",
+            Command::Once { cmd, .. } => cmd.kind(),
         }
     }
 }

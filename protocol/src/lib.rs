@@ -19,12 +19,12 @@ pub mod task;
 pub mod token;
 pub mod wire;
 
-pub use command::{ClusterSecrets, Command};
+pub use command::{ClusterSecrets, Command, STACK_VERSIONS};
 pub use duration::Dur;
 pub use node::{
     Availability, ManagerStatus, Node, NodeDescription, NodeResources, NodeRole, NodeStatus,
 };
-pub use service::{Service, UpdateState, UpdateStatus};
+pub use service::{Service, StackVersion, UpdateState, UpdateStatus};
 pub use spec::*;
 pub use task::{Task, TaskState, TaskStatus};
 

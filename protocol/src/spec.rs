@@ -344,6 +344,10 @@ pub struct ServiceSpec {
     pub stop_signal: Option<String>,
     #[serde(default)]
     pub failover: Option<FailoverPolicy>,
+    /// Bumped by `service update --force`: makes every task out of date
+    /// so all are replaced even though nothing else changed.
+    #[serde(default)]
+    pub force_update: u64,
 }
 
 pub mod defaults {
@@ -403,6 +407,7 @@ impl ServiceSpec {
             stop_grace_period: defaults::stop_grace_period(),
             stop_signal: None,
             failover: None,
+            force_update: 0,
         }
     }
 
@@ -432,6 +437,7 @@ impl ServiceSpec {
             && self.stop_grace_period == other.stop_grace_period
             && self.stop_signal == other.stop_signal
             && self.placement == other.placement
+            && self.force_update == other.force_update
     }
 
     /// Ports a task occupies on its node, as (port, protocol). There is no

@@ -40,6 +40,9 @@ pub enum WireMessage {
     RaftChunk(RaftChunk),
     /// Membership: probes, indirect probes, push-pull sync, bootstrap.
     Gossip(Box<crate::gossip::GossipRequest>),
+    /// Asks the leader to hand leadership to another manager (drain of the
+    /// leader with `--transfer-leadership`). Answered once it moved.
+    HandOverLeadership,
 }
 
 /// The answer to every [`WireMessage`].

@@ -465,3 +465,87 @@ impl Drop for Agent {
         }
     }
 }
+
+/// Several agents on loopback forming one cluster: the first manager founds
+/// it, the others join with tokens (every other worker through the second
+/// manager: any manager admits).
+pub struct Cluster {
+    pub managers: Vec<Agent>,
+    pub workers: Vec<Agent>,
+}
+
+impl Cluster {
+    /// Starts `managers` managers (m1..) and `workers` workers (w1..) and
+    /// waits until every node sees all of them ready.
+    pub fn start(managers: usize, workers: usize, timeout: Duration) -> Cluster {
+        let m1 = Agent::named("m1", &[]).launch();
+        let mt = m1.ok(&["join-token", "manager", "-q"]).trim().to_string();
+        let wt = m1.ok(&["join-token", "worker", "-q"]).trim().to_string();
+        let join = m1.listen.clone();
+        let mut ms = vec![m1];
+        for i in 2..=managers {
+            ms.push(Agent::named(&format!("m{i}"), &["--join", &join, "--token", &mt]).launch());
+        }
+        let mut ws = Vec::new();
+        for i in 1..=workers {
+            let via = if i % 2 == 0 && ms.len() > 1 {
+                ms[1].listen.clone()
+            } else {
+                join.clone()
+            };
+            ws.push(Agent::named(&format!("w{i}"), &["--join", &via, "--token", &wt]).launch());
+        }
+        let c = Cluster {
+            managers: ms,
+            workers: ws,
+        };
+        let n = managers + workers;
+        for a in c.all() {
+            wait_for(
+                &format!("{n} ready nodes seen from {}", a.name),
+                timeout,
+                || {
+                    let rows = a.nodes();
+                    (rows.len() == n && rows.iter().all(|x| x["status"] == "ready")).then_some(())
+                },
+            );
+        }
+        c
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Agent> {
+        self.managers.iter().chain(self.workers.iter())
+    }
+
+    /// The manager `node ls` (asked on `via`) marks as leader.
+    pub fn leader(&self, via: &Agent) -> Option<&Agent> {
+        let rows = via.nodes();
+        let name = rows
+            .iter()
+            .find(|r| r["leader"] == true)
+            .and_then(|r| r["name"].as_str())?
+            .to_string();
+        self.managers.iter().find(|m| m.name == name)
+    }
+}
+
+impl Agent {
+    /// `node ls` rows.
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        self.json(&["node", "ls"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Node names of the running tasks of `service`, sorted.
+    pub fn running_nodes(&self, service: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .running_tasks(service)
+            .iter()
+            .map(|t| t["node"].as_str().unwrap_or("").to_string())
+            .collect();
+        v.sort();
+        v
+    }
+}

@@ -3,6 +3,7 @@
 //! once applied. Every failure is a JSON `{"message": ...}` with a 4xx for
 //! what the caller can fix and 5xx otherwise; no input can crash the agent.
 
+mod update;
 pub mod views;
 
 use crate::raft::{ProposeError, RaftHandle};
@@ -137,10 +138,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{id}", get(get_node).delete(remove_node))
         .route("/v1/nodes/{id}/promote", post(promote_node))
         .route("/v1/nodes/{id}/demote", post(demote_node))
+        .route("/v1/nodes/{id}/update", post(update_node))
+        .route("/v1/nodes/{id}/stop-tasks", post(stop_node_tasks))
         .route("/v1/leave", post(leave))
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{id}", get(get_service).delete(remove_service))
         .route("/v1/services/{id}/scale", post(scale_service))
+        .route("/v1/services/{id}/update", post(update::update_service))
+        .route("/v1/services/{id}/rollback", post(update::rollback_service))
+        .route("/v1/stacks/{name}/versions", get(update::stack_versions))
+        .route("/v1/stacks/{name}/rollback", post(update::rollback_stack))
         .route("/v1/services/{id}/tasks", get(service_tasks))
         .route("/v1/services/{id}/logs", get(service_logs))
         .route("/v1/tasks", get(list_tasks))
@@ -233,6 +240,115 @@ fn find_node<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a skein_prot
     state
         .find_node(key)
         .ok_or_else(|| ApiError::not_found(format!("no such node: {key}")))
+}
+
+/// Availability changes (drain, pause, active). Draining the leader with
+/// `transfer_leadership` hands leadership over first; a drained manager
+/// otherwise keeps every Raft duty, leadership included. `rebalance` (with
+/// active) starts a forced rolling update of the replicated services the
+/// node could run whose tasks are spread unevenly.
+async fn update_node(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+    body: Result<Json<skein_protocol::api::NodeUpdateRequest>, JsonRejection>,
+) -> ApiResult<Json<skein_protocol::api::NodeUpdateResponse>> {
+    let Json(req) = body?;
+    let s = snapshot(&st);
+    let node = find_node(&s, &key)?.clone();
+    if req.rebalance
+        && req.availability.unwrap_or(node.availability) != skein_protocol::Availability::Active
+    {
+        return Err(ApiError::bad(
+            "rebalance: only an active node can take tasks: use it with availability active \
+             (`skein node activate NODE --rebalance`)",
+        ));
+    }
+    if req.transfer_leadership {
+        let p = st.proposer.raft().current();
+        let leads = node.raft_id != 0 && node.raft_id == p.leader_id;
+        if leads {
+            st.proposer.hand_over_leadership().await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("cannot hand over the leadership of {}: {e}", node.name),
+                )
+            })?;
+        }
+    }
+    let now = crate::util::now_ms();
+    let mut cmds = Vec::new();
+    if let Some(a) = req.availability.filter(|a| *a != node.availability) {
+        cmds.push(Command::UpdateNode {
+            id: node.id.clone(),
+            role: None,
+            availability: Some(a),
+            labels: None,
+            at: now,
+        });
+    }
+    let mut rebalanced = Vec::new();
+    if req.rebalance {
+        let mut active = node.clone();
+        active.availability = skein_protocol::Availability::Active;
+        for svc in crate::orchestrator::placement::uneven_services(&s, &active) {
+            let mut spec = svc.spec.clone();
+            spec.force_update += 1;
+            rebalanced.push(svc.spec.name.clone());
+            cmds.push(Command::UpdateService {
+                id: svc.id.clone(),
+                expected_version: svc.version,
+                spec,
+                previous_spec: Some(svc.spec.clone()),
+                at: now,
+            });
+        }
+    }
+    if !cmds.is_empty() {
+        st.proposer.propose(Command::Batch(cmds)).await?;
+    }
+    let after = snapshot(&st);
+    Ok(Json(skein_protocol::api::NodeUpdateResponse {
+        node: find_node(&after, &node.id)?.clone(),
+        rebalanced,
+    }))
+}
+
+/// A drain's deadline: stop every task still on the (drained) node now,
+/// whether or not its replacement runs yet.
+async fn stop_node_tasks(
+    State(st): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<skein_protocol::api::StopTasksResponse>> {
+    let s = snapshot(&st);
+    let node = find_node(&s, &key)?;
+    if node.availability != skein_protocol::Availability::Drain {
+        return Err(ApiError::bad(format!(
+            "node {} is not drained: its tasks would only be started again; \
+             drain it first (`skein node drain {}`)",
+            node.name, node.name
+        )));
+    }
+    let live: Vec<&skein_protocol::Task> = s
+        .tasks
+        .values()
+        .filter(|t| {
+            t.node_id.as_deref() == Some(node.id.as_str())
+                && t.desired_state <= skein_protocol::TaskState::Running
+                && !t.status.state.is_terminal()
+        })
+        .collect();
+    if !live.is_empty() {
+        st.proposer
+            .propose(Command::SetDesiredState(
+                live.iter()
+                    .map(|t| (t.id.clone(), skein_protocol::TaskState::Shutdown))
+                    .collect(),
+            ))
+            .await?;
+    }
+    Ok(Json(skein_protocol::api::StopTasksResponse {
+        stopped: live.iter().map(|t| t.id.clone()).collect(),
+    }))
 }
 
 async fn set_role(
@@ -632,6 +748,7 @@ async fn deploy_stack(
         removed: vec![],
     };
     let mut names = std::collections::BTreeSet::new();
+    let mut deployed = Vec::new();
     for spec in req.services {
         let mut spec = spec;
         spec.labels
@@ -644,6 +761,7 @@ async fn deploy_stack(
                 req.name, spec.name
             )));
         }
+        deployed.push(spec.clone());
         match s.service_by_name(&spec.name) {
             Some(existing) => {
                 if existing.stack() != Some(req.name.as_str()) {
@@ -684,6 +802,11 @@ async fn deploy_stack(
                 });
             }
         }
+    }
+    let first_deploy = !s.stacks.contains_key(&req.name);
+    if !cmds.is_empty() || first_deploy {
+        // The deployed version is recorded with the deploy itself.
+        cmds.push(update::record(&req.name, &deployed, now));
     }
     if !cmds.is_empty() {
         // One entry: the whole stack is deployed, or nothing of it.

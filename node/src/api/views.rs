@@ -181,6 +181,52 @@ pub fn task_rows<'a>(state: &ClusterState, tasks: impl Iterator<Item = &'a Task>
             },
             exit_code: t.status.exit_code,
             health: t.status.health.map(|h| format!("{h:?}").to_lowercase()),
+            up_to_date: state
+                .services
+                .get(&t.service_id)
+                .is_some_and(|s| t.spec.same_task_template(&s.spec)),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orchestrator::tests::node;
+
+    #[test]
+    fn node_ls_shows_managers_that_do_not_vote_yet_as_joining() {
+        let mut st = ClusterState::default();
+        for (id, raft_id, role, status) in [
+            ("a", 1, NodeRole::Manager, NodeStatus::Ready),
+            ("b", 2, NodeRole::Manager, NodeStatus::Ready),
+            ("c", 3, NodeRole::Manager, NodeStatus::Down),
+            ("d", 4, NodeRole::Worker, NodeStatus::Ready),
+        ] {
+            let mut n = node(id);
+            n.raft_id = raft_id;
+            n.role = role;
+            n.status = status;
+            n.manager_status = (role == NodeRole::Manager).then(|| skein_protocol::ManagerStatus {
+                raft_id,
+                ..Default::default()
+            });
+            st.nodes.insert(id.into(), n);
+        }
+        // b was promoted but raft has not made it a voter yet.
+        let rows = node_rows(&st, 1, &[1, 3]);
+        let seen: Vec<(&str, &str, bool)> = rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.reachability.as_str(), r.leader))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("name-a", "reachable", true),
+                ("name-b", "joining", false),
+                ("name-c", "unreachable", false),
+                ("name-d", "", false),
+            ]
+        );
+    }
 }

@@ -4,9 +4,12 @@
 //! Errors print one line saying what went wrong and exit non-zero.
 
 mod client;
+mod node;
 mod output;
+mod progress;
 mod service;
 mod stack;
+mod update;
 mod wait;
 
 use clap::{Args, Parser, Subcommand};
@@ -142,6 +145,47 @@ enum NodeCmd {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// Change a node's availability: active (runs tasks), pause (keeps its
+    /// tasks, gets no new ones) or drain (its tasks move elsewhere).
+    Update {
+        #[arg(long, value_enum)]
+        availability: AvailabilityArg,
+        /// When the node leads the cluster: hand leadership to another manager first.
+        #[arg(long)]
+        transfer_leadership: bool,
+        node: String,
+    },
+    /// Move every task off a node (maintenance): replicated tasks are replaced
+    /// elsewhere first when their service updates start-first; global tasks stop.
+    Drain {
+        node: String,
+        /// Follow the drain until the node runs no task (exit non-zero when
+        /// replacements could not be placed).
+        #[arg(long)]
+        wait: bool,
+        /// Stop whatever is still on the node after this long (e.g. 2m); implies --wait.
+        #[arg(long)]
+        deadline: Option<skein_protocol::Dur>,
+        /// When the node leads the cluster: hand leadership to another manager first.
+        #[arg(long)]
+        transfer_leadership: bool,
+    },
+    /// Put a node back in service (global tasks return at once).
+    Activate {
+        node: String,
+        /// Also spread the replicated services it could run again (a forced
+        /// rolling update of each unevenly spread one).
+        #[arg(long)]
+        rebalance: bool,
+    },
+    /// Keep a node's tasks running but place nothing new on it.
+    Pause { node: String },
+    /// List the tasks on a node.
+    Ps {
+        node: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Remove nodes from the cluster (they are locked out).
     #[command(alias = "remove")]
     Rm {
@@ -151,6 +195,31 @@ enum NodeCmd {
         #[arg(short, long)]
         force: bool,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AvailabilityArg {
+    Active,
+    Pause,
+    Drain,
+}
+
+impl From<AvailabilityArg> for skein_protocol::Availability {
+    fn from(a: AvailabilityArg) -> Self {
+        match a {
+            AvailabilityArg::Active => skein_protocol::Availability::Active,
+            AvailabilityArg::Pause => skein_protocol::Availability::Pause,
+            AvailabilityArg::Drain => skein_protocol::Availability::Drain,
+        }
+    }
+}
+
+fn availability_text(a: skein_protocol::Availability) -> &'static str {
+    match a {
+        skein_protocol::Availability::Active => "active",
+        skein_protocol::Availability::Pause => "pause",
+        skein_protocol::Availability::Drain => "drain",
+    }
 }
 
 pub fn main() -> i32 {
@@ -258,6 +327,55 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Node(NodeCmd::Demote { nodes }) => {
             node_action(&client()?, &nodes, "demote", "demoted to worker").await
+        }
+        Cmd::Node(NodeCmd::Update {
+            availability,
+            transfer_leadership,
+            node,
+        }) => {
+            let n =
+                node::update(&client()?, &node, availability.into(), transfer_leadership).await?;
+            println!(
+                "Node {} availability: {}.",
+                n.name,
+                availability_text(n.availability)
+            );
+            Ok(0)
+        }
+        Cmd::Node(NodeCmd::Drain {
+            node,
+            wait,
+            deadline,
+            transfer_leadership,
+        }) => {
+            let opts = node::DrainOptions {
+                wait,
+                deadline,
+                transfer_leadership,
+            };
+            node::drain(&client()?, &node, &opts).await
+        }
+        Cmd::Node(NodeCmd::Activate { node, rebalance }) => {
+            node::activate(&client()?, &node, rebalance).await
+        }
+        Cmd::Node(NodeCmd::Pause { node }) => {
+            let n = node::update(
+                &client()?,
+                &node,
+                skein_protocol::Availability::Pause,
+                false,
+            )
+            .await?;
+            println!(
+                "Node {} is paused: its tasks keep running, nothing new is placed on it.",
+                n.name
+            );
+            Ok(0)
+        }
+        Cmd::Node(NodeCmd::Ps { node, format }) => {
+            let rows = node::ps(&client()?, &node).await?;
+            output::print_tasks(&rows, format)?;
+            Ok(0)
         }
         Cmd::Node(NodeCmd::Rm { nodes, force }) => {
             let c = client()?;

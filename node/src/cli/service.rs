@@ -1,4 +1,5 @@
-//! `skein service ...`: create, ls, ps, inspect, scale, rm, logs.
+//! `skein service ...`: create, ls, ps, inspect, scale, rm, logs (update and
+//! rollback live in `update.rs`).
 
 use super::client::{seg, Client};
 use super::output::{self, Format};
@@ -33,6 +34,16 @@ pub enum ServiceCmd {
     Inspect {
         #[arg(required = true)]
         services: Vec<String>,
+    },
+    /// Change a service: only what the flags name changes; a new task
+    /// template rolls out by the update settings. Resumes a paused update.
+    Update(Box<super::update::UpdateArgs>),
+    /// Put back the service's previous spec, driven by its rollback settings.
+    Rollback {
+        service: String,
+        /// Return at once instead of following the rollback.
+        #[arg(short, long)]
+        detach: bool,
     },
     /// Set the replica count of replicated services: SERVICE=N...
     Scale {
@@ -185,7 +196,7 @@ fn kv(s: &str, flag: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-fn parse_enum<T: serde::de::DeserializeOwned>(
+pub(super) fn parse_enum<T: serde::de::DeserializeOwned>(
     v: &str,
     flag: &str,
     allowed: &str,
@@ -346,17 +357,17 @@ pub fn parse_mount(s: &str) -> anyhow::Result<Mount> {
 }
 
 /// The `--update-*` or `--rollback-*` flags, as given.
-struct UpdateFlags<'a> {
-    prefix: &'static str,
-    parallelism: Option<u64>,
-    delay: Option<Dur>,
-    monitor: Option<Dur>,
-    action: &'a Option<String>,
-    ratio: Option<f64>,
-    order: &'a Option<String>,
+pub(super) struct UpdateFlags<'a> {
+    pub prefix: &'static str,
+    pub parallelism: Option<u64>,
+    pub delay: Option<Dur>,
+    pub monitor: Option<Dur>,
+    pub action: &'a Option<String>,
+    pub ratio: Option<f64>,
+    pub order: &'a Option<String>,
 }
 
-fn apply_update_flags(uc: &mut UpdateConfig, f: UpdateFlags<'_>) -> anyhow::Result<()> {
+pub(super) fn apply_update_flags(uc: &mut UpdateConfig, f: UpdateFlags<'_>) -> anyhow::Result<()> {
     let UpdateFlags {
         prefix,
         parallelism,
@@ -578,6 +589,10 @@ pub async fn run(c: Client, cmd: ServiceCmd) -> anyhow::Result<i32> {
             )
             .await?;
             Ok(if ok { 0 } else { 1 })
+        }
+        ServiceCmd::Update(a) => super::update::update(&c, &a).await,
+        ServiceCmd::Rollback { service, detach } => {
+            super::update::rollback(&c, &service, detach).await
         }
         ServiceCmd::Ls { format } => {
             let rows: Vec<ServiceRow> = c.get("/v1/services").await?;

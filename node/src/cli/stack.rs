@@ -1,12 +1,17 @@
 //! `skein stack ...`: deploy a compose file, list stacks, their services
-//! and tasks, remove them. The file is parsed and checked here (errors name
+//! and tasks, their deployed versions, roll them back, remove them. The file is parsed and checked here (errors name
 //! the file, line and key) and sent whole: nothing of a bad stack deploys.
 
 use super::client::{seg, Client};
 use super::output::{self, Format};
+use super::progress::{self, Op};
 use super::wait;
 use clap::Subcommand;
-use skein_protocol::api::{ServiceRow, StackDeployRequest, StackDeployResponse, StackRow, TaskRow};
+use skein_protocol::api::{
+    ServiceRow, StackDeployRequest, StackDeployResponse, StackRollbackRequest, StackRow,
+    StackVersionRow, TaskRow,
+};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,6 +49,24 @@ pub enum StackCmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Put every service of a stack back to a deployed version together
+    /// (default: the one before the newest), each with its rollback settings.
+    Rollback {
+        name: String,
+        /// The version to go back to (see `skein stack versions NAME`).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Return at once instead of following the rollback.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// List the deployed versions a stack keeps (the last 10).
+    #[command(alias = "history")]
+    Versions {
+        name: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Remove stacks.
     #[command(alias = "remove", alias = "down")]
     Rm {
@@ -65,6 +88,7 @@ pub async fn run(c: Client, cmd: StackCmd) -> anyhow::Result<i32> {
                 eprintln!("warning: {w}");
             }
             let names: Vec<String> = stack.services.iter().map(|s| s.name.clone()).collect();
+            let before = progress::versions(&c, &names).await?;
             let resp: StackDeployResponse = c
                 .post(
                     "/v1/stacks",
@@ -87,8 +111,56 @@ pub async fn run(c: Client, cmd: StackCmd) -> anyhow::Result<i32> {
             if detach || names.is_empty() {
                 return Ok(0);
             }
-            let ok = wait::converge(&c, &names, Duration::from_secs(180)).await?;
+            let ok = wait_stack(&c, &resp, &before, Op::Update).await?;
             Ok(if ok { 0 } else { 1 })
+        }
+        StackCmd::Rollback { name, to, detach } => {
+            let names: Vec<String> = c
+                .get::<Vec<ServiceRow>>(&format!("/v1/stacks/{}/services", seg(&name)))
+                .await
+                .map(|rows| rows.into_iter().map(|r| r.name).collect())
+                .unwrap_or_default();
+            let before = progress::versions(&c, &names).await?;
+            let resp: StackDeployResponse = c
+                .post(
+                    &format!("/v1/stacks/{}/rollback", seg(&name)),
+                    &StackRollbackRequest { to },
+                )
+                .await?;
+            for s in &resp.created {
+                println!("Creating service {s}");
+            }
+            for s in &resp.updated {
+                println!("Rolling back service {s}");
+            }
+            for s in &resp.removed {
+                println!("Removing service {s}");
+            }
+            if detach {
+                return Ok(0);
+            }
+            let ok = wait_stack(&c, &resp, &before, Op::Rollback).await?;
+            Ok(if ok { 0 } else { 1 })
+        }
+        StackCmd::Versions { name, format } => {
+            let rows: Vec<StackVersionRow> = c
+                .get(&format!("/v1/stacks/{}/versions", seg(&name)))
+                .await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Table => {
+                    println!("{:<8} {:<25} SERVICES", "VERSION", "DEPLOYED");
+                    for r in rows {
+                        println!(
+                            "{:<8} {:<25} {}",
+                            r.version,
+                            output::ago(r.deployed_at),
+                            r.services.join(", ")
+                        );
+                    }
+                }
+            }
+            Ok(0)
         }
         StackCmd::Ls { format } => {
             let rows: Vec<StackRow> = c.get("/v1/stacks").await?;
@@ -129,4 +201,25 @@ pub async fn run(c: Client, cmd: StackCmd) -> anyhow::Result<i32> {
             Ok(if failed { 1 } else { 0 })
         }
     }
+}
+
+/// Waits for a deploy or rollback: new services until they converge,
+/// changed ones until their rollout ends. True when all worked.
+async fn wait_stack(
+    c: &Client,
+    resp: &StackDeployResponse,
+    before: &BTreeMap<String, u64>,
+    op: fn(u64) -> Op,
+) -> anyhow::Result<bool> {
+    let mut ok = true;
+    if !resp.created.is_empty() {
+        ok &= wait::converge(c, &resp.created, Duration::from_secs(180)).await?;
+    }
+    let rollouts: Vec<(String, Op)> = resp
+        .updated
+        .iter()
+        .map(|n| (n.clone(), op(before.get(n).copied().unwrap_or(0) + 1)))
+        .collect();
+    ok &= progress::follow_all(c, &rollouts).await?;
+    Ok(ok)
 }

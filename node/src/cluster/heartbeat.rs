@@ -111,6 +111,7 @@ pub async fn run_monitor(
         let now = crate::util::now_ms();
         // A new leader starts watching now: every node gets a full grace period.
         let l = liveness.get_or_insert_with(|| Liveness::new(grace_ms, now));
+        l.saw(&p.state, now);
         let changes = l.changes(&p.state, now, &self_id);
         if changes.is_empty() {
             continue;

@@ -74,6 +74,16 @@ impl Router {
                     // The agent hands these to the membership actor first.
                     let _ = reply.send(WireReply::Error("membership is not running".into()));
                 }
+                WireMessage::HandOverLeadership => {
+                    let raft = self.raft.clone();
+                    tokio::spawn(async move {
+                        let r = match super::membership::hand_over(&raft).await {
+                            Ok(()) => WireReply::Ack,
+                            Err(e) => WireReply::Error(e),
+                        };
+                        let _ = reply.send(r);
+                    });
+                }
                 WireMessage::Assignments(_) => {
                     let _ = reply.send(WireReply::Error(
                         "assignments are read from the replicated state, not sent".into(),

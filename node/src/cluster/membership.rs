@@ -80,6 +80,40 @@ fn matched(p: &Published, raft_id: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// The voter a leader hands over to: ready, and the most caught up.
+pub fn successor(p: &Published) -> Option<&Node> {
+    p.state
+        .nodes
+        .values()
+        .filter(|o| {
+            o.raft_id != p.raft_id && p.voters.contains(&o.raft_id) && o.status == NodeStatus::Ready
+        })
+        .max_by_key(|o| matched(p, o.raft_id))
+}
+
+/// On the leader: hands leadership to [`successor`] and waits until it took
+/// over. Refuses, with the reason, when no other voter is ready.
+pub async fn hand_over(raft: &RaftHandle) -> Result<(), String> {
+    let p = raft.current();
+    if !p.is_leader {
+        return Err(format!(
+            "{} (leader: {})",
+            super::forward::NOT_LEADER,
+            p.leader_id
+        ));
+    }
+    let Some(t) = successor(&p) else {
+        return Err(
+            "no other manager is ready to take over the leadership: start or promote one first"
+                .into(),
+        );
+    };
+    tracing::info!(to = %t.name, "leader hands over leadership (drain)");
+    raft.transfer_leader(t.raft_id)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// One change at a time: raft-rs applies membership changes one by one.
 async fn step(raft: &RaftHandle, p: &Published) -> Result<(), crate::raft::ProposeError> {
     let me = p.raft_id;
@@ -108,17 +142,7 @@ async fn step(raft: &RaftHandle, p: &Published) -> Result<(), crate::raft::Propo
             NodeRole::Worker if is_voter => {
                 if n.raft_id == me {
                     // Demoted leader: hand over to a caught-up reachable voter first.
-                    let target = p
-                        .state
-                        .nodes
-                        .values()
-                        .filter(|o| {
-                            o.raft_id != me
-                                && p.voters.contains(&o.raft_id)
-                                && o.status == NodeStatus::Ready
-                        })
-                        .max_by_key(|o| matched(p, o.raft_id));
-                    if let Some(t) = target {
+                    if let Some(t) = successor(p) {
                         tracing::info!(to = %t.name, "demoted leader transfers leadership");
                         return raft.transfer_leader(t.raft_id).await;
                     }

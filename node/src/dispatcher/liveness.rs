@@ -12,7 +12,9 @@
 //! (so a busy node whose probes were slow is not marked down while its
 //! heartbeats still arrive);
 //! counted from when this leader took over at the earliest (a new leader
-//! gives every node a full grace period); a down or unknown node that is
+//! gives every node a full grace period) and from when this leader first
+//! saw the node (a node that just joined is not down before its first
+//! heartbeat could arrive); a down or unknown node that is
 //! heard from again is `ready`. The leader's own node is always alive.
 
 use crate::store::ClusterState;
@@ -27,6 +29,8 @@ pub struct Liveness {
     heard: HashMap<NodeId, u64>,
     /// Gossip verdicts: node -> (when it was declared dead, strong evidence).
     dead: HashMap<NodeId, (u64, bool)>,
+    /// When this leader first saw each node in the state.
+    first_seen: HashMap<NodeId, u64>,
 }
 
 impl Liveness {
@@ -36,6 +40,7 @@ impl Liveness {
             since: now,
             heard: HashMap::new(),
             dead: HashMap::new(),
+            first_seen: HashMap::new(),
         }
     }
 
@@ -50,14 +55,28 @@ impl Liveness {
         self.dead.remove(node);
     }
 
+    /// Notes the nodes of `state` this leader had not seen before (call
+    /// before [`Liveness::changes`]).
+    pub fn saw(&mut self, state: &ClusterState, now: u64) {
+        for id in state.nodes.keys() {
+            self.first_seen.entry(id.clone()).or_insert(now);
+        }
+        self.first_seen.retain(|id, _| state.nodes.contains_key(id));
+    }
+
     pub fn heard(&mut self, node: &str, now: u64) {
         let e = self.heard.entry(node.to_string()).or_insert(now);
         *e = (*e).max(now);
     }
 
-    /// When `node` was last heard from (or when watching began).
+    /// When `node` was last heard from (or when watching began, or when
+    /// it was first seen, whichever is later).
     pub fn last_heard(&self, node: &str) -> u64 {
-        self.heard.get(node).copied().unwrap_or(self.since)
+        let first = self.first_seen.get(node).copied().unwrap_or(self.since);
+        self.heard
+            .get(node)
+            .copied()
+            .unwrap_or(self.since.max(first))
     }
 
     /// The status changes to propose now: (node, new status, message).
@@ -181,6 +200,24 @@ mod tests {
             .changes(&st, 1600, "me")
             .iter()
             .all(|(id, _, _)| id != "me"));
+    }
+
+    #[test]
+    fn a_node_that_just_joined_gets_a_full_grace_period() {
+        let mut st = state(&[("me", NodeStatus::Ready)]);
+        let mut l = Liveness::new(3000, 0);
+        l.saw(&st, 0);
+        // Joins long after this leader took over; no heartbeat yet.
+        st.nodes.insert("new".into(), {
+            let mut n = node("new");
+            n.status = NodeStatus::Ready;
+            n
+        });
+        l.saw(&st, 10_000);
+        assert!(l.changes(&st, 10_500, "me").is_empty());
+        let c = l.changes(&st, 13_000, "me");
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].0.as_str(), c[0].1), ("new", NodeStatus::Down));
     }
 
     #[test]

@@ -7,16 +7,66 @@
 //! state changes or a restart delay expires, while this node leads. It waits
 //! for each proposal to commit before deciding again, so it never acts twice
 //! on the same state. A new leader reconciles everything once at start.
+//!
+//! Rounds are scoped ([`Scope`]): a round woken by state changes looks only
+//! at the services those changes touched (from the Raft driver's events), so
+//! a live cluster's cost per change does not grow with its number of
+//! services. A node change, lost events, a timer or the idle recheck make a
+//! round look at everything. Events reach the actor before the state they
+//! belong to is published, so each round also looks again at the services of
+//! the previous round's events (they may have been read against an older
+//! state).
 
 pub mod placement;
 pub mod reconcile;
 pub mod restart;
+pub mod updater;
 
 use crate::raft::RaftHandle;
-use crate::store::ClusterState;
-use skein_protocol::{Command, Millis, TaskState};
+use crate::store::{ClusterState, Event};
+use skein_protocol::{Command, Millis, ServiceId, TaskState};
+use std::collections::HashSet;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+
+/// Which services a round looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Services(HashSet<ServiceId>),
+}
+
+impl Scope {
+    /// The services `events` touched, as of `state` (a task event counts for
+    /// its service; a node event touches everything).
+    pub fn of_events<'a>(
+        state: &ClusterState,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Scope {
+        let mut ids = HashSet::new();
+        for e in events {
+            match e {
+                Event::Node(_) => return Scope::All,
+                Event::Service(id) => {
+                    ids.insert(id.clone());
+                }
+                Event::Task(id) => {
+                    if let Some(t) = state.tasks.get(id) {
+                        ids.insert(t.service_id.clone());
+                    }
+                }
+            }
+        }
+        Scope::Services(ids)
+    }
+
+    fn services(&self) -> Option<&HashSet<ServiceId>> {
+        match self {
+            Scope::All => None,
+            Scope::Services(ids) => Some(ids),
+        }
+    }
+}
 
 /// The commands that move `state` toward what its services ask for, and the
 /// time to look again if nothing else happens.
@@ -25,8 +75,22 @@ pub fn orchestrate(
     now: Millis,
     new_id: &mut dyn FnMut() -> String,
 ) -> (Vec<Command>, Option<Millis>) {
-    let plan = reconcile::reconcile(state, now, new_id);
-    let mut cmds = Vec::new();
+    orchestrate_scoped(state, now, new_id, &Scope::All)
+}
+
+/// [`orchestrate`] for the services in `scope` only (placement still
+/// considers every pending task).
+pub fn orchestrate_scoped(
+    state: &ClusterState,
+    now: Millis,
+    new_id: &mut dyn FnMut() -> String,
+    scope: &Scope,
+) -> (Vec<Command>, Option<Millis>) {
+    if scope == &Scope::Services(HashSet::new()) {
+        return (Vec::new(), None);
+    }
+    let plan = reconcile::reconcile_scoped(state, now, new_id, scope.services());
+    let mut cmds = plan.commands.clone();
     if !plan.remove.is_empty() {
         cmds.push(Command::RemoveTasks(plan.remove.clone()));
     }
@@ -135,31 +199,75 @@ impl Orchestrator {
 
     pub async fn run(mut self) {
         let mut published = self.raft.subscribe();
+        let mut events = self.raft.events();
         let mut new_id = || crate::util::random_hex(6);
-        // Rechecks now and then even without events (node timeouts, clocks).
+        // Looks at everything at least this often, whatever else happens.
         let idle = Duration::from_secs(2);
+        // The next round looks at everything (start, leadership, timers).
+        let mut full = true;
+        let mut last_full = tokio::time::Instant::now();
+        // Events of the previous round, looked at again (see the header).
+        let mut carried: Vec<Event> = Vec::new();
+        // Earliest time some service has something to do (restart delays).
+        let mut wake: Option<Millis> = None;
         loop {
             let snap = published.borrow_and_update().clone();
-            let mut wait = idle;
-            if snap.is_leader {
-                let now = crate::util::now_ms();
-                let (cmds, wake_at) = orchestrate(&snap.state, now, &mut new_id);
+            // Read after the state: every event of an apply up to `snap` is here.
+            let mut fresh = Vec::new();
+            loop {
+                match events.try_recv() {
+                    Ok(e) => fresh.push(e),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => full = true,
+                    Err(_) => break,
+                }
+            }
+            let now = crate::util::now_ms();
+            if wake.is_some_and(|w| w <= now) || last_full.elapsed() >= idle {
+                full = true;
+            }
+            let mut retry_in = None;
+            if !snap.is_leader {
+                full = true;
+                carried.clear();
+                wake = None;
+            } else {
+                let scope = if full {
+                    last_full = tokio::time::Instant::now();
+                    wake = None;
+                    Scope::All
+                } else {
+                    Scope::of_events(&snap.state, carried.iter().chain(&fresh))
+                };
+                full = false;
+                carried = fresh;
+                let (cmds, wake_at) = orchestrate_scoped(&snap.state, now, &mut new_id, &scope);
                 if let Some(at) = wake_at {
-                    wait = wait.min(Duration::from_millis(at.saturating_sub(now).max(10)));
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
                 if !cmds.is_empty() {
                     tracing::debug!(commands = cmds.len(), "orchestrator proposes");
                     if let Err(e) = self.raft.propose(Command::Batch(cmds)).await {
                         tracing::warn!(error = %e, "orchestrator proposal failed");
-                        wait = Duration::from_millis(200);
+                        retry_in = Some(Duration::from_millis(200));
                     } else {
                         continue;
                     }
                 }
             }
+            let until_wake = wake.map(|w| Duration::from_millis(w.saturating_sub(now).max(10)));
+            let wait = [
+                Some(idle.saturating_sub(last_full.elapsed())),
+                until_wake,
+                retry_in,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(idle)
+            .max(Duration::from_millis(10));
             tokio::select! {
                 r = published.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => full = true,
                 _ = self.shutdown.changed() => return,
             }
             if *self.shutdown.borrow() {

@@ -110,8 +110,26 @@ pub fn place(state: &ClusterState, to_place: &[&Task]) -> Placement {
     type StaticKey<'a> = (Option<RuntimeKind>, &'a [String]);
     let mut static_fit: HashMap<StaticKey<'_>, Vec<Result<(), &'static str>>> = HashMap::new();
     let mut out = Placement::default();
-    for task in to_place {
-        let fixed = task.slot.is_none() && task.node_id.is_some();
+    // Tasks of one service and spec version are alike: placed together as a
+    // run, they share the static checks and a heap of candidate nodes.
+    let mut order: Vec<&Task> = to_place.to_vec();
+    order.sort_by(|a, b| (&a.service_id, a.spec_version).cmp(&(&b.service_id, b.spec_version)));
+    let mut start = 0;
+    while start < order.len() {
+        let task = order[start];
+        let alike = |t: &&&Task| {
+            t.service_id == task.service_id
+                && t.spec_version == task.spec_version
+                && !is_fixed(t)
+                && t.spec == task.spec
+        };
+        let end = if is_fixed(task) || !task.spec.placement.preferences.is_empty() {
+            start + 1
+        } else {
+            start + order[start..].iter().take_while(alike).count()
+        };
+        let run = &order[start..end];
+        start = end;
         let statics = static_fit
             .entry((
                 task.spec.runtime,
@@ -121,48 +139,189 @@ pub fn place(state: &ClusterState, to_place: &[&Task]) -> Placement {
         let counts = per_service
             .entry(task.service_id.as_str())
             .or_insert_with(|| vec![0; nodes.len()]);
-        let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut best: Option<(Vec<u64>, u64, u64, usize)> = None;
-        for (i, node) in nodes.iter().enumerate() {
-            if fixed && task.node_id.as_deref() != Some(node.id.as_str()) {
-                continue;
+        if is_fixed(task) {
+            // A global task: only its own node is a candidate.
+            let verdict = match task.node_id.as_deref().and_then(|n| index.get(n)) {
+                Some(&i) => statics[i]
+                    .and_then(|()| fits_load(nodes[i], task, &loads[i], counts[i]))
+                    .map(|()| i),
+                None => Err("node not in the cluster"),
+            };
+            match verdict {
+                Ok(i) => {
+                    add_load(&mut loads[i], task);
+                    counts[i] += 1;
+                    out.assignments.push((task.id.clone(), nodes[i].id.clone()));
+                }
+                Err(r) => out
+                    .unplaced
+                    .push((task.id.clone(), unplaced_message(&[(r, 1)]))),
             }
-            if let Err(r) = statics[i].and_then(|()| fits_load(node, task, &loads[i], counts[i])) {
-                *reasons.entry(r).or_default() += 1;
-                continue;
-            }
-            let key = (
-                spread_rank(&nodes, counts, task, node),
-                counts[i],
-                loads[i].total,
-                i,
-            );
-            if best.as_ref().is_none_or(|b| key < *b) {
-                best = Some(key);
+            continue;
+        }
+        if !task.spec.placement.preferences.is_empty() {
+            place_by_scan(&nodes, statics, &mut loads, counts, task, &mut out);
+            continue;
+        }
+        place_run(&nodes, statics, &mut loads, counts, run, &mut out);
+    }
+    out
+}
+
+fn is_fixed(t: &Task) -> bool {
+    t.slot.is_none() && t.node_id.is_some()
+}
+
+fn unplaced_message(reasons: &[(&'static str, u64)]) -> String {
+    let detail = if reasons.is_empty() {
+        "no nodes in the cluster".to_string()
+    } else {
+        reasons
+            .iter()
+            .map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" }))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    format!("no suitable node ({detail})")
+}
+
+/// One task with spread preferences: rank every candidate node.
+fn place_by_scan(
+    nodes: &[&Node],
+    statics: &[Result<(), &'static str>],
+    loads: &mut [Load],
+    counts: &mut [u64],
+    task: &Task,
+    out: &mut Placement,
+) {
+    let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut best: Option<(Vec<u64>, u64, u64, usize)> = None;
+    for (i, node) in nodes.iter().enumerate() {
+        if let Err(r) = statics[i].and_then(|()| fits_load(node, task, &loads[i], counts[i])) {
+            *reasons.entry(r).or_default() += 1;
+            continue;
+        }
+        let key = (
+            spread_rank(nodes, counts, task, node),
+            counts[i],
+            loads[i].total,
+            i,
+        );
+        if best.as_ref().is_none_or(|b| key < *b) {
+            best = Some(key);
+        }
+    }
+    match best {
+        Some((_, _, _, i)) => {
+            add_load(&mut loads[i], task);
+            counts[i] += 1;
+            out.assignments.push((task.id.clone(), nodes[i].id.clone()));
+        }
+        None => {
+            let reasons: Vec<_> = reasons.into_iter().collect();
+            out.unplaced
+                .push((task.id.clone(), unplaced_message(&reasons)));
+        }
+    }
+}
+
+/// Alike tasks without preferences: each goes to the fitting node with the
+/// fewest tasks of the service, then the fewest tasks, then the lowest index
+/// (the same choice as a scan over every node), found with a heap: a node
+/// that does not fit this task is set aside and put back after it.
+fn place_run(
+    nodes: &[&Node],
+    statics: &[Result<(), &'static str>],
+    loads: &mut [Load],
+    counts: &mut [u64],
+    run: &[&Task],
+    out: &mut Placement,
+) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut static_reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut heap: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
+    for (i, fit) in statics.iter().enumerate() {
+        match fit {
+            Ok(()) => heap.push(Reverse((counts[i], loads[i].total, i))),
+            Err(r) => *static_reasons.entry(r).or_default() += 1,
+        }
+    }
+    let mut aside: Vec<Reverse<(u64, u64, usize)>> = Vec::new();
+    for (n, task) in run.iter().enumerate() {
+        let mut reasons = static_reasons.clone();
+        let mut chosen = None;
+        while let Some(Reverse((c, l, i))) = heap.pop() {
+            match fits_load(nodes[i], task, &loads[i], counts[i]) {
+                Ok(()) => {
+                    chosen = Some(i);
+                    break;
+                }
+                Err(r) => {
+                    *reasons.entry(r).or_default() += 1;
+                    aside.push(Reverse((c, l, i)));
+                }
             }
         }
-        match best {
-            Some((_, _, _, i)) => {
+        heap.extend(aside.drain(..));
+        match chosen {
+            Some(i) => {
                 add_load(&mut loads[i], task);
                 counts[i] += 1;
+                heap.push(Reverse((counts[i], loads[i].total, i)));
                 out.assignments.push((task.id.clone(), nodes[i].id.clone()));
             }
             None => {
-                let detail = if reasons.is_empty() {
-                    "no nodes in the cluster".to_string()
-                } else {
-                    reasons
-                        .iter()
-                        .map(|(r, n)| format!("{r} on {n} node{}", if *n == 1 { "" } else { "s" }))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                };
-                out.unplaced
-                    .push((task.id.clone(), format!("no suitable node ({detail})")));
+                // Nothing changed since: the rest of the run fits nowhere either.
+                let reasons: Vec<_> = reasons.into_iter().collect();
+                let message = unplaced_message(&reasons);
+                for t in &run[n..] {
+                    out.unplaced.push((t.id.clone(), message.clone()));
+                }
+                return;
             }
         }
     }
-    out
+}
+
+/// Replicated services that `node` could run (as if it were ready, with its
+/// availability as given) whose live tasks are spread unevenly over the
+/// nodes that could run them: the busiest has at least two more than the
+/// idlest. What `node activate --rebalance` rolls again.
+pub fn uneven_services<'a>(
+    state: &'a ClusterState,
+    node: &Node,
+) -> Vec<&'a skein_protocol::Service> {
+    let eligible = |n: &Node, spec: &skein_protocol::ServiceSpec| {
+        n.availability == skein_protocol::Availability::Active
+            && offers_runtime(n, spec.runtime)
+            && satisfies(n, &spec.placement.constraints)
+    };
+    state
+        .services
+        .values()
+        .filter(|svc| svc.spec.mode == skein_protocol::ServiceMode::Replicated)
+        .filter(|svc| eligible(node, &svc.spec))
+        .filter(|svc| {
+            let mut counts: HashMap<&str, u64> = state
+                .nodes
+                .values()
+                .filter(|n| n.id != node.id && n.schedulable() && eligible(n, &svc.spec))
+                .map(|n| (n.id.as_str(), 0))
+                .collect();
+            counts.insert(node.id.as_str(), 0);
+            for t in state.tasks.values() {
+                if t.service_id == svc.id && t.is_live() {
+                    if let Some(c) = t.node_id.as_deref().and_then(|n| counts.get_mut(n)) {
+                        *c += 1;
+                    }
+                }
+            }
+            let max = counts.values().copied().max().unwrap_or(0);
+            let min = counts.values().copied().min().unwrap_or(0);
+            max >= min + 2
+        })
+        .collect()
 }
 
 fn add_load(load: &mut Load, t: &Task) {

@@ -11,6 +11,11 @@
 //! - tasks whose spec is out of date are replaced `parallelism` at a time, in
 //!   the update order (stop-first / start-first);
 //! - keys beyond the replica count, or nodes no longer eligible, are shut down;
+//! - a replicated task on a drained node is displaced: stop-first services
+//!   stop it (`parallelism` at a time) and refill the slot elsewhere;
+//!   start-first services start the replacement elsewhere first and stop the
+//!   displaced task once the replacement runs (and is healthy), so a drain
+//!   costs them no running replica;
 //! - finished tasks are kept as history (the newest [`HISTORY`] per key) and
 //!   reaped beyond that, or at once when their service is gone.
 
@@ -19,9 +24,9 @@ use super::restart::{decide, RestartDecision};
 use crate::store::ClusterState;
 use skein_protocol::{
     Millis, NodeStatus, Service, ServiceId, ServiceMode, Task, TaskId, TaskState, TaskStatus,
-    UpdateOrder, UpdateState, UpdateStatus,
+    UpdateOrder, UpdateStatus,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Finished tasks kept per slot (Swarm's task history retention default).
 pub const HISTORY: usize = 5;
@@ -34,6 +39,8 @@ pub struct Plan {
     pub update_status: Vec<(ServiceId, Option<UpdateStatus>)>,
     /// Tasks on a down node that are given up on (replicated ones move).
     pub orphan: Vec<TaskId>,
+    /// Service-level commands: automatic rollbacks (proposed first).
+    pub commands: Vec<skein_protocol::Command>,
     /// Earliest time reconcile has something to do without any new event.
     pub wake_at: Option<Millis>,
 }
@@ -45,6 +52,7 @@ impl Plan {
             && self.remove.is_empty()
             && self.update_status.is_empty()
             && self.orphan.is_empty()
+            && self.commands.is_empty()
     }
     fn wake(&mut self, at: Millis) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
@@ -81,9 +89,25 @@ fn ended_unacknowledged(t: &Task) -> bool {
 }
 
 pub fn reconcile(state: &ClusterState, now: Millis, new_id: &mut dyn FnMut() -> String) -> Plan {
+    reconcile_scoped(state, now, new_id, None)
+}
+
+/// [`reconcile`], limited to the services in `scope` (None: every service).
+/// A scoped round skips what only a node change can cause (tasks on nodes
+/// that left or went down): the caller makes every round that follows a
+/// node change a full one.
+pub fn reconcile_scoped(
+    state: &ClusterState,
+    now: Millis,
+    new_id: &mut dyn FnMut() -> String,
+    scope: Option<&HashSet<ServiceId>>,
+) -> Plan {
     let mut plan = Plan::default();
     let mut by_service: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for t in state.tasks.values() {
+        if scope.is_some_and(|s| !s.contains(&t.service_id)) {
+            continue;
+        }
         let node_gone = t
             .node_id
             .as_deref()
@@ -121,7 +145,15 @@ pub fn reconcile(state: &ClusterState, now: Millis, new_id: &mut dyn FnMut() -> 
         }
         by_service.entry(&t.service_id).or_default().push(t);
     }
-    for svc in state.services.values() {
+    let services: Box<dyn Iterator<Item = &Service>> = match scope {
+        None => Box::new(state.services.values()),
+        Some(ids) => {
+            let mut ids: Vec<&ServiceId> = ids.iter().collect();
+            ids.sort();
+            Box::new(ids.into_iter().filter_map(|id| state.services.get(id)))
+        }
+    };
+    for svc in services {
         let tasks = by_service.remove(svc.id.as_str()).unwrap_or_default();
         reconcile_service(state, svc, &tasks, now, new_id, &mut plan);
     }
@@ -162,7 +194,10 @@ fn reconcile_service(
     };
 
     let current = |t: &Task| t.spec.same_task_template(&svc.spec);
+    let displaced = |t: &Task| t.slot.is_some() && on_drained_node(state, t);
     let mut outdated: Vec<&Task> = Vec::new();
+    // Current tasks on drained nodes, each with the slot's newest task.
+    let mut to_move: Vec<(&Task, Option<&Task>)> = Vec::new();
     let mut in_flight = 0u64;
 
     // Keys no longer wanted: stop what runs there.
@@ -216,6 +251,8 @@ fn reconcile_service(
             [only] => {
                 if !current(only) {
                     outdated.push(only);
+                } else if displaced(only) {
+                    to_move.push((only, list.last().copied()));
                 } else if only.status.state < TaskState::Running {
                     in_flight += 1;
                 }
@@ -232,8 +269,12 @@ fn reconcile_service(
                     }
                     Some(keep) => {
                         in_flight += 1;
-                        // Extra current duplicates beyond the one we wait for.
-                        for t in many.iter().filter(|t| t.id != keep.id && current(t)) {
+                        // Extra current duplicates beyond the one we wait for
+                        // (a displaced task runs on until its replacement does).
+                        for t in many
+                            .iter()
+                            .filter(|t| t.id != keep.id && current(t) && !displaced(t))
+                        {
                             plan.shutdown.push(t.id.clone());
                         }
                     }
@@ -250,53 +291,78 @@ fn reconcile_service(
         }
     }
 
-    // Rolling replacement of outdated tasks.
+    // Rolling replacement of outdated tasks: the updater decides.
+    let step = super::updater::step(&super::updater::Input {
+        svc,
+        tasks,
+        outdated: &outdated,
+        in_flight,
+        now,
+    });
+    let replacing = (step.stop_first.len() + step.start_first.len()) as u64;
+    plan.shutdown.extend(step.stop_first);
+    for id in &step.start_first {
+        if let Some(key) = outdated
+            .iter()
+            .find(|t| &t.id == id)
+            .and_then(|t| key_of(t))
+        {
+            plan.create
+                .push(new_task(svc, &key, now, new_id(), Vec::new()));
+        }
+    }
+    if let Some(status) = step.status {
+        plan.update_status.push((svc.id.clone(), Some(status)));
+    }
+    if let Some(cmd) = step.command {
+        plan.commands.push(cmd);
+    }
+    if let Some(at) = step.wake_at {
+        plan.wake(at);
+    }
+
+    // Tasks displaced by a drain, in the service's update order, within what
+    // the rolling replacement left of the parallelism budget.
     let uc = &svc.spec.update_config;
-    let budget = if uc.parallelism == 0 {
+    let mut budget = if uc.parallelism == 0 {
         u64::MAX
     } else {
-        uc.parallelism.saturating_sub(in_flight)
+        uc.parallelism.saturating_sub(in_flight + replacing)
     };
-    for t in outdated
-        .iter()
-        .take(usize::try_from(budget).unwrap_or(usize::MAX))
-    {
+    for (t, newest) in to_move {
+        if budget == 0 {
+            break;
+        }
         match uc.order {
             UpdateOrder::StopFirst => plan.shutdown.push(t.id.clone()),
             UpdateOrder::StartFirst => {
-                if let Some(key) = key_of(t) {
-                    plan.create
-                        .push(new_task(svc, &key, now, new_id(), Vec::new()));
-                }
+                let Some(key) = key_of(t) else { continue };
+                // A replacement that ended by itself restarts as its policy says.
+                let restarts = match newest {
+                    Some(last)
+                        if last.id != t.id
+                            && current(last)
+                            && matches!(
+                                last.status.state,
+                                TaskState::Complete | TaskState::Failed | TaskState::Rejected
+                            ) =>
+                    {
+                        match decide(last, &svc.spec.restart_policy, now) {
+                            RestartDecision::Now { restarts } => restarts,
+                            RestartDecision::At(at) => {
+                                plan.wake(at);
+                                continue;
+                            }
+                            RestartDecision::Never => continue,
+                        }
+                    }
+                    _ => Vec::new(),
+                };
+                plan.create
+                    .push(new_task(svc, &key, now, new_id(), restarts));
             }
         }
-    }
-
-    // Update status: updating while outdated tasks remain.
-    let updating = !outdated.is_empty();
-    let status = svc.update_status.as_ref();
-    if updating && status.is_none_or(|s| s.state != UpdateState::Updating) && svc.version > 1 {
-        plan.update_status.push((
-            svc.id.clone(),
-            Some(UpdateStatus {
-                state: UpdateState::Updating,
-                started: now,
-                completed: None,
-                message: "update in progress".into(),
-            }),
-        ));
-    } else if !updating && in_flight == 0 {
-        if let Some(s) = status.filter(|s| s.state == UpdateState::Updating) {
-            plan.update_status.push((
-                svc.id.clone(),
-                Some(UpdateStatus {
-                    state: UpdateState::Completed,
-                    started: s.started,
-                    completed: Some(now),
-                    message: "update completed".into(),
-                }),
-            ));
-        }
+        budget -= 1;
     }
 
     // History: keep the newest HISTORY finished tasks per key.
@@ -311,6 +377,14 @@ fn reconcile_service(
             }
         }
     }
+}
+
+/// Whether the task's node is being drained.
+fn on_drained_node(state: &ClusterState, t: &Task) -> bool {
+    t.node_id
+        .as_deref()
+        .and_then(|n| state.nodes.get(n))
+        .is_some_and(|n| n.availability == skein_protocol::Availability::Drain)
 }
 
 /// Nodes that should run a task of a global service: not drained,

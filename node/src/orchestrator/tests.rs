@@ -46,6 +46,12 @@ pub struct Sim {
     next: u64,
     /// Exit code the fake worker gives a task of this service instead of running it.
     pub crash: BTreeMap<String, i32>,
+    /// Rounds scoped by events, as the actor runs them (see [`Scope`]);
+    /// otherwise every round looks at everything.
+    pub scoped: bool,
+    events: Vec<crate::store::Event>,
+    carried: Vec<crate::store::Event>,
+    wake: Option<Millis>,
 }
 
 impl Sim {
@@ -59,12 +65,15 @@ impl Sim {
             now: 1_000_000,
             next: 0,
             crash: BTreeMap::new(),
+            scoped: false,
+            events: Vec::new(),
+            carried: Vec::new(),
+            wake: None,
         }
     }
 
     pub fn apply(&mut self, cmd: Command) {
-        let mut ev = Vec::new();
-        self.state.apply(&cmd, &mut ev).expect("apply");
+        self.state.apply(&cmd, &mut self.events).expect("apply");
     }
 
     pub fn create(&mut self, spec: ServiceSpec) -> String {
@@ -102,7 +111,17 @@ impl Sim {
             next += 1;
             format!("t{next:04}")
         };
-        let (cmds, _) = orchestrate(&self.state, self.now, &mut ids);
+        let scope = if !self.scoped || self.wake.is_some_and(|w| w <= self.now) {
+            self.wake = None;
+            Scope::All
+        } else {
+            Scope::of_events(&self.state, self.carried.iter().chain(&self.events))
+        };
+        self.carried = std::mem::take(&mut self.events);
+        let (cmds, wake) = orchestrate_scoped(&self.state, self.now, &mut ids, &scope);
+        if let Some(at) = wake {
+            self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+        }
         self.next = next;
         if !cmds.is_empty() {
             self.apply(Command::Batch(cmds));
@@ -362,6 +381,8 @@ fn roll(order: UpdateOrder) {
     let mut sim = Sim::new(&["a", "b", "c"]);
     let mut spec = replicated("web", 3);
     spec.update_config.order = order;
+    // No monitor window: this checks the order, the updater's own tests the timing.
+    spec.update_config.monitor = skein_protocol::Dur::ZERO;
     let id = sim.create(spec);
     sim.settle();
     sim.update(&id, |s| s.image = "sleep2".into());
@@ -407,6 +428,53 @@ fn rolling_update_start_first() {
 }
 
 proptest! {
+    /// Rounds scoped to the services that events touched (as the actor runs
+    /// them) end where rounds over everything end, whatever happens to
+    /// several services at once: scaling, crashing tasks, spec updates.
+    #[test]
+    fn scoped_rounds_end_where_full_rounds_end(
+        nodes in 1usize..4,
+        ops in proptest::collection::vec((0usize..3, 0u8..3, 0u64..6), 1..8),
+    ) {
+        let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut full = Sim::new(&refs);
+        let mut scoped = Sim::new(&refs);
+        scoped.scoped = true;
+        let mut ids = Vec::new();
+        for sim in [&mut full, &mut scoped] {
+            ids = (0..3).map(|i| {
+                let mut spec = replicated(&format!("s{i}"), 2);
+                spec.restart_policy.delay = skein_protocol::Dur(1500);
+                sim.create(spec)
+            }).collect();
+        }
+        for (svc, op, n) in ops {
+            let id = ids[svc].clone();
+            for sim in [&mut full, &mut scoped] {
+                match op {
+                    0 => sim.update(&id, |s| s.replicas = Some(n)),
+                    1 => sim.update(&id, |s| s.command = vec![format!("{}", 3600 + n)]),
+                    _ => {
+                        // Tasks of this service crash from now on (or stop crashing).
+                        let name = format!("s{svc}");
+                        if n % 2 == 0 { sim.crash.insert(name, 1); } else { sim.crash.remove(&name); }
+                    }
+                }
+                for _ in 0..12 { sim.step(); }
+            }
+        }
+        for sim in [&mut full, &mut scoped] {
+            sim.crash.clear();
+            sim.settle();
+        }
+        for id in &ids {
+            prop_assert_eq!(full.running_keys(id), scoped.running_keys(id), "service {}", id);
+            let want = full.state.services[id].spec.replicas.unwrap_or(0) as usize;
+            prop_assert_eq!(scoped.running_keys(id).len(), want, "service {}", id);
+        }
+    }
+
     /// Whatever the replica count, scale changes and node count, a
     /// replicated service settles on exactly one running task per slot
     /// 1..=replicas and never runs two tasks in one slot (stop-first).
@@ -531,4 +599,150 @@ fn a_down_nodes_replicated_tasks_move_and_never_run_twice() {
             .get(t)
             .is_none_or(|t| t.status.state == TaskState::Orphaned));
     }
+}
+
+fn set_availability(sim: &mut Sim, node: &str, availability: Availability) {
+    sim.apply(Command::UpdateNode {
+        id: node.into(),
+        role: None,
+        availability: Some(availability),
+        labels: None,
+        at: sim.now,
+    });
+}
+
+fn live_on<'a>(sim: &'a Sim, node: &str) -> Vec<&'a Task> {
+    sim.state
+        .tasks
+        .values()
+        .filter(|t| t.node_id.as_deref() == Some(node) && !t.status.state.is_terminal())
+        .collect()
+}
+
+#[test]
+fn draining_a_node_moves_replicas_and_stops_its_global_task() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    let web = sim.create(replicated("web", 8));
+    let mut spec = ServiceSpec::new("agent", "sleep");
+    spec.mode = ServiceMode::Global;
+    spec.replicas = None;
+    let agent = sim.create(spec);
+    sim.settle();
+    assert!(sim
+        .running(&web)
+        .iter()
+        .any(|t| t.node_id.as_deref() == Some("c")));
+    set_availability(&mut sim, "c", Availability::Drain);
+    sim.settle();
+    assert!(live_on(&sim, "c").is_empty(), "{:?}", live_on(&sim, "c"));
+    assert_eq!(sim.running(&web).len(), 8);
+    assert_eq!(sim.running_keys(&agent), ["a", "b"]);
+    // Back to active: the global task returns at once, replicas stay put.
+    set_availability(&mut sim, "c", Availability::Active);
+    sim.settle();
+    assert_eq!(sim.running_keys(&agent), ["a", "b", "c"]);
+    let web_on_c = sim
+        .running(&web)
+        .iter()
+        .filter(|t| t.node_id.as_deref() == Some("c"))
+        .count();
+    assert_eq!(
+        web_on_c, 0,
+        "replicated tasks are not moved back by themselves"
+    );
+}
+
+#[test]
+fn a_start_first_service_never_drops_below_its_replicas_during_a_drain() {
+    let mut sim = Sim::new(&["a", "b", "c"]);
+    let mut spec = replicated("web", 6);
+    spec.update_config.order = UpdateOrder::StartFirst;
+    spec.update_config.parallelism = 2;
+    let web = sim.create(spec);
+    sim.settle();
+    set_availability(&mut sim, "b", Availability::Drain);
+    for _ in 0..60 {
+        let changed = sim.step();
+        let running = sim.running(&web).len();
+        assert!(running >= 6, "only {running} of 6 running during the drain");
+        // Never two tasks of one slot still running afterwards, and never more
+        // than the parallelism budget of extra ones while it moves.
+        assert!(running <= 6 + 2, "{running} running");
+        if !changed {
+            break;
+        }
+    }
+    assert!(live_on(&sim, "b").is_empty());
+    assert_eq!(sim.running_keys(&web), ["1", "2", "3", "4", "5", "6"]);
+}
+
+#[test]
+fn a_stop_first_drain_replaces_parallelism_tasks_at_a_time() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let mut spec = replicated("web", 6);
+    spec.update_config.parallelism = 2;
+    let web = sim.create(spec);
+    sim.settle();
+    set_availability(&mut sim, "b", Availability::Drain);
+    for _ in 0..60 {
+        let changed = sim.step();
+        let running = sim.running(&web).len();
+        assert!(
+            running >= 4,
+            "only {running} of 6 running: more than 2 down at once"
+        );
+        if !changed {
+            break;
+        }
+    }
+    assert!(live_on(&sim, "b").is_empty());
+    assert_eq!(sim.running(&web).len(), 6);
+}
+
+#[test]
+fn a_start_first_task_stays_until_its_replacement_can_run() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let mut spec = replicated("web", 2);
+    spec.update_config.order = UpdateOrder::StartFirst;
+    spec.placement.max_replicas_per_node = 1;
+    let web = sim.create(spec);
+    sim.settle();
+    set_availability(&mut sim, "b", Availability::Drain);
+    sim.settle();
+    // Nowhere to go: the task on b keeps running, its replacement waits.
+    assert_eq!(sim.running(&web).len(), 2);
+    assert_eq!(live_on(&sim, "b").len(), 1);
+    let pending: Vec<&Task> = sim
+        .state
+        .tasks_of(&web)
+        .filter(|t| t.status.state == TaskState::Pending)
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert!(
+        pending[0].status.message.contains("no suitable node"),
+        "{}",
+        pending[0].status.message
+    );
+    // Room appears: the move completes.
+    sim.apply(Command::UpsertNode(node("c")));
+    sim.settle();
+    assert!(live_on(&sim, "b").is_empty());
+    assert_eq!(sim.running(&web).len(), 2);
+}
+
+#[test]
+fn a_drained_node_that_goes_down_stays_drained_when_it_returns() {
+    let mut sim = Sim::new(&["a", "b"]);
+    let web = sim.create(replicated("web", 4));
+    sim.settle();
+    set_availability(&mut sim, "b", Availability::Drain);
+    sim.settle();
+    set_status(&mut sim, "b", NodeStatus::Down);
+    sim.settle();
+    set_status(&mut sim, "b", NodeStatus::Ready);
+    sim.update(&web, |s| s.replicas = Some(6));
+    sim.settle();
+    assert_eq!(sim.state.nodes["b"].availability, Availability::Drain);
+    assert!(live_on(&sim, "b").is_empty());
+    assert_eq!(sim.running(&web).len(), 6);
 }

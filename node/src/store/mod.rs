@@ -7,9 +7,13 @@
 //!   no I/O, so every manager computes the same state from the same log;
 //! - a task's observed state only moves forward; one writer per field
 //!   (user: service spec; orchestrator: desired state and node; worker: status);
-//! - a refused command changes nothing and says why ([`ApplyError`]).
+//! - a refused command changes nothing and says why ([`ApplyError`]), except
+//!   that a refused [`Command::Once`] still records its request's verdict;
+//! - a [`Command::Once`] is applied at most once per request id among the
+//!   last [`RECENT_REQUESTS`] requests: a repeat returns the first verdict.
 
 use serde::{Deserialize, Serialize};
+use skein_protocol::command::RequestId;
 use skein_protocol::{
     Command, Node, NodeId, Service, ServiceId, Task, TaskId, TaskState, STACK_LABEL,
 };
@@ -27,10 +31,51 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, Node>,
     pub services: BTreeMap<ServiceId, Service>,
     pub tasks: BTreeMap<TaskId, Task>,
+    /// Deployed versions per stack, oldest first, at most
+    /// [`skein_protocol::STACK_VERSIONS`] each.
+    #[serde(default)]
+    pub stacks: BTreeMap<String, Vec<skein_protocol::StackVersion>>,
+    /// Verdicts of the last [`RECENT_REQUESTS`] [`Command::Once`] requests.
+    #[serde(default)]
+    pub recent_requests: RecentRequests,
+}
+
+/// How many request verdicts are remembered. A proposer retries for seconds,
+/// at most a few hundred requests a second reach one cluster: 4,096 covers
+/// every retry window many times over and stays a few hundred KiB.
+pub const RECENT_REQUESTS: usize = 4096;
+
+/// The verdicts of recent requests, oldest first, with an index by id.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecentRequests {
+    order: std::collections::VecDeque<RequestId>,
+    verdicts: BTreeMap<RequestId, Result<(), ApplyError>>,
+}
+
+impl RecentRequests {
+    pub fn get(&self, id: &RequestId) -> Option<&Result<(), ApplyError>> {
+        self.verdicts.get(id)
+    }
+    fn record(&mut self, id: RequestId, verdict: Result<(), ApplyError>) {
+        if self.verdicts.insert(id, verdict).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > RECENT_REQUESTS {
+            if let Some(old) = self.order.pop_front() {
+                self.verdicts.remove(&old);
+            }
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 /// Why a command was refused. Deterministic: every manager refuses alike.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ApplyError {
     #[error("service {0:?} already exists: pick another name or update it")]
     ServiceExists(String),
@@ -63,6 +108,14 @@ pub enum Event {
 impl ClusterState {
     /// Applies one committed command. On error nothing changed.
     pub fn apply(&mut self, cmd: &Command, events: &mut Vec<Event>) -> Result<(), ApplyError> {
+        if let Command::Once { request, cmd } = cmd {
+            if let Some(verdict) = self.recent_requests.get(request) {
+                return verdict.clone();
+            }
+            let verdict = self.apply(cmd, events);
+            self.recent_requests.record(*request, verdict.clone());
+            return verdict;
+        }
         if let Command::Batch(cmds) = cmd {
             // All or nothing: check on a copy only when the batch could fail part-way.
             if cmds.iter().any(can_fail) {
@@ -195,11 +248,76 @@ impl ClusterState {
                         expected: *expected_version,
                     });
                 }
+                // A new task template starts a rollout; any update resumes
+                // a paused one (as in Swarm). A scale alone changes nothing.
+                let paused = s.update_status.as_ref().is_some_and(|u| {
+                    matches!(
+                        u.state,
+                        skein_protocol::UpdateState::Paused
+                            | skein_protocol::UpdateState::RollbackPaused
+                    )
+                });
+                if paused || !s.spec.same_task_template(spec) {
+                    s.update_status = Some(skein_protocol::UpdateStatus::begin(
+                        skein_protocol::UpdateState::Updating,
+                        *at,
+                        s.version + 1,
+                        "update in progress",
+                    ));
+                }
                 s.spec = spec.clone();
                 s.previous_spec = previous_spec.clone();
                 s.version += 1;
                 s.updated_at = *at;
                 ev.push(Event::Service(id.clone()));
+            }
+            Command::RollbackService {
+                id,
+                expected_version,
+                spec,
+                keep_previous,
+                message,
+                at,
+            } => {
+                let s = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NoSuchService(id.clone()))?;
+                if s.version != *expected_version {
+                    return Err(ApplyError::VersionConflict {
+                        name: s.spec.name.clone(),
+                        found: s.version,
+                        expected: *expected_version,
+                    });
+                }
+                let replaced = std::mem::replace(&mut s.spec, spec.clone());
+                s.previous_spec = keep_previous.then_some(replaced);
+                s.update_status = Some(skein_protocol::UpdateStatus::begin(
+                    skein_protocol::UpdateState::RollbackStarted,
+                    *at,
+                    s.version + 1,
+                    message.clone(),
+                ));
+                s.version += 1;
+                s.updated_at = *at;
+                ev.push(Event::Service(id.clone()));
+            }
+            Command::RecordStackVersion {
+                stack,
+                services,
+                at,
+            } => {
+                let versions = self.stacks.entry(stack.clone()).or_default();
+                let version = versions.last().map_or(1, |v| v.version + 1);
+                versions.push(skein_protocol::StackVersion {
+                    version,
+                    deployed_at: *at,
+                    services: services.clone(),
+                });
+                if versions.len() > skein_protocol::STACK_VERSIONS {
+                    let extra = versions.len() - skein_protocol::STACK_VERSIONS;
+                    versions.drain(..extra);
+                }
             }
             Command::SetUpdateStatus { id, status } => {
                 let s = self
@@ -296,6 +414,8 @@ impl ClusterState {
                 skein_protocol::NodeRole::Worker => self.secrets.worker_secret = secret.clone(),
                 skein_protocol::NodeRole::Manager => self.secrets.manager_secret = secret.clone(),
             },
+            // Nested inside a batch: deduplicated the same way.
+            Command::Once { .. } => return self.apply(cmd, ev),
         }
         Ok(())
     }
@@ -416,6 +536,7 @@ fn can_fail(cmd: &Command) -> bool {
             | Command::SetPendingMessage(_)
             | Command::SetTaskStatus(_)
             | Command::RemoveTasks(_)
+            | Command::RecordStackVersion { .. }
     )
 }
 

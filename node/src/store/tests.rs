@@ -228,3 +228,190 @@ fn join_tokens_are_checked_and_rotated() {
     assert_eq!(st.check_join_token(&manager), Ok(NodeRole::Manager));
     assert!(st.check_join_token("garbage").is_err());
 }
+
+#[test]
+fn a_new_template_starts_an_update_and_any_update_resumes_a_pause() {
+    use skein_protocol::{UpdateState, UpdateStatus};
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    st.apply(&Command::CreateService(service("a", "web")), &mut ev)
+        .expect("create");
+    let update = |st: &ClusterState, f: &dyn Fn(&mut ServiceSpec)| {
+        let s = &st.services["a"];
+        let mut spec = s.spec.clone();
+        f(&mut spec);
+        Command::UpdateService {
+            id: "a".into(),
+            expected_version: s.version,
+            spec,
+            previous_spec: Some(s.spec.clone()),
+            at: 7,
+        }
+    };
+    // A scale is not a rollout.
+    let c = update(&st, &|s| s.replicas = Some(3));
+    st.apply(&c, &mut ev).expect("scale");
+    assert_eq!(st.services["a"].update_status, None);
+    let c = update(&st, &|s| s.command = vec!["2".into()]);
+    st.apply(&c, &mut ev).expect("update");
+    let u = st.services["a"].update_status.clone().expect("status");
+    assert_eq!((u.state, u.started), (UpdateState::Updating, 7));
+    // Paused, then a scale alone resumes it.
+    st.services.get_mut("a").expect("svc").update_status = Some(UpdateStatus::begin(
+        UpdateState::Paused,
+        7,
+        3,
+        "update paused: x",
+    ));
+    let c = update(&st, &|s| s.replicas = Some(4));
+    st.apply(&c, &mut ev).expect("resume");
+    assert_eq!(
+        st.services["a"].update_status.as_ref().map(|u| u.state),
+        Some(UpdateState::Updating)
+    );
+}
+
+#[test]
+fn manual_rollbacks_swap_specs_and_automatic_ones_clear_the_previous() {
+    use skein_protocol::UpdateState;
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    let mut svc = service("a", "web");
+    let old = svc.spec.clone();
+    let mut new = old.clone();
+    new.command = vec!["2".into()];
+    svc.spec = new.clone();
+    svc.previous_spec = Some(old.clone());
+    st.apply(&Command::CreateService(svc), &mut ev)
+        .expect("create");
+    let rollback = |st: &ClusterState, keep: bool| Command::RollbackService {
+        id: "a".into(),
+        expected_version: st.services["a"].version,
+        spec: st.services["a"].previous_spec.clone().expect("previous"),
+        keep_previous: keep,
+        message: "rollback started: test".into(),
+        at: 9,
+    };
+    let c = rollback(&st, true);
+    st.apply(&c, &mut ev).expect("rollback");
+    let s = &st.services["a"];
+    assert_eq!((&s.spec, s.previous_spec.as_ref()), (&old, Some(&new)));
+    assert_eq!(
+        s.update_status.as_ref().map(|u| u.state),
+        Some(UpdateState::RollbackStarted)
+    );
+    let c = rollback(&st, false);
+    st.apply(&c, &mut ev).expect("back again, automatically");
+    let s = &st.services["a"];
+    assert_eq!((&s.spec, s.previous_spec.as_ref()), (&new, None));
+    // A stale rollback is refused.
+    let stale = Command::RollbackService {
+        id: "a".into(),
+        expected_version: 1,
+        spec: old,
+        keep_previous: true,
+        message: String::new(),
+        at: 10,
+    };
+    assert!(matches!(
+        st.apply(&stale, &mut ev),
+        Err(ApplyError::VersionConflict { .. })
+    ));
+}
+
+#[test]
+fn a_stack_keeps_its_last_ten_versions() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    for i in 0..13u64 {
+        let mut spec = ServiceSpec::new("app_web", "sleep");
+        spec.command = vec![i.to_string()];
+        st.apply(
+            &Command::RecordStackVersion {
+                stack: "app".into(),
+                services: vec![spec],
+                at: i,
+            },
+            &mut ev,
+        )
+        .expect("record");
+    }
+    let v = &st.stacks["app"];
+    assert_eq!(v.len(), skein_protocol::STACK_VERSIONS);
+    assert_eq!(v.first().map(|x| x.version), Some(4));
+    assert_eq!(v.last().map(|x| x.version), Some(13));
+    assert_eq!(
+        v.last().map(|x| x.services[0].command.clone()),
+        Some(vec!["12".to_string()])
+    );
+}
+
+fn once(seq: u64, cmd: Command) -> Command {
+    Command::Once {
+        request: RequestId { origin: 7, seq },
+        cmd: Box::new(cmd),
+    }
+}
+
+#[test]
+fn a_request_sent_twice_is_applied_once_and_answered_alike() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    let create = once(1, Command::CreateService(service("a", "web")));
+    st.apply(&create, &mut ev).expect("first attempt");
+    let after_first = st.services.clone();
+    ev.clear();
+    // The retry of the same request: same (successful) verdict, no change,
+    // although applying the bare command again would be refused.
+    st.apply(&create, &mut ev)
+        .expect("the retry answers like the first");
+    assert!(ev.is_empty(), "a repeat changes nothing: {ev:?}");
+    assert_eq!(st.services, after_first);
+    // Another request with the same content is a new write and is refused.
+    let err = st
+        .apply(
+            &once(2, Command::CreateService(service("b", "web"))),
+            &mut ev,
+        )
+        .expect_err("a second create under a new id");
+    assert_eq!(err, ApplyError::ServiceExists("web".into()));
+    // ...and its repeat gets the same refusal, even once the name is free.
+    st.apply(
+        &Command::RemoveService {
+            id: "a".into(),
+            at: 2,
+        },
+        &mut ev,
+    )
+    .expect("remove");
+    st.services.clear();
+    let again = st
+        .apply(
+            &once(2, Command::CreateService(service("b", "web"))),
+            &mut ev,
+        )
+        .expect_err("the repeat keeps the first verdict");
+    assert_eq!(again, ApplyError::ServiceExists("web".into()));
+    assert!(st.services.is_empty());
+}
+
+#[test]
+fn request_verdicts_are_bounded_and_survive_a_snapshot() {
+    let mut st = ClusterState::default();
+    let mut ev = Vec::new();
+    for seq in 0..(RECENT_REQUESTS as u64 + 10) {
+        st.apply(&once(seq, Command::RemoveTasks(Vec::new())), &mut ev)
+            .expect("apply");
+    }
+    assert_eq!(st.recent_requests.len(), RECENT_REQUESTS);
+    let oldest = RequestId { origin: 7, seq: 0 };
+    let newest = RequestId {
+        origin: 7,
+        seq: RECENT_REQUESTS as u64 + 9,
+    };
+    assert!(st.recent_requests.get(&oldest).is_none());
+    assert!(st.recent_requests.get(&newest).is_some());
+    let bytes = skein_protocol::codec::encode(&st).expect("encode");
+    let back: ClusterState = skein_protocol::codec::decode(&bytes).expect("decode");
+    assert_eq!(back, st);
+}

@@ -173,3 +173,122 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The heap used for runs of alike tasks picks exactly the node a scan
+    /// over every node would: the fitting node with the fewest tasks of the
+    /// service, then the fewest tasks, then the lowest id.
+    #[test]
+    fn runs_place_like_a_scan_over_every_node(
+        nodes in proptest::collection::vec((arb_node(), 0usize..4), 1..8),
+        n_tasks in 1usize..14,
+        port in prop::option::of(8000u16..8002),
+        max_per_node in 0u64..3,
+    ) {
+        let mut st = ClusterState::default();
+        let mut existing = Vec::new();
+        for (i, ((ready, avail, east, process), preload)) in nodes.iter().enumerate() {
+            let mut n = node(&format!("n{i}"));
+            n.status = if *ready { NodeStatus::Ready } else { NodeStatus::Down };
+            n.availability = [Availability::Active, Availability::Pause, Availability::Drain][*avail as usize];
+            if *east { n.labels.insert("zone".into(), "east".into()); }
+            if !process { n.description.runtimes.clear(); }
+            // Tasks of another service already there, so the loads differ.
+            for k in 0..*preload {
+                let mut t = task(&format!("old{i}-{k}"), "other", ServiceSpec::new("other", "x"));
+                t.node_id = Some(n.id.clone());
+                t.status.state = TaskState::Running;
+                existing.push(t);
+            }
+            st.nodes.insert(n.id.clone(), n);
+        }
+        for t in existing { st.tasks.insert(t.id.clone(), t); }
+        let mut spec = match port { Some(p) => host_port_spec(p), None => ServiceSpec::new("web", "x") };
+        spec.placement.max_replicas_per_node = max_per_node;
+        let tasks: Vec<Task> = (0..n_tasks).map(|i| task(&format!("t{i:02}"), "web", spec.clone())).collect();
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let got = place(&st, &refs);
+
+        // The reference: one task at a time, every node scanned.
+        let ids: Vec<&Node> = st.nodes.values().collect();
+        // (tasks of the service, tasks in all, host ports in use) per node.
+        type Used = (u64, u64, BTreeSet<(u16, Protocol)>);
+        let mut load: Vec<Used> = ids.iter().map(|n| {
+            let total = st.tasks.values().filter(|t| t.node_id.as_deref() == Some(n.id.as_str())).count() as u64;
+            (0, total, BTreeSet::new())
+        }).collect();
+        let mut want = Vec::new();
+        for t in &tasks {
+            let best = (0..ids.len())
+                .filter(|&i| fits_static(ids[i], t).is_ok())
+                .filter(|&i| max_per_node == 0 || load[i].0 < max_per_node)
+                .filter(|&i| t.spec.host_ports().all(|p| !load[i].2.contains(&p)))
+                .min_by_key(|&i| (load[i].0, load[i].1, i));
+            if let Some(i) = best {
+                load[i].0 += 1;
+                load[i].1 += 1;
+                load[i].2.extend(t.spec.host_ports());
+                want.push((t.id.clone(), ids[i].id.clone()));
+            }
+        }
+        prop_assert_eq!(&got.assignments, &want);
+        prop_assert_eq!(got.assignments.len() + got.unplaced.len(), tasks.len());
+    }
+}
+
+#[test]
+fn uneven_services_are_those_the_node_could_even_out() {
+    let mut st = ClusterState::default();
+    for id in ["a", "b", "c"] {
+        st.nodes.insert(id.into(), node(id));
+    }
+    let mut east = node("e");
+    east.labels.insert("zone".into(), "east".into());
+    st.nodes.insert("e".into(), east.clone());
+    let service = |name: &str, constraint: Option<&str>| {
+        let mut spec = ServiceSpec::new(name, "x");
+        if let Some(c) = constraint {
+            spec.placement.constraints.push(c.into());
+        }
+        skein_protocol::Service {
+            id: name.into(),
+            spec,
+            previous_spec: None,
+            version: 1,
+            update_status: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    };
+    for (name, c) in [
+        ("web", None),
+        ("west", Some("node.labels.zone!=east")),
+        ("even", None),
+    ] {
+        let s = service(name, c);
+        st.services.insert(s.id.clone(), s);
+    }
+    let mut n = 0;
+    let mut put = |st: &mut ClusterState, svc: &str, on: &str, k: usize| {
+        for _ in 0..k {
+            n += 1;
+            let mut t = task(&format!("t{n}"), svc, ServiceSpec::new(svc, "x"));
+            t.node_id = Some(on.into());
+            t.status.state = TaskState::Running;
+            st.tasks.insert(t.id.clone(), t);
+        }
+    };
+    // web: 2, 2, 2 and none on e; west: the same but e cannot run it;
+    // even: 1 on each of the four.
+    for on in ["a", "b", "c"] {
+        put(&mut st, "web", on, 2);
+        put(&mut st, "west", on, 2);
+        put(&mut st, "even", on, 1);
+    }
+    put(&mut st, "even", "e", 1);
+    let names: Vec<&str> = uneven_services(&st, &east)
+        .iter()
+        .map(|s| s.spec.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["web"]);
+}
