@@ -8,13 +8,19 @@
 use super::client::{seg, Client};
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use skein_protocol::api::{ServiceRow, TaskRow};
+use skein_protocol::api::{ServiceDetail, ServiceRow, TaskRow};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const POLL: Duration = Duration::from_millis(300);
-/// Converged must hold this long (a task that dies at once is not "running").
-const STABLE: Duration = Duration::from_millis(1500);
+/// docker's CLI polls every 200 ms too.
+const POLL: Duration = Duration::from_millis(200);
+/// Converged must hold for the service's update monitor, as docker's CLI
+/// requires, but at least this long (a task that dies at once is not
+/// "running")...
+const STABLE_MIN: Duration = Duration::from_millis(1000);
+/// ...and at most this long (docker's default monitor is 5s: too long to
+/// keep someone waiting for tasks that already run).
+const STABLE_MAX: Duration = Duration::from_millis(1500);
 /// Failed tasks per service before we stop waiting.
 const MAX_FAILURES: usize = 3;
 const UNSCHEDULABLE_GRACE: Duration = Duration::from_secs(5);
@@ -24,6 +30,8 @@ struct Watch {
     converged_since: Option<Instant>,
     unschedulable_since: Option<Instant>,
     verdict: Option<Result<(), String>>,
+    /// How long converged must hold; read once the service first converges.
+    stable: Option<Duration>,
     seen_failed: std::collections::BTreeSet<String>,
 }
 
@@ -46,6 +54,7 @@ pub async fn converge(c: &Client, names: &[String], timeout: Duration) -> anyhow
                     converged_since: None,
                     unschedulable_since: None,
                     verdict: None,
+                    stable: None,
                     seen_failed: Default::default(),
                 },
             )
@@ -118,7 +127,20 @@ pub async fn converge(c: &Client, names: &[String], timeout: Duration) -> anyhow
             if row.running == row.replicas && not_yet == 0 {
                 let since = *w.converged_since.get_or_insert_with(Instant::now);
                 w.bar.set_message("running");
-                if since.elapsed() >= STABLE {
+                let stable = match w.stable {
+                    Some(d) => d,
+                    None => {
+                        let d = c
+                            .get_opt::<ServiceDetail>(&format!("/v1/services/{}", seg(name)))
+                            .await?
+                            .map(|d| {
+                                stable_window(d.service.spec.update_config.monitor.as_duration())
+                            })
+                            .unwrap_or(STABLE_MAX);
+                        *w.stable.insert(d)
+                    }
+                };
+                if since.elapsed() >= stable {
                     w.verdict = Some(Ok(()));
                 }
             } else {
@@ -157,6 +179,13 @@ pub async fn converge(c: &Client, names: &[String], timeout: Duration) -> anyhow
     Ok(ok)
 }
 
+/// How long a converged service must stay so: its update monitor (how
+/// long it asks a new task to be watched), like docker's CLI, bounded by
+/// [`STABLE_MIN`] and [`STABLE_MAX`].
+fn stable_window(monitor: Duration) -> Duration {
+    monitor.clamp(STABLE_MIN, STABLE_MAX)
+}
+
 /// Waits until the tasks have stopped (or are gone), bounded by `timeout`.
 pub async fn tasks_gone(c: &Client, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -182,4 +211,24 @@ pub async fn tasks_gone(c: &Client, ids: &[String], timeout: Duration) -> anyhow
         eprintln!("warning: {} task(s) still stopping", left.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stable_window_follows_the_update_monitor_within_bounds() {
+        assert_eq!(
+            stable_window(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            stable_window(Duration::from_millis(1200)),
+            Duration::from_millis(1200)
+        );
+        // docker's default 5s, and 0s: bounded.
+        assert_eq!(stable_window(Duration::from_secs(5)), STABLE_MAX);
+        assert_eq!(stable_window(Duration::ZERO), STABLE_MIN);
+    }
 }

@@ -11,8 +11,10 @@
 //!   (and `skein.stack` in a stack), over the spec's `container_labels`. The
 //!   engine is the only state: a fresh runtime (an agent restart) finds the
 //!   same containers by listing `skein.node=<id>`, running or exited. The
-//!   only memory is a cache of exited containers' inspections, which cannot
-//!   change (containers have no restart policy and are never started twice).
+//!   only memory is a cache of containers' inspections, each kept while the
+//!   listing shows the same state and health for that container (containers
+//!   have no restart policy and are never started twice), so a poll inspects
+//!   only containers whose state changed.
 //! - At most one container per task id: `start` adopts the task's container
 //!   when there is one (starting it only if it was created and never
 //!   started); a concurrent create loses on the engine-unique name (409) and
@@ -39,9 +41,9 @@ use crate::util::now_ms;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerState, ContainerStateStatusEnum,
-    ContainerSummary, EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig,
-    Mount as DockerMount, MountType, NetworkCreateRequest, NetworkingConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerSummary, ContainerSummaryStateEnum, EndpointSettings, HealthConfig, HealthStatusEnum,
+    HostConfig, Mount as DockerMount, MountType, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
@@ -84,8 +86,9 @@ pub struct DockerRuntime {
     /// sources can be checked here before the engine is asked.
     local_engine: bool,
     stack_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Container id -> its observation, for exited containers only.
-    exited: Mutex<HashMap<String, Observed>>,
+    /// Container id -> what the listing showed of its state when it was
+    /// inspected, and the observation: valid while the listing shows the same.
+    observed: Mutex<HashMap<String, (String, Observed)>>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -147,7 +150,7 @@ pub async fn connect(node_id: &str) -> Result<DockerRuntime, RuntimeError> {
         local_engine: host.starts_with("unix://"),
         host,
         stack_locks: Mutex::new(HashMap::new()),
-        exited: Mutex::new(HashMap::new()),
+        observed: Mutex::new(HashMap::new()),
     })
 }
 
@@ -489,6 +492,30 @@ pub fn observe(
         )),
         ContainerStateStatusEnum::EMPTY => None,
     }
+}
+
+/// What a container listing shows of its state: the state and the
+/// parenthesized parts of the status (`(healthy)`, `(health: starting)`,
+/// `(137)`), without the ever-changing "Up 3 seconds". An inspection stays
+/// valid while this does not change.
+pub fn listed_state(state: Option<ContainerSummaryStateEnum>, status: Option<&str>) -> String {
+    let mut out = format!("{state:?}");
+    let mut depth = 0usize;
+    for ch in status.unwrap_or_default().chars() {
+        match ch {
+            '(' => {
+                depth += 1;
+                out.push(ch);
+            }
+            ')' if depth > 0 => {
+                depth -= 1;
+                out.push(ch);
+            }
+            _ if depth > 0 => out.push(ch),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time as the engine writes it
@@ -975,7 +1002,7 @@ impl DockerRuntime {
         let mut to_inspect = Vec::new();
         {
             let cache = self
-                .exited
+                .observed
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for c in containers {
@@ -986,25 +1013,26 @@ impl DockerRuntime {
                     continue;
                 };
                 seen.insert(id.clone());
+                let listed = listed_state(c.state, c.status.as_deref());
                 match cache.get(&id) {
-                    Some(o) if o.task_id == task_id => out.push(o.clone()),
-                    _ => to_inspect.push((id, task_id)),
+                    Some((l, o)) if o.task_id == task_id && *l == listed => out.push(o.clone()),
+                    _ => to_inspect.push((id, task_id, listed)),
                 }
             }
         }
         let mut inspections = tokio::task::JoinSet::new();
-        for (id, task_id) in to_inspect {
+        for (id, task_id, listed) in to_inspect {
             let docker = self.docker.clone();
             inspections.spawn(async move {
                 let r = docker
                     .inspect_container(&id, None::<InspectContainerOptions>)
                     .await;
-                (id, task_id, r)
+                (id, task_id, listed, r)
             });
         }
         let mut fresh = Vec::new();
         while let Some(joined) = inspections.join_next().await {
-            let Ok((id, task_id, r)) = joined else {
+            let Ok((id, task_id, listed, r)) = joined else {
                 continue;
             };
             let inspected = match r {
@@ -1023,18 +1051,12 @@ impl DockerRuntime {
             let Some(o) = observe(&task_id, &id, state, inspected.created.as_deref(), now) else {
                 continue;
             };
-            let final_state = matches!(
-                state.status,
-                Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD)
-            );
-            if final_state {
-                fresh.push((id, o.clone()));
-            }
+            fresh.push((id, (listed, o.clone())));
             out.push(o);
         }
         {
             let mut cache = self
-                .exited
+                .observed
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             cache.retain(|id, _| seen.contains(id));
@@ -1084,7 +1106,7 @@ impl DockerRuntime {
                     )
                 }
             }
-            self.exited
+            self.observed
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .remove(&id);
@@ -1566,6 +1588,26 @@ mod tests {
             }
         );
         assert_eq!(o.started_at, 0);
+    }
+
+    #[test]
+    fn listed_states_ignore_uptime_but_not_state_health_or_exit_code() {
+        use ContainerSummaryStateEnum as S;
+        let up = |st: &str| listed_state(Some(S::RUNNING), Some(st));
+        assert_eq!(up("Up 2 seconds"), up("Up About a minute"));
+        assert_eq!(up("Up 2 seconds (healthy)"), up("Up 3 minutes (healthy)"));
+        assert_ne!(
+            up("Up 2 seconds (health: starting)"),
+            up("Up 3 seconds (healthy)")
+        );
+        assert_ne!(
+            up("Up 2 seconds"),
+            listed_state(Some(S::EXITED), Some("Exited (0) 1 second ago"))
+        );
+        assert_ne!(
+            listed_state(Some(S::EXITED), Some("Exited (0) 1 second ago")),
+            listed_state(Some(S::EXITED), Some("Exited (137) 1 second ago"))
+        );
     }
 
     #[test]

@@ -158,7 +158,13 @@ impl Worker {
                     Some(a) => self.on_assignments(a),
                     None => return,
                 },
-                Some(d) = self.done_rx.recv() => self.on_done(d),
+                Some(d) = self.done_rx.recv() => {
+                    self.on_done(d);
+                    // Starts finishing together: one sync (one listing) for all.
+                    while let Ok(d) = self.done_rx.try_recv() {
+                        self.on_done(d);
+                    }
+                }
                 _ = ticker.tick() => {}
                 _ = shutdown.changed() => {
                     // Tasks keep running while the agent is away: nothing to stop here.
