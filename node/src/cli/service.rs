@@ -131,33 +131,8 @@ pub struct CreateArgs {
     restart_max_attempts: Option<u64>,
     #[arg(long)]
     restart_window: Option<Dur>,
-    #[arg(long)]
-    update_parallelism: Option<u64>,
-    #[arg(long)]
-    update_delay: Option<Dur>,
-    #[arg(long)]
-    update_monitor: Option<Dur>,
-    /// pause, continue or rollback.
-    #[arg(long)]
-    update_failure_action: Option<String>,
-    #[arg(long)]
-    update_max_failure_ratio: Option<f64>,
-    /// stop-first or start-first.
-    #[arg(long)]
-    update_order: Option<String>,
-    #[arg(long)]
-    rollback_parallelism: Option<u64>,
-    #[arg(long)]
-    rollback_delay: Option<Dur>,
-    #[arg(long)]
-    rollback_monitor: Option<Dur>,
-    /// pause or continue.
-    #[arg(long)]
-    rollback_failure_action: Option<String>,
-    #[arg(long)]
-    rollback_max_failure_ratio: Option<f64>,
-    #[arg(long)]
-    rollback_order: Option<String>,
+    #[command(flatten)]
+    rollout: RolloutArgs,
     /// Time a task gets to stop before it is killed.
     #[arg(long)]
     stop_grace_period: Option<Dur>,
@@ -356,6 +331,73 @@ pub fn parse_mount(s: &str) -> anyhow::Result<Mount> {
     })
 }
 
+/// The `--update-*` and `--rollback-*` flags of `service create` and
+/// `service update`.
+#[derive(Args)]
+pub struct RolloutArgs {
+    #[arg(long)]
+    pub update_parallelism: Option<u64>,
+    #[arg(long)]
+    pub update_delay: Option<Dur>,
+    #[arg(long)]
+    pub update_monitor: Option<Dur>,
+    /// pause, continue or rollback.
+    #[arg(long)]
+    pub update_failure_action: Option<String>,
+    #[arg(long)]
+    pub update_max_failure_ratio: Option<f64>,
+    /// stop-first or start-first.
+    #[arg(long)]
+    pub update_order: Option<String>,
+    #[arg(long)]
+    pub rollback_parallelism: Option<u64>,
+    #[arg(long)]
+    pub rollback_delay: Option<Dur>,
+    #[arg(long)]
+    pub rollback_monitor: Option<Dur>,
+    /// pause or continue.
+    #[arg(long)]
+    pub rollback_failure_action: Option<String>,
+    #[arg(long)]
+    pub rollback_max_failure_ratio: Option<f64>,
+    #[arg(long)]
+    pub rollback_order: Option<String>,
+}
+
+impl RolloutArgs {
+    /// Applies the flags given to the spec's update and rollback settings.
+    pub(super) fn apply(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
+        apply_update_flags(
+            &mut spec.update_config,
+            UpdateFlags {
+                prefix: "update",
+                parallelism: self.update_parallelism,
+                delay: self.update_delay,
+                monitor: self.update_monitor,
+                action: &self.update_failure_action,
+                ratio: self.update_max_failure_ratio,
+                order: &self.update_order,
+            },
+        )?;
+        apply_update_flags(
+            &mut spec.rollback_config,
+            UpdateFlags {
+                prefix: "rollback",
+                parallelism: self.rollback_parallelism,
+                delay: self.rollback_delay,
+                monitor: self.rollback_monitor,
+                action: &self.rollback_failure_action,
+                ratio: self.rollback_max_failure_ratio,
+                order: &self.rollback_order,
+            },
+        )?;
+        if spec.rollback_config.failure_action == FailureAction::Rollback {
+            bail!("--rollback-failure-action rollback: a rollback is never rolled back; use pause or continue");
+        }
+        Ok(())
+    }
+}
+
 /// The `--update-*` or `--rollback-*` flags, as given.
 pub(super) struct UpdateFlags<'a> {
     pub prefix: &'static str,
@@ -537,33 +579,7 @@ pub fn build_spec(a: &CreateArgs) -> anyhow::Result<ServiceSpec> {
     if let Some(w) = a.restart_window {
         spec.restart_policy.window = w;
     }
-    apply_update_flags(
-        &mut spec.update_config,
-        UpdateFlags {
-            prefix: "update",
-            parallelism: a.update_parallelism,
-            delay: a.update_delay,
-            monitor: a.update_monitor,
-            action: &a.update_failure_action,
-            ratio: a.update_max_failure_ratio,
-            order: &a.update_order,
-        },
-    )?;
-    apply_update_flags(
-        &mut spec.rollback_config,
-        UpdateFlags {
-            prefix: "rollback",
-            parallelism: a.rollback_parallelism,
-            delay: a.rollback_delay,
-            monitor: a.rollback_monitor,
-            action: &a.rollback_failure_action,
-            ratio: a.rollback_max_failure_ratio,
-            order: &a.rollback_order,
-        },
-    )?;
-    if spec.rollback_config.failure_action == FailureAction::Rollback {
-        bail!("--rollback-failure-action rollback: a rollback is never rolled back; use pause or continue");
-    }
+    a.rollout.apply(&mut spec)?;
     if let Some(g) = a.stop_grace_period {
         spec.stop_grace_period = g;
     }

@@ -5,13 +5,12 @@
 
 use super::client::{seg, Client};
 use super::progress::{self, Op};
-use super::service::{apply_update_flags, parse_enum, parse_publish, UpdateFlags};
+use super::service::{parse_enum, parse_publish, RolloutArgs};
 use anyhow::{anyhow, bail};
 use clap::Args;
 use skein_protocol::api::{ServiceDetail, ServiceUpdateRequest};
 use skein_protocol::{
-    defaults, Dur, FailureAction, HealthCheck, PublishMode, RestartCondition, Service, ServiceMode,
-    ServiceSpec,
+    defaults, Dur, HealthCheck, PublishMode, RestartCondition, Service, ServiceMode, ServiceSpec,
 };
 
 #[derive(Args)]
@@ -54,33 +53,8 @@ pub struct UpdateArgs {
     /// none, on-failure or any.
     #[arg(long)]
     restart_condition: Option<String>,
-    #[arg(long)]
-    update_parallelism: Option<u64>,
-    #[arg(long)]
-    update_delay: Option<Dur>,
-    #[arg(long)]
-    update_monitor: Option<Dur>,
-    /// pause, continue or rollback.
-    #[arg(long)]
-    update_failure_action: Option<String>,
-    #[arg(long)]
-    update_max_failure_ratio: Option<f64>,
-    /// stop-first or start-first.
-    #[arg(long)]
-    update_order: Option<String>,
-    #[arg(long)]
-    rollback_parallelism: Option<u64>,
-    #[arg(long)]
-    rollback_delay: Option<Dur>,
-    #[arg(long)]
-    rollback_monitor: Option<Dur>,
-    /// pause or continue.
-    #[arg(long)]
-    rollback_failure_action: Option<String>,
-    #[arg(long)]
-    rollback_max_failure_ratio: Option<f64>,
-    #[arg(long)]
-    rollback_order: Option<String>,
+    #[command(flatten)]
+    rollout: RolloutArgs,
     /// Replace every task even if nothing changed.
     #[arg(long)]
     force: bool,
@@ -268,33 +242,7 @@ pub fn updated_spec(old: &ServiceSpec, a: &UpdateArgs) -> anyhow::Result<Service
         spec.restart_policy.condition =
             parse_enum::<RestartCondition>(c, "--restart-condition", "none, on-failure, any")?;
     }
-    apply_update_flags(
-        &mut spec.update_config,
-        UpdateFlags {
-            prefix: "update",
-            parallelism: a.update_parallelism,
-            delay: a.update_delay,
-            monitor: a.update_monitor,
-            action: &a.update_failure_action,
-            ratio: a.update_max_failure_ratio,
-            order: &a.update_order,
-        },
-    )?;
-    apply_update_flags(
-        &mut spec.rollback_config,
-        UpdateFlags {
-            prefix: "rollback",
-            parallelism: a.rollback_parallelism,
-            delay: a.rollback_delay,
-            monitor: a.rollback_monitor,
-            action: &a.rollback_failure_action,
-            ratio: a.rollback_max_failure_ratio,
-            order: &a.rollback_order,
-        },
-    )?;
-    if spec.rollback_config.failure_action == FailureAction::Rollback {
-        bail!("--rollback-failure-action rollback: a rollback is never rolled back; use pause or continue");
-    }
+    a.rollout.apply(&mut spec)?;
     if a.force {
         spec.force_update += 1;
     }
