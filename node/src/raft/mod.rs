@@ -439,4 +439,4 @@ fn send(outbound: &Option<mpsc::UnboundedSender<Message>>, msgs: Vec<Message>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -709,7 +709,7 @@ mod tests {
 
     fn open_temp() -> (tempfile::TempDir, sled::Db, SledStorage) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::raft::tests::reopen(dir.path());
         let storage = SledStorage::open(&db).unwrap();
         (dir, db, storage)
     }
@@ -1059,7 +1059,7 @@ mod tests {
             ..Default::default()
         };
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::raft::tests::reopen(dir.path());
             let s = SledStorage::open(&db).unwrap();
             s.initialize(voters(&[1])).unwrap();
             let mut ents: Vec<Entry> = (1..=10).map(|i| new_entry(i, 1 + i / 4)).collect();
@@ -1072,7 +1072,7 @@ mod tests {
             s.compact(5).unwrap();
             s.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::raft::tests::reopen(dir.path());
         let s = SledStorage::open(&db).unwrap();
         assert!(s.is_initialized());
         let st = s.initial_state().unwrap();
@@ -1214,7 +1214,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (term, commit);
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::raft::tests::reopen(dir.path());
             let store = SledStorage::open(&db).unwrap();
             store.initialize(voters(&[1])).unwrap();
             let mut sm = TestSm::open(&db);
@@ -1248,7 +1248,7 @@ mod tests {
             store.flush().unwrap();
         }
 
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::raft::tests::reopen(dir.path());
         let store = SledStorage::open(&db).unwrap();
         let mut sm = TestSm::open(&db);
         assert_eq!(sm.applied, 51);
@@ -1280,7 +1280,7 @@ mod tests {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::raft::tests::reopen(dir.path());
             let store = SledStorage::open(&db).unwrap();
             store.initialize(voters(&[1])).unwrap();
             let mut sm = TestSm::open(&db);
@@ -1294,7 +1294,7 @@ mod tests {
             assert_eq!(sm.applied, 11);
             store.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::raft::tests::reopen(dir.path());
         let store = SledStorage::open(&db).unwrap();
         // Pretend the state machine only made it to 6 before the crash.
         let mut sm = TestSm {

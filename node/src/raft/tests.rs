@@ -21,7 +21,7 @@ fn service(i: u32) -> Command {
 
 /// Opens the sled db at `path`, waiting for a just-dropped handle's
 /// background flusher to let go of the file lock.
-fn reopen(path: &std::path::Path) -> sled::Db {
+pub(crate) fn reopen(path: &std::path::Path) -> sled::Db {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match sled::open(path) {
