@@ -25,6 +25,9 @@
 #   NODES=1000 TASKS=100000 SERVICES=100   the in-process placement run
 #   ONLY=skein,etcd,placement,rss          run only some parts (raft mode)
 #   GOSSIP_N=20 GOSSIP_TRIALS=10           gossip mode: processes, trials
+#   GOSSIP_CONV_TRIALS=5 GOSSIP_FP_IDLE=60 gossip mode: convergence samples, seconds
+#                                          both clusters idle while false suspicions
+#                                          are counted (600 for the 10 minutes)
 #   SIM_NODES=1000 SIM_IDLE_S=600          gossip mode: the simulation
 #
 # Everything started here (agents, etcd, namespaces, iptables rules, temp dirs,
@@ -235,6 +238,7 @@ case "$MODE" in
     fi
     python3 scripts/bench/gossip_bench.py --skein "$SKEIN" --work "$WORK" \
       --n "${GOSSIP_N:-20}" --trials "${GOSSIP_TRIALS:-10}" --idle "$IDLE" $NETNS_FLAG \
+      --conv-trials "${GOSSIP_CONV_TRIALS:-5}" --fp-idle "${GOSSIP_FP_IDLE:-60}" \
       --sim-output "$SIM_OUT" &
     DRIVER_PID=$!
     rc=0

@@ -27,6 +27,7 @@ namespaces this script creates, nowhere else.
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -45,15 +46,6 @@ ENV = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
 def http_json(url, timeout=1.0):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
-
-
-def io_bytes(pid):
-    try:
-        with open(f"/proc/{pid}/io") as f:
-            kv = dict(line.split(":") for line in f.read().splitlines())
-        return int(kv["rchar"]) + int(kv["wchar"])
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def median(v):
@@ -87,6 +79,76 @@ def race(names, probe, timeout):
     return done
 
 
+class Joins:
+    """Stamps a process's member-join log lines as they arrive (the pipe is
+    read by a thread; no polling of the processes at all): first time each
+    other member appeared in its log. Serf logs `EventMemberJoin: NAME`,
+    skein `member alive peer=PEER` (membership at debug level)."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, pattern, me, alarm):
+        self.re = re.compile(pattern)
+        self.alarm = re.compile(alarm)
+        self.me = me
+        self.first = {}
+        # (when, line) of every suspicion / failure this process logged.
+        self.alarms = []
+
+    def feed(self, line):
+        line = self.ANSI.sub("", line)
+        m = self.re.search(line)
+        if m and m.group(1) != self.me:
+            self.first.setdefault(m.group(1), time.monotonic())
+        if self.alarm.search(line):
+            self.alarms.append((time.monotonic(), line.strip()))
+
+    def seen_all_at(self, others):
+        """When this process had seen `others` members join; None if not yet."""
+        t = sorted(self.first.values())
+        return t[others - 1] if len(t) >= others else None
+
+
+# What counts as a false positive while idle: a member suspected or declared
+# failed, or (skein) a node marked down.
+SERF_ALARM = r"Suspect \S+ has failed|EventMemberFailed|EventMemberLeave"
+SKEIN_ALARM = r"member (suspect|dead)|node status changes.*status=Down"
+
+
+def alarms_since(joins, t):
+    return [line for j in joins for (at, line) in j.alarms if at >= t]
+
+
+def spawn_watched(argv, logfile, joins, env=None):
+    """rb.spawn, with the output read through `joins` on its way to logfile."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    rb.PROCS.append(p)
+    rb.record_pid(p.pid)
+
+    def pump():
+        with open(logfile, "ab") as out:
+            for line in iter(p.stdout.readline, b""):
+                joins.feed(line.decode(errors="replace"))
+                out.write(line)
+                out.flush()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return p
+
+
+def converged_after(joins, t0, n, timeout):
+    """Seconds from t0 until every process had logged the other n-1 joining
+    (waits up to timeout); None if some never did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        at = [j.seen_all_at(n - 1) for j in joins]
+        if all(a is not None for a in at):
+            return max(at) - t0
+        time.sleep(0.1)
+    return None
+
+
 # --------------------------------------------------------------------------
 # Serf
 
@@ -104,13 +166,17 @@ class Serf:
             self.rpc = [f"127.0.0.1:{rb.free_port()}" for _ in range(n)]
         self.procs = [None] * n
 
-    def launch(self, i, join=True):
+    def launch(self, i, join=True, joins=None):
         argv = ["serf", "agent", f"-node=serf{i}", f"-bind={self.bind[i]}", f"-rpc-addr={self.rpc[i]}",
-                "-log-level=warn"]
+                "-log-level=" + ("info" if joins else "warn")]
         if join and i != 0:
             argv.append(f"-join={self.bind[0]}")
         ns = self.hosts[i][0] if self.hosts else None
-        self.procs[i] = rb.spawn(argv, os.path.join(self.root, f"serf{i}.log"), netns=ns)
+        logfile = os.path.join(self.root, f"serf{i}.log")
+        if joins:
+            self.procs[i] = spawn_watched(argv, logfile, joins)
+        else:
+            self.procs[i] = rb.spawn(argv, logfile, netns=ns)
 
     def members(self, observer, status=None):
         argv = ["serf", "members", f"-rpc-addr={self.rpc[observer]}", "-format=json"]
@@ -128,17 +194,24 @@ class Serf:
     def status_of(self, observer, i):
         return (self.members(observer) or {}).get(f"serf{i}")
 
-    def start(self):
-        self.launch(0)
+    def start(self, measure=False):
+        """Starts all N; with measure, returns seconds from launching the
+        N-1 joiners until every agent had logged all the others joining."""
+        joins = [Joins(r"EventMemberJoin: (\S+)", f"serf{i}", SERF_ALARM) for i in range(self.n)] if measure else None
+        self.joins = joins
+        self.launch(0, joins=joins and joins[0])
         rb.wait_until("serf seed", 20, lambda: self.members(0) is not None)
         t0 = time.monotonic()
         for i in range(1, self.n):
-            self.launch(i)
-        conv = race(range(self.n), lambda o: self.alive_count(o) == self.n, 60)
-        # race() counts from its own start, a moment after t0.
-        lag = 0.0 if not conv else 0.0
-        _ = t0, lag
-        return max(conv.values()) if len(conv) == self.n else None
+            self.launch(i, joins=joins and joins[i])
+        conv = converged_after(joins, t0, self.n, 60) if measure else None
+        rb.wait_until("every serf agent lists all alive", 60,
+                      lambda: all(self.alive_count(o) == self.n for o in range(self.n)), interval=0.2)
+        return conv
+
+    def stop_all(self):
+        for i in range(self.n):
+            rb.stop(self.procs[i], grace=2)
 
     def kill(self, i):
         rb.kill9(self.procs[i])
@@ -172,7 +245,7 @@ class Skein:
         self.ids = [None] * n
         self.token = None
 
-    def launch(self, i):
+    def launch(self, i, joins=None):
         argv = [self.bin, "agent", "--name", f"g{i}", "--data-dir", os.path.join(self.root, f"g{i}"),
                 "--api", self.api[i], "--listen", self.listen[i], "--runtime", "process", "--no-mdns"]
         if self.key:
@@ -182,7 +255,13 @@ class Skein:
         elif i != 0:
             argv += ["--join", self.listen[0], "--token", self.token]
         ns = self.hosts[i][0] if self.hosts else None
-        self.procs[i] = rb.spawn(argv, os.path.join(self.root, f"g{i}.log"), env=ENV, netns=ns)
+        logfile = os.path.join(self.root, f"g{i}.log")
+        if joins:
+            env = dict(ENV, RUST_LOG=ENV["RUST_LOG"]
+                       + ",skein_node::membership=debug,skein_node::cluster::heartbeat=info")
+            self.procs[i] = spawn_watched(argv, logfile, joins, env=env)
+        else:
+            self.procs[i] = rb.spawn(argv, logfile, env=ENV, netns=ns)
 
     def members(self, o):
         return http_json(f"http://{self.api[o]}/v1/members")
@@ -215,8 +294,13 @@ class Skein:
                 continue
         return None
 
-    def start_loopback(self):
-        self.launch(0)
+    def start_loopback(self, measure=False):
+        """Starts all N (one seed, N-1 joining with a token); with measure,
+        returns seconds from launching the joiners until every agent had
+        logged all the others alive."""
+        joins = [Joins(r"member alive peer=(\S+)", None, SKEIN_ALARM) for _ in range(self.n)] if measure else None
+        self.joins = joins
+        self.launch(0, joins=joins and joins[0])
         rb.wait_until("skein seed", 30, lambda: self.nodes(0))
         ok, out, err = rb.run([self.bin, "-H", f"http://{self.api[0]}", "join-token", "worker", "-q"], 10)
         if not ok:
@@ -224,12 +308,17 @@ class Skein:
         self.token = out.strip()
         t0 = time.monotonic()
         for i in range(1, self.n):
-            self.launch(i)
-        conv = race(range(self.n), lambda o: self.alive(o) == self.n - 1, 90)
+            self.launch(i, joins=joins and joins[i])
+        conv = converged_after(joins, t0, self.n, 90) if measure else None
+        rb.wait_until("every agent lists all alive", 60,
+                      lambda: all(self.alive(o) == self.n - 1 for o in range(self.n)), interval=0.2)
         rb.wait_until("all nodes ready", 60,
                       lambda: len([r for r in self.nodes(0) if r["status"] == "ready"]) == self.n)
-        _ = t0
-        return max(conv.values()) if len(conv) == self.n else None
+        return conv
+
+    def stop_all(self):
+        for i in range(self.n):
+            rb.stop(self.procs[i], grace=3)
 
     def kill(self, i):
         rb.kill9(self.procs[i])
@@ -285,35 +374,61 @@ class LoopbackAccounting:
         return total
 
 
-def idle_wire(acct, n, seconds):
-    """Bytes per second each process sends (and, summed over all, receives)."""
-    a = acct.bytes()
-    time.sleep(seconds)
-    b = acct.bytes()
-    if a is None or b is None:
-        return None
-    return (b - a) / n / seconds
-
-
-def idle_io(pids, seconds):
-    a = {p: io_bytes(p) for p in pids}
-    time.sleep(seconds)
-    b = {p: io_bytes(p) for p in pids}
-    per = [(b[p] - a[p]) / seconds for p in pids if a[p] is not None and b[p] is not None]
-    return median(per)
-
-
 def loopback(a, root):
+    """Convergence samples for each system, then both clusters idle side by
+    side (wire bytes, false suspicions), then the kill trials."""
     res = {}
     n = a.n
-    # Serf
+    # Convergence: each trial a fresh cluster; the last one stays up.
     log(f"serf: {n} agents on loopback, joining one seed")
-    serf = Serf(os.path.join(root, "serf"), n)
-    os.makedirs(serf.root, exist_ok=True)
-    res["serf_converge"] = serf.start()
-    log(f"serf converged in {res['serf_converge']}")
-    acct = LoopbackAccounting("127.0.0.2")
-    res["serf_wire"] = idle_wire(acct, n, a.idle)
+    samples = []
+    for k in range(a.conv_trials):
+        serf = Serf(os.path.join(root, f"serf{k}"), n)
+        os.makedirs(serf.root, exist_ok=True)
+        samples.append(serf.start(measure=True))
+        log(f"serf converged in {samples[-1]}")
+        if k + 1 < a.conv_trials:
+            serf.stop_all()
+    res["serf_converge"] = median(samples)
+    res["serf_converge_all"] = samples
+    log(f"skein: {n} agents on loopback, joining one seed with a token")
+    samples = []
+    for k in range(a.conv_trials):
+        sk = Skein(a.skein, os.path.join(root, f"skein{k}"), n)
+        os.makedirs(sk.root, exist_ok=True)
+        samples.append(sk.start_loopback(measure=True))
+        log(f"skein converged in {samples[-1]}")
+        if k + 1 < a.conv_trials:
+            sk.stop_all()
+            rb.kill_task_processes()
+    res["skein_converge"] = median(samples)
+    res["skein_converge_all"] = samples
+
+    # Both clusters idle at once: bytes on the wire and false positives.
+    idle = max(a.idle, a.fp_idle)
+    log(f"both clusters idle for {idle:.0f} s (wire bytes, false suspicions)")
+    serf_acct, sk_acct = LoopbackAccounting("127.0.0.2"), LoopbackAccounting("127.0.0.3")
+    b0 = (serf_acct.bytes(), sk_acct.bytes())
+    t_idle = time.monotonic()
+    time.sleep(idle)
+    b1 = (serf_acct.bytes(), sk_acct.bytes())
+    for key, x0, x1 in (("serf_wire", b0[0], b1[0]), ("skein_wire", b0[1], b1[1])):
+        res[key] = None if x0 is None or x1 is None else (x1 - x0) / n / idle
+    res["idle_s"] = idle
+    res["serf_fp"] = alarms_since(serf.joins, t_idle)
+    res["skein_fp"] = alarms_since(sk.joins, t_idle)
+    down_now = [r["name"] for r in sk.nodes(sk.leader() or 0) if r["status"] != "ready"]
+    res["skein_fp"] += [f"node {d} not ready at the end" for d in down_now]
+    not_alive = [o for o in range(n) if serf.alive_count(o) != n]
+    res["serf_fp"] += [f"serf{o} does not list all alive at the end" for o in not_alive]
+    for name in ("serf", "skein"):
+        for line in res[f"{name}_fp"][:10]:
+            log(f"{name} false positive while idle: {line}")
+    gossip = [sk.members(o)["gossip"] for o in range(n)]
+    res["skein_gossip_out"] = median([g["bytes_out_per_s"] for g in gossip])
+    res["skein_gossip_in"] = median([g["bytes_in_per_s"] for g in gossip])
+
+    # Kill trials, Serf then skein.
     first, everyone = [], []
     for t in range(a.trials):
         victim = 1 + t % (n - 1)
@@ -325,20 +440,8 @@ def loopback(a, root):
         log(f"serf trial {t + 1}: first {first[-1]}, all {everyone[-1]}")
         serf.restart(victim)
     res["serf_kill_first"], res["serf_kill_all"] = median(first), median(everyone)
-    for i in range(n):
-        rb.stop(serf.procs[i], grace=2)
+    serf.stop_all()
 
-    # skein
-    log(f"skein: {n} agents on loopback, joining one seed with a token")
-    sk = Skein(a.skein, os.path.join(root, "skein"), n)
-    os.makedirs(sk.root, exist_ok=True)
-    res["skein_converge"] = sk.start_loopback()
-    log(f"skein converged in {res['skein_converge']}")
-    acct = LoopbackAccounting("127.0.0.3")
-    res["skein_wire"] = idle_wire(acct, n, a.idle)
-    gossip = [sk.members(o)["gossip"] for o in range(n)]
-    res["skein_gossip_out"] = median([g["bytes_out_per_s"] for g in gossip])
-    res["skein_gossip_in"] = median([g["bytes_in_per_s"] for g in gossip])
     first, everyone, down = [], [], []
     for t in range(a.trials):
         leader = sk.leader() or 0
@@ -361,8 +464,7 @@ def loopback(a, root):
         log(f"skein trial {t + 1}: first {first[-1]}, all {everyone[-1]}, leader says down {down[-1]}")
         sk.restart(victim)
     res["skein_kill_first"], res["skein_kill_all"], res["skein_kill_down"] = median(first), median(everyone), median(down)
-    for i in range(n):
-        rb.stop(sk.procs[i], grace=3)
+    sk.stop_all()
     rb.kill_task_processes()
     return res
 
@@ -433,6 +535,9 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--conv-trials", type=int, default=5)
+    ap.add_argument("--fp-idle", type=float, default=60,
+                    help="seconds both clusters stay idle while false suspicions are counted")
     ap.add_argument("--idle", type=float, default=10)
     ap.add_argument("--netns", action="store_true")
     ap.add_argument("--sim-output", default="")
@@ -460,15 +565,20 @@ def main():
     if a.netns:
         rows.append(("cut silently: marked failed/down", g("serf_cut"), g("skein_cut"), "median < 3 s"))
     print()
-    print(f"gossip membership, N={a.n} on loopback (medians over {a.trials} trials)")
+    print(f"gossip membership, N={a.n} on loopback (medians over {a.trials} trials; "
+          f"convergence over {a.conv_trials}, from each process's own join log lines)")
     print(f"{'':42} {'serf':>10} {'skein':>10} {'skein/serf':>11}  goal")
     for name, s, k, goal in rows:
         print(f"{name:42} {fmt(s):>10} {fmt(k):>10} {ratio(k, s):>11}  {goal}")
     print(f"{'idle: bytes sent per process (IP, loopback)':42} {fmt(g('serf_wire'), ' B/s'):>10} "
           f"{fmt(g('skein_wire'), ' B/s'):>10} {ratio(g('skein_wire'), g('serf_wire')):>11}  "
           "all of skein's traffic: Raft heartbeats every 100 ms to every member dominate")
+    print(f"{'idle: false suspicions/failures, ' + str(int(g('idle_s') or 0)) + ' s':42} "
+          f"{len(g('serf_fp') or []):>10} {len(g('skein_fp') or []):>10} {'':>11}  none (issue: a 10-minute idle run)")
     print(f"{'skein membership metric out / in':42} {'':>10} {fmt(g('skein_gossip_out'), ' B/s'):>10} "
           f"{fmt(g('skein_gossip_in'), ' B/s'):>11}  membership payload, bounded (budget 16,384 B/s)")
+    conv = lambda k: ", ".join(fmt(x) for x in (g(k) or []))  # noqa: E731
+    print(f"convergence samples: serf {conv('serf_converge_all')}; skein {conv('skein_converge_all')}")
     if a.sim_output.strip():
         print()
         print(a.sim_output.strip())

@@ -168,6 +168,13 @@ impl Agent {
         }
     }
 
+    /// Runs an agent made with [`Agent::named`] with `--runtime RUNTIME`;
+    /// dropping it then also removes the containers it created.
+    pub fn with_runtime(mut self, runtime: &str) -> Agent {
+        self.runtime = runtime.into();
+        self
+    }
+
     /// Starts an agent made with [`Agent::named`]; waits for its API.
     pub fn launch(mut self) -> Agent {
         self.spawn();

@@ -4,7 +4,7 @@
 //! why) without an engine; dropping the agent removes its containers, also
 //! when a test fails.
 
-use skein_tests::{docker_available, ensure_test_images, free_port, wait_for, Agent};
+use skein_tests::{docker, docker_available, ensure_test_images, free_port, wait_for, Agent};
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -266,4 +266,134 @@ fn docker_stack_rollback_reverts_both_services() {
             "rollback_completed"
         );
     }
+}
+
+/// Images of the containers of `a`'s node that run right now (from the
+/// engine, not from skein's view).
+fn engine_running_images(a: &Agent) -> Vec<String> {
+    let Some(node) = a.node_id() else {
+        return Vec::new();
+    };
+    let out = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=skein.node={node}"),
+        "--filter",
+        "status=running",
+        "--format",
+        "{{.Image}}",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+fn leader_index(managers: &[Agent], skip: Option<usize>) -> Option<usize> {
+    for (i, m) in managers.iter().enumerate() {
+        if Some(i) == skip {
+            continue;
+        }
+        let out = m.cli(&["node", "ls", "--format", "json"]);
+        let Ok(nodes) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            continue;
+        };
+        let leader = nodes.as_array().into_iter().flatten().find_map(|n| {
+            (n["leader"] == true && n["status"] == "ready")
+                .then(|| n["name"].as_str().map(String::from))
+                .flatten()
+        });
+        if let Some(name) = leader {
+            let idx = managers.iter().position(|m| m.name == name)?;
+            if Some(idx) != skip {
+                return Some(idx);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn docker_a_new_leader_finishes_an_update_the_old_one_started() {
+    if !docker_available() {
+        eprintln!("docker_a_new_leader_finishes_an_update_the_old_one_started: skipped: no Docker engine answers `docker info`");
+        return;
+    }
+    ensure_test_images();
+    let m1 = Agent::named("m1", &[]).with_runtime("docker").launch();
+    let mt = m1.ok(&["join-token", "manager", "-q"]).trim().to_string();
+    let join = m1.listen.clone();
+    let mut managers = vec![m1];
+    for name in ["m2", "m3"] {
+        managers.push(
+            Agent::named(name, &["--join", &join, "--token", &mt])
+                .with_runtime("docker")
+                .launch(),
+        );
+    }
+    for a in &managers {
+        wait_for("3 ready managers seen from every manager", T, || {
+            let n = a.json(&["node", "ls"]);
+            let n = n.as_array().cloned().unwrap_or_default();
+            (n.len() == 3 && n.iter().all(|x| x["status"] == "ready")).then_some(())
+        });
+    }
+    managers[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "skein-test:v1",
+    ]);
+    all_on(&managers[0], "web", "skein-test:v1", 6);
+    managers[0].ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--image",
+        "skein-test:v2",
+        "--update-parallelism",
+        "1",
+        // Paced so that the leader dies mid-update.
+        "--update-delay",
+        "2s",
+        "web",
+    ]);
+    let v2 = |a: &Agent| {
+        running_images(a, "web")
+            .iter()
+            .filter(|i| *i == "skein-test:v2")
+            .count()
+    };
+    wait_for("the first slot updated", T, || {
+        (v2(&managers[0]) >= 1).then_some(())
+    });
+    assert!(v2(&managers[0]) < 6, "the update is still going");
+    let leader = wait_for("a leader", T, || leader_index(&managers, None));
+    managers[leader].kill9();
+    let other = (leader + 1) % 3;
+    let new_leader = wait_for("a new leader", T, || leader_index(&managers, Some(leader)));
+    assert_ne!(new_leader, leader);
+    wait_for("the new leader completes the update", T, || {
+        (inspect(&managers[other], "web")["update_status"]["state"] == "completed").then_some(())
+    });
+    all_on(&managers[other], "web", "skein-test:v2", 6);
+    // The engine agrees: on the live nodes, six v2 containers and no v1.
+    wait_for("6 v2 containers on the live nodes, no v1", T, || {
+        let images: Vec<String> = managers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .flat_map(|(_, a)| engine_running_images(a))
+            .collect();
+        let v2 = images.iter().filter(|i| *i == "skein-test:v2").count();
+        let v1 = images.iter().filter(|i| *i == "skein-test:v1").count();
+        (v2 == 6 && v1 == 0).then_some(())
+    });
+    let running = managers[other].running_tasks("web");
+    assert!(running
+        .iter()
+        .all(|t| t["node"] != managers[leader].name.as_str()));
 }

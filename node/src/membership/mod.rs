@@ -543,8 +543,7 @@ impl Actor {
                 continue;
             }
             let newer = self.announces.get(&a.peer).is_none_or(|old| old != &a);
-            let outs = self.swim.heard_from(&a.peer, a.incarnation, now);
-            self.handle(outs);
+            let (peer, incarnation) = (a.peer.clone(), a.incarnation);
             if newer {
                 if let Some(addr) = a.addrs.first() {
                     if !self.added.contains(&a.peer) {
@@ -556,6 +555,9 @@ impl Actor {
                 self.announces.insert(a.peer.clone(), a);
                 self.dirty = true;
             }
+            // After the announce is in: state-change events carry its node id.
+            let outs = self.swim.heard_from(&peer, incarnation, now);
+            self.handle(outs);
         }
         for u in b.updates {
             // A member is known by its own announce (which says where it
