@@ -221,7 +221,8 @@ impl Sim {
     fn handle(&mut self, node: usize, outs: Vec<Out>) {
         for o in outs {
             match o {
-                Out::Broadcast(u) => {
+                // The mesh forwards what it receives once, as gossipsub does.
+                Out::Broadcast(u) | Out::Relay(u) => {
                     for k in 0..self.mesh[node].len() {
                         let to = self.mesh[node][k];
                         self.send(node, to, GOSSIP_BYTES, Ev::Gossip { to, u: u.clone() });

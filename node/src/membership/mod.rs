@@ -380,6 +380,8 @@ impl Actor {
                         self.queue.insert(u.peer.clone(), u);
                     }
                 }
+                // gossipsub forwards what others published: nothing to resend.
+                Out::Relay(_) => {}
                 Out::Changed { peer, state } => {
                     self.dirty = true;
                     let node_id = self

@@ -26,7 +26,10 @@
 //!   per round, so a silent member is found within `members` periods by
 //!   each prober (SWIM's bounded detection time);
 //! - dead members stay in the table for `dead_retain` (so their dead claim
-//!   keeps beating older alive claims), then are forgotten.
+//!   keeps beating older alive claims), then are forgotten;
+//! - a node spreads only its own verdicts and refutations
+//!   ([`Out::Broadcast`]); newer claims it learned from others come out as
+//!   [`Out::Relay`], which the transport's own forwarding covers.
 
 use skein_protocol::gossip::{MemberState, MemberUpdate};
 use std::collections::{BTreeMap, HashMap};
@@ -70,8 +73,13 @@ pub struct Member {
 /// What the caller must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Out {
-    /// Spread this claim (gossip).
+    /// Spread this claim (gossip): this node's own verdict or refutation.
     Broadcast(MemberUpdate),
+    /// A newer claim learned from someone else. Over gossipsub, the
+    /// transport already forwards it (the real node drops this; republishing
+    /// would make every member re-send every claim); a network without
+    /// forwarding (the simulation's mesh) passes it on.
+    Relay(MemberUpdate),
     /// A member's state changed in this node's table.
     Changed { peer: String, state: MemberState },
     /// Probe `target` directly now.
@@ -186,6 +194,11 @@ impl Swim {
     /// Takes a claim heard from someone. Returns what changed and what to
     /// spread (a refutation when the claim is about this node).
     pub fn apply(&mut self, u: &MemberUpdate, now: u64) -> Vec<Out> {
+        self.record(u, now, false)
+    }
+
+    /// [`Swim::apply`]; `own` when the claim is this node's verdict.
+    fn record(&mut self, u: &MemberUpdate, now: u64, own: bool) -> Vec<Out> {
         let mut out = Vec::new();
         if u.peer == self.me {
             if u.state != MemberState::Alive && u.incarnation >= self.incarnation {
@@ -223,7 +236,11 @@ impl Swim {
         if u.state != MemberState::Suspect {
             self.pending.remove(&u.peer);
         }
-        out.push(Out::Broadcast(u.clone()));
+        out.push(if own {
+            Out::Broadcast(u.clone())
+        } else {
+            Out::Relay(u.clone())
+        });
         if old != Some(u.state) {
             out.push(Out::Changed {
                 peer: u.peer.clone(),
@@ -244,7 +261,7 @@ impl Swim {
             incarnation: m.incarnation,
             state,
         };
-        self.apply(&u, now)
+        self.record(&u, now, true)
     }
 
     /// The next member to probe (randomised round robin over live members).
@@ -446,6 +463,26 @@ mod tests {
         // An old claim does not make me bump again.
         assert!(s.apply(&up("me", 0, Dead), 12).is_empty());
         assert!(s.members().get("me").is_none(), "never in my own table");
+    }
+
+    #[test]
+    fn only_own_verdicts_are_spread_others_claims_are_relayed() {
+        let mut s = swim();
+        // Learned from someone else (gossip, a sync, an announce): relayed.
+        let out = s.heard_from("a", 0, 1);
+        assert_eq!(out[0], Out::Relay(up("a", 0, Alive)));
+        assert!(!out.iter().any(|o| matches!(o, Out::Broadcast(_))));
+        let out = s.apply(&up("a", 0, Suspect), 2);
+        assert_eq!(out[0], Out::Relay(up("a", 0, Suspect)));
+        // This node's own verdict: spread.
+        s.heard_from("b", 0, 3);
+        let mut out = s.probe_failed("b", 4);
+        out.extend(s.indirect_result("b", Some(false), 5));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Out::Broadcast(u) if u.peer == "b")),
+            "{out:?}"
+        );
     }
 
     #[test]
