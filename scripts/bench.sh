@@ -95,7 +95,7 @@ cleanup() {
   for p in /proc/[0-9]*; do
     pid="${p#/proc/}"
     [ "$pid" = "$$" ] && continue
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$WORK"; then
+    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF "$WORK"; then
       sid="$(ps -o sid= -p "$pid" 2>/dev/null | tr -d ' ')"
       [ "$sid" = "$pid" ] && sids="$sids $sid"
       kill -KILL "$pid" 2>/dev/null
@@ -120,6 +120,7 @@ cleanup() {
           fi
           ;;
         docker-service) docker service rm "$arg" >/dev/null 2>&1 ;;
+        docker-floor) docker ps -aq --filter "label=skein.bench-floor=$arg" | xargs -r docker rm -f -v >/dev/null 2>&1 ;;
         swarm-init) docker swarm leave --force >/dev/null 2>&1 ;;
       esac
     done < <(tac "$WORK/docker")

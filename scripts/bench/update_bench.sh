@@ -28,6 +28,20 @@ timed() {
   python3 -c "print(f'{$t1 - $t0:.2f}')"
 }
 
+# Starts N containers of skein-test:v1 at once (docker run -d) and waits
+# until all started; floor_clean removes them.
+engine_floor() {
+  local n=$1 i pids=()
+  for i in $(seq 1 "$n"); do
+    docker run -d --label "skein.bench-floor=$$" skein-test:v1 >/dev/null &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || return 1; done
+}
+floor_clean() {
+  docker ps -aq --filter "label=skein.bench-floor=$$" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
+}
+
 update_bench() {
   command -v docker >/dev/null || { echo "update: the docker CLI is missing (apt-get install docker.io)" >&2; return 1; }
   docker info >/dev/null 2>&1 || { echo "update: no Docker engine answers" >&2; return 1; }
@@ -40,6 +54,7 @@ update_bench() {
   "$SKEIN" agent --data-dir "$WORK/agent" --runtime docker --api "$api" --listen "$listen" \
     --name bench >"$WORK/agent.log" 2>&1 &
   echo $! >>"$WORK/pids"
+  disown "$!" 2>/dev/null || true
   echo "docker-skein $WORK/agent" >>"$WORK/docker"
   local up=0
   for _ in $(seq 1 150); do
@@ -75,6 +90,16 @@ update_bench() {
   s_scale=$(timed docker service scale "$sw=18")
   docker service rm "$sw" >/dev/null 2>&1 || true
 
+  # --- The engine alone: N containers of the image started at once --------
+  # (what neither orchestrator can go below; both CLIs then wait 1 s more,
+  # the update monitor, before they call the service converged).
+  echo "docker-floor $$" >>"$WORK/docker"
+  local f6 f12
+  f6=$(timed engine_floor 6)
+  floor_clean
+  f12=$(timed engine_floor 12)
+  floor_clean
+
   echo
   printf '%-38s %9s %9s %7s\n' "6 replicas of skein-test (Docker)" "swarm s" "skein s" "ratio"
   local row
@@ -86,4 +111,10 @@ update_bench() {
     printf '%-38s %9s %9s %7s\n' "$name" "$s" "$k" "$(python3 -c "print(f'{$k / $s:.2f}')")"
   done
   echo "goal: each ratio <= 0.60"
+  echo
+  echo "the engine alone, N \`docker run -d\` of the image at once until all started:"
+  printf '  6 containers: %s s (+1 s stability wait = %s of Swarm'"'"'s create)\n' "$f6" \
+    "$(python3 -c "print(f'{($f6 + 1) / $s_create:.2f}')")"
+  printf '  12 containers: %s s (+1 s stability wait = %s of Swarm'"'"'s scale 6 -> 18)\n' "$f12" \
+    "$(python3 -c "print(f'{($f12 + 1) / $s_scale:.2f}')")"
 }
