@@ -3,8 +3,12 @@
 //!
 //! Start-up order matters: the Raft log is replayed before anything reads
 //! state; the worker connects (and so adopts live tasks) before the
-//! orchestrator may replace anything; the API opens last. Shutdown stops the
-//! API and the actors but leaves tasks running: a restarted agent adopts them.
+//! orchestrator may replace anything. The API answers from the moment its
+//! listener is bound: until Raft runs only `GET /v1/members` and
+//! `GET /v1/info`, every other path a 503 saying why (starting, or forming
+//! the cluster with `--bootstrap-expect`); then the full API on the same
+//! listener (see [`crate::api::bootstrap`]). Shutdown stops the API and the
+//! actors but leaves tasks running: a restarted agent adopts them.
 
 use crate::api::{self, AppState};
 use crate::cluster::forward::Proposer;
@@ -178,6 +182,21 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 cfg.api
             )
         })?;
+    // The API answers from now on: first why it cannot do more yet, the
+    // full API once Raft runs, on this same listener (see api::bootstrap).
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (status_tx, status_rx) = watch::channel(format!(
+        "the agent {} is starting: try again in a moment",
+        cfg.name
+    ));
+    let (api_switch, app) =
+        api::bootstrap::Switch::new(api::bootstrap::starting(status_rx.clone()));
+    let mut api_shutdown = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = api_shutdown.changed().await;
+    });
+    let server_task = tokio::spawn(async move { server.await });
+    tracing::info!(api = %cfg.api, "API listening");
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {}: pick another with --data-dir",
@@ -219,7 +238,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     let runtimes = build_runtimes(&cfg, &identity.node_id).await?;
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
     let cluster_key = skein_protocol::token::unhex32(&identity.cluster_key).ok_or_else(|| {
         anyhow::anyhow!(
             "node.json holds no valid cluster key: restore it or start with an empty --data-dir"
@@ -257,6 +275,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
+    if bootstrapping {
+        status_tx.send_replace(format!(
+            "{} is still forming its cluster (--bootstrap-expect {}): looking for boxes with the same cluster key",
+            cfg.name, cfg.bootstrap_expect
+        ));
+    }
+    api_switch.serve(api::bootstrap::forming(api::bootstrap::Forming {
+        node_id: identity.node_id.clone(),
+        node_name: cfg.name.clone(),
+        default_runtime: runtimes.default_kind().to_string(),
+        membership: membership.clone(),
+        status: status_rx,
+    }));
     // Membership requests go to the membership actor, the rest to the router.
     let (router_tx, router_rx) = tokio::sync::mpsc::channel(1024);
     {
@@ -285,10 +316,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if bootstrapping {
         let key = cfg.cluster_key.clone().unwrap_or_default();
         let outcome = tokio::select! {
-            r = bootstrap_phase(&cfg, &net, &membership, announce.clone()) => r?,
+            r = bootstrap_phase(&cfg, &net, &membership, announce.clone(), &status_tx) => r?,
             _ = wait_for_signal() => {
                 let _ = shutdown_tx.send(true);
                 let _ = tokio::time::timeout(Duration::from_secs(2), net.stopped()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), server_task).await;
                 return Ok(());
             }
         };
@@ -299,6 +331,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     "founding the cluster with the boxes that agreed"
                 );
                 identity.founder = true;
+                status_tx.send_replace(format!(
+                    "{} is founding its cluster with the {} boxes that agreed",
+                    cfg.name,
+                    set.len()
+                ));
                 founding_set = set;
             }
             Bootstrapped::Join {
@@ -307,6 +344,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 role,
             } => {
                 tracing::info!(cluster = %cluster_id, ?role, "joining the cluster these boxes formed");
+                status_tx.send_replace(format!(
+                    "{} is joining the cluster {cluster_id} that its boxes formed",
+                    cfg.name
+                ));
                 identity.cluster_id = cluster_id.clone();
                 token = Some(JoinToken {
                     cluster_id,
@@ -404,12 +445,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cluster_id: identity.cluster_id.clone(),
         membership: Some(membership.clone()),
     });
-    tracing::info!(api = %cfg.api, "API listening");
-    let mut api_shutdown = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = api_shutdown.changed().await;
-    });
-    let server_task = tokio::spawn(async move { server.await });
+    api_switch.serve(app);
+    tracing::info!(api = %cfg.api, "API serving the cluster");
 
     if let Some(t) = token {
         let me = self_node(
@@ -476,6 +513,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     announce.role = identity.role;
     announce.proposal = founding_set;
     membership.set_self(announce.clone()).await;
+    tokio::spawn(announce_role(
+        raft.clone(),
+        membership.clone(),
+        identity.node_id.clone(),
+        announce,
+        shutdown.clone(),
+    ));
     let me = self_node(
         &cfg,
         &identity,
@@ -769,6 +813,37 @@ fn self_announce(
     }
 }
 
+/// Keeps the role in this node's gossip announce in step with the
+/// replicated node table (`node promote`/`demote`, the voter keeper), so
+/// every node's `GET /v1/members` shows it. `announce` is what this node
+/// announces now; only its role changes here.
+async fn announce_role(
+    raft: crate::raft::RaftHandle,
+    membership: MembershipHandle,
+    node_id: String,
+    mut announce: Announce,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sub = raft.subscribe();
+    loop {
+        let role = sub
+            .borrow_and_update()
+            .state
+            .nodes
+            .get(&node_id)
+            .map(|n| n.role);
+        if let Some(role) = role.filter(|r| *r != announce.role) {
+            tracing::info!(?role, was = ?announce.role, "announcing this node's new role");
+            announce.role = role;
+            membership.set_self(announce.clone()).await;
+        }
+        tokio::select! {
+            r = sub.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 enum Bootstrapped {
     Found {
         set: Vec<String>,
@@ -787,6 +862,7 @@ async fn bootstrap_phase(
     net: &NetHandle,
     membership: &MembershipHandle,
     mut me: Announce,
+    status: &watch::Sender<String>,
 ) -> anyhow::Result<Bootstrapped> {
     let mut announces = membership.announces();
     let mut last_why = String::new();
@@ -826,6 +902,10 @@ async fn bootstrap_phase(
                     Ok(()) => return Ok(Bootstrapped::Found { set }),
                     Err(e) => {
                         tracing::info!(error = %e, "founding deferred: not every box confirmed");
+                        status.send_replace(format!(
+                            "{} is still forming its cluster (--bootstrap-expect {}): founding deferred, not every box confirmed ({e})",
+                            cfg.name, cfg.bootstrap_expect
+                        ));
                         let jitter = crate::util::random_u64() % 500;
                         tokio::time::sleep(Duration::from_millis(300 + jitter)).await;
                     }
@@ -835,6 +915,12 @@ async fn bootstrap_phase(
                 if me.proposal != proposal {
                     me.proposal = proposal;
                     membership.set_self(me.clone()).await;
+                }
+                if why != last_why {
+                    status.send_replace(format!(
+                        "{} is still forming its cluster (--bootstrap-expect {}): {why}",
+                        cfg.name, cfg.bootstrap_expect
+                    ));
                 }
                 if why != last_why || last_log.elapsed() > Duration::from_secs(10) {
                     tracing::info!("bootstrap: {why}");

@@ -10,8 +10,13 @@
 //! Everything it creates (namespaces `skn-<pid>-<i>`, bridge, veths, an
 //! iptables FORWARD rule on that bridge, processes) is removed on drop, also
 //! when the test fails. Traffic only flows inside those namespaces.
+//!
+//! On loopback (no root needed): a box waiting for its cluster answers its
+//! API (members, and why nothing else yet) and hands over to the full API
+//! on the same address once the cluster forms; a promoted or demoted node's
+//! role shows in every node's gossip membership.
 
-use skein_tests::{skein_bin, wait_for};
+use skein_tests::{skein_bin, wait_for, Agent, Cluster};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -191,6 +196,18 @@ impl Lab {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// What `skein node ls` run inside box `i` prints on stderr.
+    fn node_ls_error(&self, i: usize) -> String {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns[i]])
+            .arg(skein_bin())
+            .args(["node", "ls"])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_else(|e| format!("cannot run skein: {e}"))
+    }
+
     fn log_text(&self, i: usize) -> String {
         std::fs::read_to_string(self.log(i)).unwrap_or_default()
     }
@@ -316,7 +333,13 @@ fn five_boxes_form_one_cluster_by_themselves() {
         assert!(healthy(&rows, 5, 3), "box{i} after the stranger: {rows:?}");
     }
     // It keeps waiting for boxes of its own key: it neither founded nor
-    // joined anything (its API only opens once it is in a cluster).
+    // joined anything, and its API says so.
+    let err = lab.node_ls_error(5);
+    assert!(
+        err.contains("still forming its cluster")
+            && err.contains("waiting for boxes with the same cluster key"),
+        "`node ls` on the box with another key: {err}"
+    );
     let stranger_log = lab.log_text(5);
     assert!(
         stranger_log.contains("bootstrap: waiting for boxes with the same cluster key"),
@@ -354,5 +377,189 @@ fn five_boxes_form_one_cluster_by_themselves() {
     eprintln!(
         "{worker} killed -> marked down in {:?} (as seen by box{watcher})",
         killed.elapsed()
+    );
+}
+
+/// `GET path` on `api`; None while nothing answers there.
+fn get(api: &str, path: &str) -> Option<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n")?.1;
+    Some((status, serde_json::from_str(body).ok()?))
+}
+
+/// A box started with only the bootstrap flags (plus `--join` seeds, as
+/// loopback has no mDNS). The harness's `launch` waits for a ready node,
+/// which a box waiting for its cluster is not: this runs the process
+/// itself and kills it on drop (the `Agent` keeps its ports and data dir).
+struct BootBox {
+    agent: Agent,
+    child: Option<Child>,
+}
+
+impl BootBox {
+    fn start(name: &str, key: &str, seeds: &[&str]) -> BootBox {
+        let agent = Agent::named(name, &[]);
+        let log = std::fs::File::create(agent.dir.path().join("agent.log")).expect("log file");
+        let mut cmd = Command::new(skein_bin());
+        cmd.arg("agent")
+            .arg("--data-dir")
+            .arg(agent.data_dir())
+            .args(["--api", &agent.api, "--listen", &agent.listen])
+            .args(["--name", name, "--runtime", "process"])
+            .args(["--bootstrap-expect", "3", "--cluster-key", key]);
+        for s in seeds {
+            cmd.args(["--join", s]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start skein agent");
+        BootBox {
+            agent,
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for BootBox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.agent.name, self.agent.log());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_box_waiting_for_its_cluster_answers_its_api() {
+    let key = "loopback-fleet-key";
+    let a = BootBox::start("box-a", key, &[]);
+    let api = a.agent.api.clone();
+
+    // Alone it waits for two more boxes; its API answers all along.
+    let members = wait_for(
+        "GET /v1/members to answer while box-a waits",
+        Duration::from_secs(30),
+        || get(&api, "/v1/members").filter(|(status, _)| *status == 200),
+    )
+    .1;
+    assert_eq!(members["me"]["name"], "box-a", "{members}");
+    assert_eq!(members["me"]["cluster_id"], "", "{members}");
+    assert!(members["members"].is_array(), "{members}");
+
+    // Every other path: 503 and why (what the agent logs as `bootstrap: ...`).
+    let body = wait_for(
+        "GET /v1/nodes to answer 503 with what box-a waits for",
+        Duration::from_secs(30),
+        || {
+            get(&api, "/v1/nodes").filter(|(status, body)| {
+                *status == 503
+                    && body["message"].as_str().is_some_and(|m| {
+                        m.contains("box-a is still forming its cluster (--bootstrap-expect 3)")
+                            && m.contains("waiting for boxes with the same cluster key")
+                    })
+            })
+        },
+    )
+    .1;
+    assert!(
+        a.agent
+            .log()
+            .contains("bootstrap: waiting for boxes with the same cluster key"),
+        "{body}"
+    );
+    let (status, info) = get(&api, "/v1/info").expect("GET /v1/info");
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["node_name"], "box-a", "{info}");
+    assert_eq!(info["leader_id"], serde_json::Value::Null, "{info}");
+
+    // The CLI says why instead of hanging.
+    let out = a.agent.cli(&["node", "ls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("still forming its cluster"),
+        "`skein node ls` while forming: {err}"
+    );
+
+    // Two more boxes: the cluster forms, and the full API takes over on the
+    // same address.
+    let seed = a.agent.listen.clone();
+    let _b = BootBox::start("box-b", key, &[&seed]);
+    let _c = BootBox::start("box-c", key, &[&seed]);
+    wait_for(
+        "box-a's API to show a cluster of 3 ready managers",
+        Duration::from_secs(90),
+        || {
+            let (status, rows) = get(&api, "/v1/nodes")?;
+            let rows = rows.as_array()?.clone();
+            (status == 200
+                && rows.len() == 3
+                && rows
+                    .iter()
+                    .all(|r| r["status"] == "ready" && r["role"] == "manager"))
+            .then_some(())
+        },
+    );
+    let (status, members) = get(&api, "/v1/members").expect("GET /v1/members");
+    assert_eq!(status, 200, "{members}");
+    assert_ne!(members["me"]["cluster_id"], "", "{members}");
+}
+
+/// The role `via`'s gossip membership shows for the node named `name`.
+fn member_role(via: &Agent, name: &str) -> Option<String> {
+    let (status, snap) = get(&via.api, "/v1/members")?;
+    if status != 200 {
+        return None;
+    }
+    let m = snap["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name && m["state"] == "alive")?;
+    m["role"].as_str().map(String::from)
+}
+
+#[test]
+fn members_show_the_role_a_node_is_promoted_or_demoted_to() {
+    let c = Cluster::start(1, 1, Duration::from_secs(60));
+    let (m1, w1) = (&c.managers[0], &c.workers[0]);
+    wait_for(
+        "m1's members to show w1 as a worker",
+        Duration::from_secs(30),
+        || (member_role(m1, "w1")? == "worker").then_some(()),
+    );
+
+    m1.ok(&["node", "promote", "w1"]);
+    wait_for(
+        "m1's members to show w1 as a manager",
+        Duration::from_secs(30),
+        || (member_role(m1, "w1")? == "manager").then_some(()),
+    );
+    wait_for(
+        "w1 to announce itself as a manager",
+        Duration::from_secs(30),
+        || {
+            let (_, snap) = get(&w1.api, "/v1/members")?;
+            (snap["me"]["role"] == "manager").then_some(())
+        },
+    );
+
+    m1.ok(&["node", "demote", "w1"]);
+    wait_for(
+        "m1's members to show w1 as a worker again",
+        Duration::from_secs(30),
+        || (member_role(m1, "w1")? == "worker").then_some(()),
     );
 }

@@ -3,6 +3,7 @@
 //! once applied. Every failure is a JSON `{"message": ...}` with a 4xx for
 //! what the caller can fix and 5xx otherwise; no input can crash the agent.
 
+pub mod bootstrap;
 mod update;
 pub mod views;
 
