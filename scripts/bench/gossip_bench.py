@@ -374,12 +374,26 @@ class LoopbackAccounting:
         return total
 
 
+def idle_window(acct, n, seconds, joins, label):
+    """Leaves one cluster idle: IP bytes each process sends per second, and
+    every suspicion or failure its processes log meanwhile."""
+    log(f"{label}: idle for {seconds:.0f} s (wire bytes, false suspicions)")
+    b0 = acct.bytes()
+    t = time.monotonic()
+    time.sleep(seconds)
+    b1 = acct.bytes()
+    wire = None if b0 is None or b1 is None else (b1 - b0) / n / seconds
+    return wire, alarms_since(joins, t)
+
+
 def loopback(a, root):
-    """Convergence samples for each system, then both clusters idle side by
-    side (wire bytes, false suspicions), then the kill trials."""
+    """Per system, one after the other (so neither runs while the other is
+    measured): convergence samples (a fresh cluster each; the last stays),
+    an idle window (wire bytes, false suspicions), the kill trials."""
     res = {}
     n = a.n
-    # Convergence: each trial a fresh cluster; the last one stays up.
+    idle = max(a.idle, a.fp_idle)
+    res["idle_s"] = idle
     log(f"serf: {n} agents on loopback, joining one seed")
     samples = []
     for k in range(a.conv_trials):
@@ -391,44 +405,9 @@ def loopback(a, root):
             serf.stop_all()
     res["serf_converge"] = median(samples)
     res["serf_converge_all"] = samples
-    log(f"skein: {n} agents on loopback, joining one seed with a token")
-    samples = []
-    for k in range(a.conv_trials):
-        sk = Skein(a.skein, os.path.join(root, f"skein{k}"), n)
-        os.makedirs(sk.root, exist_ok=True)
-        samples.append(sk.start_loopback(measure=True))
-        log(f"skein converged in {samples[-1]}")
-        if k + 1 < a.conv_trials:
-            sk.stop_all()
-            rb.kill_task_processes()
-    res["skein_converge"] = median(samples)
-    res["skein_converge_all"] = samples
-
-    # Both clusters idle at once: bytes on the wire and false positives.
-    idle = max(a.idle, a.fp_idle)
-    log(f"both clusters idle for {idle:.0f} s (wire bytes, false suspicions)")
-    serf_acct, sk_acct = LoopbackAccounting("127.0.0.2"), LoopbackAccounting("127.0.0.3")
-    b0 = (serf_acct.bytes(), sk_acct.bytes())
-    t_idle = time.monotonic()
-    time.sleep(idle)
-    b1 = (serf_acct.bytes(), sk_acct.bytes())
-    for key, x0, x1 in (("serf_wire", b0[0], b1[0]), ("skein_wire", b0[1], b1[1])):
-        res[key] = None if x0 is None or x1 is None else (x1 - x0) / n / idle
-    res["idle_s"] = idle
-    res["serf_fp"] = alarms_since(serf.joins, t_idle)
-    res["skein_fp"] = alarms_since(sk.joins, t_idle)
-    down_now = [r["name"] for r in sk.nodes(sk.leader() or 0) if r["status"] != "ready"]
-    res["skein_fp"] += [f"node {d} not ready at the end" for d in down_now]
+    res["serf_wire"], res["serf_fp"] = idle_window(LoopbackAccounting("127.0.0.2"), n, idle, serf.joins, "serf")
     not_alive = [o for o in range(n) if serf.alive_count(o) != n]
     res["serf_fp"] += [f"serf{o} does not list all alive at the end" for o in not_alive]
-    for name in ("serf", "skein"):
-        for line in res[f"{name}_fp"][:10]:
-            log(f"{name} false positive while idle: {line}")
-    gossip = [sk.members(o)["gossip"] for o in range(n)]
-    res["skein_gossip_out"] = median([g["bytes_out_per_s"] for g in gossip])
-    res["skein_gossip_in"] = median([g["bytes_in_per_s"] for g in gossip])
-
-    # Kill trials, Serf then skein.
     first, everyone = [], []
     for t in range(a.trials):
         victim = 1 + t % (n - 1)
@@ -442,6 +421,27 @@ def loopback(a, root):
     res["serf_kill_first"], res["serf_kill_all"] = median(first), median(everyone)
     serf.stop_all()
 
+    log(f"skein: {n} agents on loopback, joining one seed with a token")
+    samples = []
+    for k in range(a.conv_trials):
+        sk = Skein(a.skein, os.path.join(root, f"skein{k}"), n)
+        os.makedirs(sk.root, exist_ok=True)
+        samples.append(sk.start_loopback(measure=True))
+        log(f"skein converged in {samples[-1]}")
+        if k + 1 < a.conv_trials:
+            sk.stop_all()
+            rb.kill_task_processes()
+    res["skein_converge"] = median(samples)
+    res["skein_converge_all"] = samples
+    res["skein_wire"], res["skein_fp"] = idle_window(LoopbackAccounting("127.0.0.3"), n, idle, sk.joins, "skein")
+    down_now = [r["name"] for r in sk.nodes(sk.leader() or 0) if r["status"] != "ready"]
+    res["skein_fp"] += [f"node {d} not ready at the end" for d in down_now]
+    for name in ("serf", "skein"):
+        for line in res[f"{name}_fp"][:10]:
+            log(f"{name} false positive while idle: {line}")
+    gossip = [sk.members(o)["gossip"] for o in range(n)]
+    res["skein_gossip_out"] = median([g["bytes_out_per_s"] for g in gossip])
+    res["skein_gossip_in"] = median([g["bytes_in_per_s"] for g in gossip])
     first, everyone, down = [], [], []
     for t in range(a.trials):
         leader = sk.leader() or 0
