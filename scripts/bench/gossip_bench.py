@@ -27,7 +27,9 @@ namespaces this script creates, nowhere else.
 import argparse
 import json
 import os
+import random
 import re
+import socket
 import signal
 import statistics
 import subprocess
@@ -46,6 +48,36 @@ ENV = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
 def http_json(url, timeout=1.0):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
+
+
+_taken = set()
+
+
+def port_on(ip):
+    """A TCP port free on `ip` and outside the kernel's ephemeral range: the
+    agents' own outgoing connections (hundreds at once while they join) take
+    ephemeral ports, so a port picked there before launch could be taken by
+    the time its agent binds it."""
+    lo, hi = 32768, 60999
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        pass
+    ranges = [r for r in ((10000, lo - 1), (hi + 1, 65535)) if r[1] - r[0] > 1000]
+    for _ in range(1000):
+        a, b = random.choice(ranges)
+        port = random.randint(a, b)
+        if port in _taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((ip, port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    return rb.free_port()
 
 
 def median(v):
@@ -119,10 +151,18 @@ def alarms_since(joins, t):
     return [line for j in joins for (at, line) in j.alarms if at >= t]
 
 
+# Convergence runs launch each process in a session of its own (default) or
+# all in the bench's session, in a process group each (GOSSIP_SESSIONS=0):
+# with the kernel's autogroup scheduling, a session per process splits the
+# 2 cores into N equal groups, which changes how N busy processes share them.
+OWN_SESSION = os.environ.get("GOSSIP_SESSIONS", "1") != "0"
+
+
 def spawn_watched(argv, logfile, joins, env=None):
     """rb.spawn, with the output read through `joins` on its way to logfile."""
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+                         stdin=subprocess.DEVNULL, start_new_session=OWN_SESSION,
+                         process_group=None if OWN_SESSION else 0, env=env)
     rb.PROCS.append(p)
     rb.record_pid(p.pid)
 
@@ -162,8 +202,8 @@ class Serf:
             self.bind = [f"{ip}:7946" for _, ip in hosts]
             self.rpc = [f"{ip}:7373" for _, ip in hosts]
         else:
-            self.bind = [f"127.0.0.2:{rb.free_port()}" for _ in range(n)]
-            self.rpc = [f"127.0.0.1:{rb.free_port()}" for _ in range(n)]
+            self.bind = [f"127.0.0.2:{port_on('127.0.0.2')}" for _ in range(n)]
+            self.rpc = [f"127.0.0.1:{port_on('127.0.0.1')}" for _ in range(n)]
         self.procs = [None] * n
 
     def launch(self, i, join=True, joins=None):
@@ -239,8 +279,8 @@ class Skein:
             self.listen = [f"{ip}:7946" for _, ip in hosts]
             self.api = [f"{ip}:7947" for _, ip in hosts]
         else:
-            self.listen = [f"127.0.0.3:{rb.free_port()}" for _ in range(n)]
-            self.api = [f"127.0.0.1:{rb.free_port()}" for _ in range(n)]
+            self.listen = [f"127.0.0.3:{port_on('127.0.0.3')}" for _ in range(n)]
+            self.api = [f"127.0.0.1:{port_on('127.0.0.1')}" for _ in range(n)]
         self.procs = [None] * n
         self.ids = [None] * n
         self.token = None

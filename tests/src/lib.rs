@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The `skein` binary under test: `SKEIN_BIN`, else the workspace's debug build.
 pub fn skein_bin() -> PathBuf {
@@ -21,8 +21,42 @@ pub fn skein_bin() -> PathBuf {
     p
 }
 
-/// A TCP port nobody listens on right now.
+/// A TCP port nobody uses on 127.0.0.1 right now, outside the kernel's
+/// ephemeral range: agents' outgoing connections take ephemeral ports, so a
+/// port picked there for an agent that starts later could be taken by then.
+/// Distinct within this test process.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Below the ephemeral range when there is room, else above it.
+    let (start, len) = if lo > 11_000 {
+        (10_000, lo - 10_000)
+    } else {
+        (hi + 1, 65_535 - hi)
+    };
+    // Spread test processes (run in parallel) over the range.
+    let seed = u64::from(std::process::id()).wrapping_mul(7919)
+        ^ SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    for _ in 0..len.min(5_000) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = start + (seed.wrapping_add(n.wrapping_mul(104_729)) % len.max(1));
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

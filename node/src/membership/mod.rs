@@ -604,7 +604,12 @@ impl Actor {
         let now = self.now();
         match e {
             NetEvent::Connected { peer, .. } => {
-                // Push-pull: both sides learn each other's whole view.
+                // Push-pull: both sides learn each other's whole view from
+                // one exchange, so one side asks: the smaller peer id (both
+                // see the connection come up, whoever dialled).
+                if self.me.peer > peer {
+                    return;
+                }
                 let batch = self.full_batch();
                 let bytes = encoded_len(&batch);
                 let (net, tx) = (self.net.clone(), self.done_tx.clone());
