@@ -59,6 +59,28 @@ impl Plan {
     }
 }
 
+/// The task ended by itself (not shut down by the orchestrator).
+fn ended(t: &Task) -> bool {
+    matches!(
+        t.status.state,
+        TaskState::Complete | TaskState::Failed | TaskState::Rejected
+    )
+}
+
+/// `last` ended by itself: the restart history of its replacement when the
+/// restart policy says to start it now; None when not now (a wake-up is
+/// planned for when it may) or never.
+fn restart_now(last: &Task, svc: &Service, now: Millis, plan: &mut Plan) -> Option<Vec<Millis>> {
+    match decide(last, &svc.spec.restart_policy, now) {
+        RestartDecision::Now { restarts } => Some(restarts),
+        RestartDecision::At(at) => {
+            plan.wake(at);
+            None
+        }
+        RestartDecision::Never => None,
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
     Slot(u64),
@@ -226,20 +248,10 @@ fn reconcile_service(
                     continue;
                 }
                 let restarts = match list.last() {
-                    Some(last)
-                        if current(last)
-                            && matches!(
-                                last.status.state,
-                                TaskState::Complete | TaskState::Failed | TaskState::Rejected
-                            ) =>
-                    {
-                        match decide(last, &svc.spec.restart_policy, now) {
-                            RestartDecision::Now { restarts } => restarts,
-                            RestartDecision::At(at) => {
-                                plan.wake(at);
-                                continue;
-                            }
-                            RestartDecision::Never => continue,
+                    Some(last) if current(last) && ended(last) => {
+                        match restart_now(last, svc, now, plan) {
+                            Some(r) => r,
+                            None => continue,
                         }
                     }
                     _ => Vec::new(),
@@ -339,21 +351,10 @@ fn reconcile_service(
                 let Some(key) = key_of(t) else { continue };
                 // A replacement that ended by itself restarts as its policy says.
                 let restarts = match newest {
-                    Some(last)
-                        if last.id != t.id
-                            && current(last)
-                            && matches!(
-                                last.status.state,
-                                TaskState::Complete | TaskState::Failed | TaskState::Rejected
-                            ) =>
-                    {
-                        match decide(last, &svc.spec.restart_policy, now) {
-                            RestartDecision::Now { restarts } => restarts,
-                            RestartDecision::At(at) => {
-                                plan.wake(at);
-                                continue;
-                            }
-                            RestartDecision::Never => continue,
+                    Some(last) if last.id != t.id && current(last) && ended(last) => {
+                        match restart_now(last, svc, now, plan) {
+                            Some(r) => r,
+                            None => continue,
                         }
                     }
                     _ => Vec::new(),
