@@ -519,13 +519,27 @@ impl Cluster {
     /// Starts `managers` managers (m1..) and `workers` workers (w1..) and
     /// waits until every node sees all of them ready.
     pub fn start(managers: usize, workers: usize, timeout: Duration) -> Cluster {
-        let m1 = Agent::named("m1", &[]).launch();
+        Cluster::start_with_runtime("process", managers, workers, timeout)
+    }
+
+    /// [`Cluster::start`] with `--runtime RUNTIME` on every node.
+    pub fn start_with_runtime(
+        runtime: &str,
+        managers: usize,
+        workers: usize,
+        timeout: Duration,
+    ) -> Cluster {
+        let m1 = Agent::named("m1", &[]).with_runtime(runtime).launch();
         let mt = m1.ok(&["join-token", "manager", "-q"]).trim().to_string();
         let wt = m1.ok(&["join-token", "worker", "-q"]).trim().to_string();
         let join = m1.listen.clone();
         let mut ms = vec![m1];
         for i in 2..=managers {
-            ms.push(Agent::named(&format!("m{i}"), &["--join", &join, "--token", &mt]).launch());
+            ms.push(
+                Agent::named(&format!("m{i}"), &["--join", &join, "--token", &mt])
+                    .with_runtime(runtime)
+                    .launch(),
+            );
         }
         let mut ws = Vec::new();
         for i in 1..=workers {
@@ -534,7 +548,11 @@ impl Cluster {
             } else {
                 join.clone()
             };
-            ws.push(Agent::named(&format!("w{i}"), &["--join", &via, "--token", &wt]).launch());
+            ws.push(
+                Agent::named(&format!("w{i}"), &["--join", &via, "--token", &wt])
+                    .with_runtime(runtime)
+                    .launch(),
+            );
         }
         let c = Cluster {
             managers: ms,

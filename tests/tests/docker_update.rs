@@ -4,7 +4,9 @@
 //! why) without an engine; dropping the agent removes its containers, also
 //! when a test fails.
 
-use skein_tests::{docker, docker_available, ensure_test_images, free_port, wait_for, Agent};
+use skein_tests::{
+    docker, docker_available, ensure_test_images, free_port, wait_for, Agent, Cluster,
+};
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -289,30 +291,6 @@ fn engine_running_images(a: &Agent) -> Vec<String> {
         .collect()
 }
 
-fn leader_index(managers: &[Agent], skip: Option<usize>) -> Option<usize> {
-    for (i, m) in managers.iter().enumerate() {
-        if Some(i) == skip {
-            continue;
-        }
-        let out = m.cli(&["node", "ls", "--format", "json"]);
-        let Ok(nodes) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-            continue;
-        };
-        let leader = nodes.as_array().into_iter().flatten().find_map(|n| {
-            (n["leader"] == true && n["status"] == "ready")
-                .then(|| n["name"].as_str().map(String::from))
-                .flatten()
-        });
-        if let Some(name) = leader {
-            let idx = managers.iter().position(|m| m.name == name)?;
-            if Some(idx) != skip {
-                return Some(idx);
-            }
-        }
-    }
-    None
-}
-
 #[test]
 fn docker_a_new_leader_finishes_an_update_the_old_one_started() {
     if !docker_available() {
@@ -320,25 +298,8 @@ fn docker_a_new_leader_finishes_an_update_the_old_one_started() {
         return;
     }
     ensure_test_images();
-    let m1 = Agent::named("m1", &[]).with_runtime("docker").launch();
-    let mt = m1.ok(&["join-token", "manager", "-q"]).trim().to_string();
-    let join = m1.listen.clone();
-    let mut managers = vec![m1];
-    for name in ["m2", "m3"] {
-        managers.push(
-            Agent::named(name, &["--join", &join, "--token", &mt])
-                .with_runtime("docker")
-                .launch(),
-        );
-    }
-    for a in &managers {
-        wait_for("3 ready managers seen from every manager", T, || {
-            let n = a.json(&["node", "ls"]);
-            let n = n.as_array().cloned().unwrap_or_default();
-            (n.len() == 3 && n.iter().all(|x| x["status"] == "ready")).then_some(())
-        });
-    }
-    managers[0].ok(&[
+    let mut c = Cluster::start_with_runtime("docker", 3, 0, T);
+    c.managers[0].ok(&[
         "service",
         "create",
         "--name",
@@ -347,8 +308,8 @@ fn docker_a_new_leader_finishes_an_update_the_old_one_started() {
         "6",
         "skein-test:v1",
     ]);
-    all_on(&managers[0], "web", "skein-test:v1", 6);
-    managers[0].ok(&[
+    all_on(&c.managers[0], "web", "skein-test:v1", 6);
+    c.managers[0].ok(&[
         "service",
         "update",
         "--detach",
@@ -368,21 +329,32 @@ fn docker_a_new_leader_finishes_an_update_the_old_one_started() {
             .count()
     };
     wait_for("the first slot updated", T, || {
-        (v2(&managers[0]) >= 1).then_some(())
+        (v2(&c.managers[0]) >= 1).then_some(())
     });
-    assert!(v2(&managers[0]) < 6, "the update is still going");
-    let leader = wait_for("a leader", T, || leader_index(&managers, None));
-    managers[leader].kill9();
+    assert!(v2(&c.managers[0]) < 6, "the update is still going");
+    let old = wait_for("a leader", T, || {
+        c.leader(&c.managers[0]).map(|m| m.name.clone())
+    });
+    let leader = c
+        .managers
+        .iter()
+        .position(|m| m.name == old)
+        .expect("the leader is one of the managers");
+    c.managers[leader].kill9();
     let other = (leader + 1) % 3;
-    let new_leader = wait_for("a new leader", T, || leader_index(&managers, Some(leader)));
-    assert_ne!(new_leader, leader);
-    wait_for("the new leader completes the update", T, || {
-        (inspect(&managers[other], "web")["update_status"]["state"] == "completed").then_some(())
+    wait_for("a new leader", T, || {
+        c.leader(&c.managers[other])
+            .filter(|m| m.name != old)
+            .map(|_| ())
     });
-    all_on(&managers[other], "web", "skein-test:v2", 6);
+    wait_for("the new leader completes the update", T, || {
+        (inspect(&c.managers[other], "web")["update_status"]["state"] == "completed").then_some(())
+    });
+    all_on(&c.managers[other], "web", "skein-test:v2", 6);
     // The engine agrees: on the live nodes, six v2 containers and no v1.
     wait_for("6 v2 containers on the live nodes, no v1", T, || {
-        let images: Vec<String> = managers
+        let images: Vec<String> = c
+            .managers
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != leader)
@@ -392,8 +364,6 @@ fn docker_a_new_leader_finishes_an_update_the_old_one_started() {
         let v1 = images.iter().filter(|i| *i == "skein-test:v1").count();
         (v2 == 6 && v1 == 0).then_some(())
     });
-    let running = managers[other].running_tasks("web");
-    assert!(running
-        .iter()
-        .all(|t| t["node"] != managers[leader].name.as_str()));
+    let running = c.managers[other].running_tasks("web");
+    assert!(running.iter().all(|t| t["node"] != old.as_str()));
 }

@@ -2,17 +2,10 @@
 //! runtime), the leader killed mid-update, and a new leader finishes the
 //! update from the replicated state.
 
-use skein_tests::{wait_for, Agent};
+use skein_tests::{wait_for, Agent, Cluster};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(90);
-
-fn nodes(a: &Agent) -> Vec<serde_json::Value> {
-    a.json(&["node", "ls"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
 
 fn update_state(a: &Agent, service: &str) -> Option<String> {
     let out = a.cli(&["service", "inspect", service]);
@@ -26,19 +19,7 @@ fn update_state(a: &Agent, service: &str) -> Option<String> {
 
 #[test]
 fn a_new_leader_finishes_an_update_the_old_one_started() {
-    let m1 = Agent::named("m1", &[]).launch();
-    let mt = m1.ok(&["join-token", "manager", "-q"]).trim().to_string();
-    let join = m1.listen.clone();
-    let mut managers = vec![m1];
-    for name in ["m2", "m3"] {
-        managers.push(Agent::named(name, &["--join", &join, "--token", &mt]).launch());
-    }
-    for a in &managers {
-        wait_for("3 ready managers seen from every manager", T, || {
-            let n = nodes(a);
-            (n.len() == 3 && n.iter().all(|x| x["status"] == "ready")).then_some(())
-        });
-    }
+    let mut managers = Cluster::start(3, 0, T).managers;
     let (old, new) = (["sleep", "3721"], ["sleep", "3722"]);
     let count = |managers: &[Agent], argv: &[&str], skip: Option<usize>| -> usize {
         managers
@@ -85,7 +66,7 @@ fn a_new_leader_finishes_an_update_the_old_one_started() {
     let leader = managers
         .iter()
         .position(|m| {
-            nodes(m)
+            m.nodes()
                 .iter()
                 .any(|n| n["leader"] == true && n["name"] == m.name.as_str())
         })
@@ -93,7 +74,8 @@ fn a_new_leader_finishes_an_update_the_old_one_started() {
     managers[leader].kill9();
     let other = (leader + 1) % 3;
     wait_for("a new leader", T, || {
-        nodes(&managers[other])
+        managers[other]
+            .nodes()
             .iter()
             .any(|n| n["leader"] == true && n["name"] != managers[leader].name.as_str())
             .then_some(())
