@@ -680,7 +680,15 @@ async fn keep_peers_connected(
                 continue;
             }
             if known.get(&n.peer_id) != Some(&n.addr) {
-                net.add_peer(&n.peer_id, &n.addr);
+                // Managers at once (Raft); other nodes a little later, at a
+                // random time: when many boxes join together, each one
+                // learns of all the others at once.
+                let after = if n.role == skein_protocol::NodeRole::Manager {
+                    Duration::ZERO
+                } else {
+                    crate::membership::dial_spread()
+                };
+                net.add_peer_after(&n.peer_id, &n.addr, after);
                 known.insert(n.peer_id.clone(), n.addr.clone());
             }
         }

@@ -11,10 +11,16 @@
 //!   table with every newly connected peer (push-pull), dials peers it
 //!   learns about from gossip or mDNS, and publishes a snapshot.
 //!
-//! Invariants: from the gossip topic and probes, only a node's own announce
-//! is taken (gossipsub signs and checks the source); a push-pull sync, a
-//! direct exchange with a peer that holds the cluster key, carries its
-//! whole view; gossip published per second stays under
+//! Invariants: a member's own announce (gossipsub signs and checks the
+//! source; a probe or push-pull comes over its own connection) replaces
+//! what is held; a copy passed on by another member (a push-pull view, a
+//! newcomer's announce relayed by the member it reached) only when it is of
+//! a later incarnation or the member is new here, and every change of an
+//! announce raises its incarnation; only members holding the cluster key
+//! can publish or sync at all; a newcomer is relayed once, by the member
+//! it dialled, so everyone knows it before connecting to it (connections to
+//! members learned second hand are spread over the next seconds); gossip
+//! published per second stays under
 //! `budget_bytes_per_s` (the periodic re-announce is skipped when over;
 //! state changes are batched and never dropped); every request is answered.
 //! Who calls it: the agent starts it ([`start`]); the inbound router passes
@@ -172,6 +178,16 @@ impl MembershipHandle {
     }
 }
 
+/// Where a batch came from (what of it is first hand).
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// Published on the gossip topic by this peer (gossipsub checks the
+    /// signature), or its side of a probe.
+    From(&'a str),
+    /// A push-pull with this peer: its whole view.
+    Sync(&'a str),
+}
+
 enum Done {
     Probe {
         target: String,
@@ -183,6 +199,7 @@ enum Done {
         reached: Option<bool>,
     },
     Synced {
+        peer: String,
         reply: Option<GossipBatch>,
         bytes: u64,
     },
@@ -202,6 +219,13 @@ struct Actor {
     /// mDNS / seed dials recently tried (peer or address -> when).
     tried: HashMap<String, u64>,
     queue: BTreeMap<String, MemberUpdate>,
+    /// Newcomers' announces to pass on with the next batch (see
+    /// [`Actor::take_batch`]).
+    relay: BTreeMap<String, Announce>,
+    /// Peers whose connection they dialled to this node.
+    inbound: HashSet<String>,
+    /// When to publish what waits (claims, relays) ahead of the next tick.
+    flush_at: Option<tokio::time::Instant>,
     announce_due: bool,
     last_announce: u64,
     promise: bootstrap::Promise,
@@ -236,6 +260,9 @@ pub fn start(
         added: HashSet::new(),
         tried: HashMap::new(),
         queue: BTreeMap::new(),
+        relay: BTreeMap::new(),
+        inbound: HashSet::new(),
+        flush_at: None,
         announce_due: true,
         last_announce: 0,
         promise: Default::default(),
@@ -260,6 +287,22 @@ pub fn start(
     }
 }
 
+/// When to dial a member learned of second hand: a random time within the
+/// next seconds, so that boxes joining together (each learning of all the
+/// others at once) do not all open their connections in the same instant.
+/// Nothing waits for these connections: membership news reaches a member
+/// over the ones it has, and a request for a member dials it at once.
+pub fn dial_spread() -> Duration {
+    Duration::from_millis(DIAL_SPREAD_MIN_MS + crate::util::random_u64() % DIAL_SPREAD_MS)
+}
+
+const DIAL_SPREAD_MIN_MS: u64 = 300;
+const DIAL_SPREAD_MS: u64 = 2_700;
+
+/// How long a claim or a newcomer's announce waits for others to share
+/// its batch.
+const FLUSH_DELAY: Duration = Duration::from_millis(10);
+
 /// gossipsub sends a message over every mesh link (degree 6 by default):
 /// each node sends and receives about this many copies of each one.
 pub const MESH_COPIES: u64 = 6;
@@ -278,6 +321,19 @@ pub fn announce_period(base_ms: u64, members: usize, announce_bytes: u64, budget
         .saturating_mul(1000)
         / (budget / 2).max(1);
     base_ms.max(needed)
+}
+
+/// Whether an announce replaces the one held for its member: its owner's
+/// own (first hand) whenever it differs; a copy passed on by another member
+/// only for a member not known here or at a later incarnation (the copy can
+/// be older than what its owner said since; every change of an announce
+/// raises its incarnation).
+fn takes(held: Option<&Announce>, new: &Announce, first_hand: bool) -> bool {
+    match held {
+        None => true,
+        Some(old) if first_hand => old != new,
+        Some(old) => new.incarnation > old.incarnation,
+    }
 }
 
 fn encoded_len<T: serde::Serialize>(v: &T) -> u64 {
@@ -301,6 +357,10 @@ impl Actor {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => self.on_tick(),
+                () = tokio::time::sleep_until(self.flush_at.unwrap_or_else(tokio::time::Instant::now)), if self.flush_at.is_some() => {
+                    let now = self.now();
+                    self.flush(now);
+                }
                 m = gossip.recv() => match m {
                     Ok(m) => self.on_gossip(m),
                     Err(broadcast::error::RecvError::Lagged(n)) => debug!(missed = n, "gossip receiver lagged"),
@@ -378,6 +438,7 @@ impl Actor {
                         .is_none_or(|q| (u.incarnation, u.state) > (q.incarnation, q.state));
                     if keep {
                         self.queue.insert(u.peer.clone(), u);
+                        self.flush_soon();
                     }
                 }
                 // gossipsub forwards what others published: nothing to resend.
@@ -499,16 +560,30 @@ impl Actor {
                 self.last_announce = now;
             }
         }
-        if self.announce_due || !self.queue.is_empty() {
+        self.flush(now);
+        let (o, i) = self.rate(10_000);
+        if (o, i) != (self.stats.bytes_out_per_s, self.stats.bytes_in_per_s) {
+            self.stats.bytes_out_per_s = o;
+            self.stats.bytes_in_per_s = i;
+            self.dirty = true;
+        }
+    }
+
+    /// Publishes what waits (this node's announce when due, claims,
+    /// newcomers to pass on) as one batch.
+    fn flush(&mut self, now: u64) {
+        self.flush_at = None;
+        if self.announce_due || !self.queue.is_empty() || !self.relay.is_empty() {
             let updates: Vec<MemberUpdate> =
                 std::mem::take(&mut self.queue).into_values().collect();
-            let announces = if self.announce_due {
+            let mut announces = if self.announce_due {
                 self.me.incarnation = self.swim.incarnation();
                 self.last_announce = now;
                 vec![self.me.clone()]
             } else {
                 Vec::new()
             };
+            announces.extend(std::mem::take(&mut self.relay).into_values());
             self.announce_due = false;
             let with_announce = !announces.is_empty();
             let batch = self.batch(updates, announces);
@@ -529,28 +604,56 @@ impl Actor {
                 Err(e) => debug!(error = %e, "gossip batch not encoded"),
             }
         }
-        let (o, i) = self.rate(10_000);
-        if (o, i) != (self.stats.bytes_out_per_s, self.stats.bytes_in_per_s) {
-            self.stats.bytes_out_per_s = o;
-            self.stats.bytes_in_per_s = i;
-            self.dirty = true;
+    }
+
+    /// Something waits to be spread: publish it shortly, not at the next
+    /// tick (what arrives meanwhile goes in the same batch).
+    fn flush_soon(&mut self) {
+        if self.flush_at.is_none() {
+            self.flush_at = Some(tokio::time::Instant::now() + FLUSH_DELAY);
         }
     }
 
-    fn take_batch(&mut self, b: GossipBatch, source: Option<&str>) {
+    /// Takes what a batch says. A member's own announce (first hand:
+    /// published by it, or its side of a push-pull) replaces the one held
+    /// whenever it differs and proves the member alive; one passed on by
+    /// another member is taken only when it is new here or of a later
+    /// incarnation (a copy can be older than what its owner said since),
+    /// and counts as that member's alive claim at that incarnation.
+    fn take_batch(&mut self, b: GossipBatch, via: Via<'_>) {
         let now = self.now();
+        let (from, sync) = match via {
+            Via::From(p) => (p, false),
+            Via::Sync(p) => (p, true),
+        };
         for a in b.announces {
-            // Only a node's own announce is believed.
-            if source.is_some_and(|s| s != a.peer) || a.peer == self.me.peer {
+            if a.peer == self.me.peer {
                 continue;
             }
-            let newer = self.announces.get(&a.peer).is_none_or(|old| old != &a);
+            let first_hand = a.peer == from;
+            let held = self.announces.get(&a.peer);
+            let take = takes(held, &a, first_hand);
             let (peer, incarnation) = (a.peer.clone(), a.incarnation);
-            if newer {
+            if take {
+                if held.is_none() && first_hand && sync && self.inbound.contains(from) {
+                    // A newcomer reached this node: pass its announce on
+                    // once, so members it has no connection to yet know
+                    // it now rather than when it dials them.
+                    self.relay.insert(peer.clone(), a.clone());
+                    self.flush_soon();
+                }
                 if let Some(addr) = a.addrs.first() {
                     if !self.added.contains(&a.peer) {
-                        // Learned from gossip: keep it connected.
-                        self.net.add_peer(&a.peer, addr);
+                        // Learned from gossip: keep it connected. One heard
+                        // of second hand is dialled a little later, at a
+                        // random time: a newcomer learns every member at
+                        // once, and so does every member of it.
+                        let after = if first_hand {
+                            Duration::ZERO
+                        } else {
+                            dial_spread()
+                        };
+                        self.net.add_peer_after(&a.peer, addr, after);
                         self.added.insert(a.peer.clone());
                     }
                 }
@@ -558,7 +661,18 @@ impl Actor {
                 self.dirty = true;
             }
             // After the announce is in: state-change events carry its node id.
-            let outs = self.swim.heard_from(&peer, incarnation, now);
+            let outs = if first_hand {
+                self.swim.heard_from(&peer, incarnation, now)
+            } else {
+                self.swim.apply(
+                    &MemberUpdate {
+                        peer,
+                        incarnation,
+                        state: MemberState::Alive,
+                    },
+                    now,
+                )
+            };
             self.handle(outs);
         }
         for u in b.updates {
@@ -579,7 +693,7 @@ impl Actor {
     fn on_gossip(&mut self, m: GossipIn) {
         self.count(0, m.data.len() as u64);
         match skein_protocol::codec::decode::<GossipBatch>(&m.data) {
-            Ok(b) if b.from == m.source => self.take_batch(b, Some(&m.source)),
+            Ok(b) if b.from == m.source => self.take_batch(b, Via::From(&m.source)),
             Ok(_) => {
                 debug!(source = %m.source, "gossip batch from another sender than it claims; dropped")
             }
@@ -603,7 +717,12 @@ impl Actor {
     fn on_net(&mut self, e: NetEvent) {
         let now = self.now();
         match e {
-            NetEvent::Connected { peer, .. } => {
+            NetEvent::Connected { peer, inbound, .. } => {
+                if inbound {
+                    self.inbound.insert(peer.clone());
+                } else {
+                    self.inbound.remove(&peer);
+                }
                 // Push-pull: both sides learn each other's whole view from
                 // one exchange, so one side asks: the smaller peer id (both
                 // see the connection come up, whoever dialled).
@@ -622,10 +741,11 @@ impl Actor {
                         },
                         _ => None,
                     };
-                    let _ = tx.send(Done::Synced { reply, bytes });
+                    let _ = tx.send(Done::Synced { peer, reply, bytes });
                 });
             }
             NetEvent::Disconnected { peer } => {
+                self.inbound.remove(&peer);
                 let outs = self.swim.connection_closed(&peer);
                 self.handle(outs);
             }
@@ -659,7 +779,7 @@ impl Actor {
                 Some(b) => {
                     self.count(bytes, encoded_len(&b));
                     self.swim.probe_ok(&target);
-                    self.take_batch(b, Some(&target));
+                    self.take_batch(b, Via::From(&target));
                 }
                 None => {
                     self.count(bytes, 0);
@@ -672,12 +792,11 @@ impl Actor {
                 self.handle(outs);
             }
             Done::AnnounceLost => self.announce_due = true,
-            Done::Synced { reply, bytes } => {
+            Done::Synced { peer, reply, bytes } => {
                 let inb = reply.as_ref().map_or(0, encoded_len);
                 self.count(bytes, inb);
                 if let Some(b) = reply {
-                    // A push-pull carries the peer's whole view.
-                    self.take_batch(b, None);
+                    self.take_batch(b, Via::Sync(&peer));
                 }
             }
         }
@@ -687,16 +806,22 @@ impl Actor {
         let now = self.now();
         match c {
             Cmd::SetSelf(a) => {
-                let peer = self.me.peer.clone();
-                self.me = *a;
-                self.me.peer = peer;
+                let mut a = *a;
+                a.peer = self.me.peer.clone();
+                a.incarnation = self.me.incarnation;
+                if a != self.me {
+                    // A changed announce gets a new incarnation: copies
+                    // other members pass on are ordered by it.
+                    self.swim.raise_incarnation();
+                }
+                self.me = a;
                 self.announce_due = true;
                 self.dirty = true;
             }
             Cmd::Request { peer, req, reply } => match req {
                 GossipRequest::Probe(b) => {
                     self.count(0, encoded_len(&b));
-                    self.take_batch(b, Some(&peer));
+                    self.take_batch(b, Via::From(&peer));
                     let ack = self.batch(vec![self.swim.self_update()], Vec::new());
                     self.count(encoded_len(&ack), 0);
                     let _ = reply.send(WireReply::Gossip(Box::new(GossipReply::Ack(ack))));
@@ -718,7 +843,7 @@ impl Actor {
                 }
                 GossipRequest::Sync(b) => {
                     self.count(0, encoded_len(&b));
-                    self.take_batch(b, None);
+                    self.take_batch(b, Via::Sync(&peer));
                     let full = self.full_batch();
                     self.count(encoded_len(&full), 0);
                     let _ = reply.send(WireReply::Gossip(Box::new(GossipReply::Sync(full))));
@@ -816,7 +941,36 @@ pub async fn confirm_round(net: &NetHandle, set: &[String]) -> Result<(), String
 
 #[cfg(test)]
 mod tests {
-    use super::announce_period;
+    use super::{announce_period, takes};
+    use skein_protocol::gossip::Announce;
+
+    #[test]
+    fn an_announce_passed_on_never_replaces_a_newer_one() {
+        let old = Announce {
+            peer: "p".into(),
+            name: "a".into(),
+            incarnation: 3,
+            ..Default::default()
+        };
+        let renamed = Announce {
+            name: "b".into(),
+            ..old.clone()
+        };
+        let later = Announce {
+            incarnation: 4,
+            ..renamed.clone()
+        };
+        // Unknown here: taken, first or second hand.
+        assert!(takes(None, &old, false));
+        assert!(takes(None, &old, true));
+        // From its owner: any change.
+        assert!(takes(Some(&old), &renamed, true));
+        assert!(!takes(Some(&old), &old, true));
+        // Passed on: only a later incarnation, never an older copy.
+        assert!(!takes(Some(&old), &renamed, false));
+        assert!(takes(Some(&old), &later, false));
+        assert!(!takes(Some(&later), &old, false));
+    }
 
     #[test]
     fn re_announces_slow_down_to_stay_within_the_budget() {

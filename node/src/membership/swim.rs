@@ -140,9 +140,16 @@ impl Swim {
         &self.cfg
     }
 
-    /// This node's incarnation: raised only to refute a claim about it.
+    /// This node's incarnation: raised to refute a claim about it, and when
+    /// what it announces about itself changes.
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// What this node announces changed: a new incarnation orders the new
+    /// announce after the old one everywhere (and beats older claims).
+    pub fn raise_incarnation(&mut self) {
+        self.incarnation += 1;
     }
 
     /// Every member but this node, dead ones included (until forgotten).

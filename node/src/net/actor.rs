@@ -111,6 +111,8 @@ pub(crate) struct Actor {
     conns: HashMap<ConnectionId, Conn>,
     /// Why the last dial to a peer failed (to explain a failed request).
     last_error: HashMap<PeerId, NetError>,
+    /// Still making a new identity key durable (waited for at shutdown).
+    key_writer: Option<std::thread::JoinHandle<()>>,
     warned: HashMap<String, Instant>,
 }
 
@@ -124,7 +126,7 @@ pub(crate) async fn start(
         // (the shape only: a name may not resolve yet at boot).
         check_host_port(adv)?;
     }
-    let identity = keypair::load_or_create(&cfg.keypair_path)?;
+    let (identity, key_writer) = keypair::load_or_create(&cfg.keypair_path)?;
     let local = identity.public().to_peer_id();
     let psk = PreSharedKey::new(cfg.cluster_key);
     let (seen_tx, seen_rx) = mpsc::unbounded_channel();
@@ -298,6 +300,7 @@ pub(crate) async fn start(
         replies: FuturesUnordered::new(),
         conns: HashMap::new(),
         last_error: HashMap::new(),
+        key_writer,
         warned: HashMap::new(),
     };
     tokio::spawn(actor.run().instrument(tracing::Span::current()));
@@ -374,6 +377,10 @@ impl Actor {
             }
         }
         self.connected_tx.send_replace(Vec::new());
+        if let Some(w) = self.key_writer.take() {
+            // Normally long done; a restart must find the same key.
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
         // Drop the swarm (and its listening socket) before the command
         // receiver, so `NetHandle::stopped` means "the port is free".
         let Actor { swarm, cmd_rx, .. } = self;
@@ -389,7 +396,7 @@ impl Actor {
                 shown,
                 reply,
             } => self.dial_addr(addrs, shown, reply),
-            Command::AddPeer { peer, addr } => {
+            Command::AddPeer { peer, addr, after } => {
                 if peer == *self.swarm.local_peer_id() {
                     debug!(%addr, "add_peer: that is this node; ignored");
                     return;
@@ -409,7 +416,8 @@ impl Actor {
                     k.backoff = min;
                 }
                 if !connected && k.dialing.is_none() && !k.resolving {
-                    k.next = Some(Instant::now());
+                    let at = Instant::now() + after;
+                    k.next = Some(k.next.map_or(at, |n| n.min(at)));
                 }
                 debug!(%peer, addr = %k.addr, "peer added");
             }
@@ -743,6 +751,7 @@ impl Actor {
                     let _ = self.events.send(NetEvent::Connected {
                         peer: peer_id.to_string(),
                         addr,
+                        inbound: !dialer,
                     });
                     self.publish_connected();
                 }

@@ -110,7 +110,12 @@ pub struct Inbound {
 pub enum NetEvent {
     /// The first connection to `peer` is up. `addr` is the remote socket
     /// address (for a connection the peer dialled, its ephemeral port).
-    Connected { peer: String, addr: String },
+    Connected {
+        peer: String,
+        addr: String,
+        /// The peer dialled this node (a newcomer reaching a member).
+        inbound: bool,
+    },
     /// The last connection to `peer` closed.
     Disconnected { peer: String },
     /// mDNS found a peer on the LAN at `addr` (HOST:PORT); not dialled yet.
@@ -209,6 +214,7 @@ pub(crate) enum Command {
     AddPeer {
         peer: PeerId,
         addr: String,
+        after: Duration,
     },
     RemovePeer {
         peer: PeerId,
@@ -302,10 +308,17 @@ impl NetHandle {
     /// Remembers a peer's address (HOST:PORT) and keeps a connection to it,
     /// re-dialling with backoff when it drops.
     pub fn add_peer(&self, peer: &str, addr: &str) {
+        self.add_peer_after(peer, addr, Duration::ZERO);
+    }
+
+    /// [`NetHandle::add_peer`], with the first dial `after` from now (unless
+    /// a request for the peer needs the connection sooner).
+    pub fn add_peer_after(&self, peer: &str, addr: &str, after: Duration) {
         match PeerId::from_str(peer) {
             Ok(peer) => self.control(Command::AddPeer {
                 peer,
                 addr: addr.to_string(),
+                after,
             }),
             Err(_) => tracing::warn!(peer, addr, "add_peer: {}", NetError::BadPeerId(peer.into())),
         }

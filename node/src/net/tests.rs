@@ -120,15 +120,23 @@ async fn two_nodes_dial_request_send_and_events() {
         b.net.peer_id()
     );
     match next_event(&mut a_events).await {
-        NetEvent::Connected { peer, addr } => {
+        NetEvent::Connected {
+            peer,
+            addr,
+            inbound,
+        } => {
             assert_eq!(peer, b.net.peer_id());
             assert_eq!(addr, b.net.listen_addr().to_string());
+            assert!(!inbound, "a dialled b");
         }
         other => panic!("unexpected {other:?}"),
     }
     match next_event(&mut b_events).await {
         // b sees a's ephemeral port: no address check.
-        NetEvent::Connected { peer, .. } => assert_eq!(peer, a.net.peer_id()),
+        NetEvent::Connected { peer, inbound, .. } => {
+            assert_eq!(peer, a.net.peer_id());
+            assert!(inbound, "a dialled b");
+        }
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(a.net.connected(), vec![b.net.peer_id()]);
