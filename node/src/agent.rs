@@ -448,6 +448,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     api_switch.serve(app);
     tracing::info!(api = %cfg.api, "API serving the cluster");
 
+    // A node that joins now is recorded by the leader that lets it in.
+    let registered = token.is_some();
     if let Some(t) = token {
         let me = self_node(
             &cfg,
@@ -520,18 +522,22 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         announce,
         shutdown.clone(),
     ));
-    let me = self_node(
-        &cfg,
-        &identity,
-        &runtimes,
-        &advertise,
-        &net.peer_id(),
-        identity.role,
-    );
-    proposer
-        .propose(Command::UpsertNode(me))
-        .await
-        .with_context(|| format!("cannot register node {}", cfg.name))?;
+    if !registered {
+        // Founding, or a restart: what this node says about itself
+        // (address, labels, runtimes) may have changed since.
+        let me = self_node(
+            &cfg,
+            &identity,
+            &runtimes,
+            &advertise,
+            &net.peer_id(),
+            identity.role,
+        );
+        proposer
+            .propose(Command::UpsertNode(me))
+            .await
+            .with_context(|| format!("cannot register node {}", cfg.name))?;
+    }
 
     let (dispatcher, dispatch) = Dispatcher::new(raft.clone(), proposer.clone());
     let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));

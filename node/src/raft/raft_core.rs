@@ -209,9 +209,6 @@ impl RaftCore {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
-            // Several appends for one follower in one ready go out as one
-            // message (a burst of proposals, e.g. boxes joining together).
-            batch_append: true,
             ..Default::default()
         };
         cfg.validate()?;
