@@ -448,20 +448,21 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     api_switch.serve(app);
     tracing::info!(api = %cfg.api, "API serving the cluster");
 
-    // A node that joins now is recorded by the leader that lets it in.
+    // What this node says about itself: sent with a join (the leader that
+    // lets it in records it), otherwise registered below.
+    let me = self_node(
+        &cfg,
+        &identity,
+        &runtimes,
+        &advertise,
+        &net.peer_id(),
+        token.as_ref().map_or(identity.role, |t| t.role),
+    );
     let registered = token.is_some();
     if let Some(t) = token {
-        let me = self_node(
-            &cfg,
-            &identity,
-            &runtimes,
-            &advertise,
-            &net.peer_id(),
-            t.role,
-        );
         let req = JoinRequest {
             token: t.to_string(),
-            node: me,
+            node: me.clone(),
             peer_id: net.peer_id(),
             raft_id: identity.raft_id,
         };
@@ -525,14 +526,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if !registered {
         // Founding, or a restart: what this node says about itself
         // (address, labels, runtimes) may have changed since.
-        let me = self_node(
-            &cfg,
-            &identity,
-            &runtimes,
-            &advertise,
-            &net.peer_id(),
-            identity.role,
-        );
         proposer
             .propose(Command::UpsertNode(me))
             .await

@@ -21,6 +21,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Starts an agent command at info level, its output (both streams) in `log`.
+fn spawn_logged(cmd: &mut Command, log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    cmd.env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start skein agent")
+}
+
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(args[0])
         .args(&args[1..])
@@ -152,21 +163,14 @@ impl Lab {
     /// Starts `skein agent` in box `i` with only the bootstrap flags.
     fn start(&mut self, i: usize, key: &str) {
         let data = self.dir.path().join(format!("box{i}"));
-        let log = std::fs::File::create(self.log(i)).expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns[i]])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns[i]])
             .arg(skein_bin())
             .args(["agent", "--bootstrap-expect", "3", "--cluster-key", key])
             .args(["--name", &format!("box{i}"), "--runtime", "process"])
             .arg("--data-dir")
-            .arg(&data)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start skein agent");
-        self.procs[i] = Some(child);
+            .arg(&data);
+        self.procs[i] = Some(spawn_logged(&mut cmd, &self.log(i)));
     }
 
     fn kill(&mut self, i: usize) {
@@ -406,7 +410,6 @@ struct BootBox {
 impl BootBox {
     fn start(name: &str, key: &str, seeds: &[&str]) -> BootBox {
         let agent = Agent::named(name, &[]);
-        let log = std::fs::File::create(agent.dir.path().join("agent.log")).expect("log file");
         let mut cmd = Command::new(skein_bin());
         cmd.arg("agent")
             .arg("--data-dir")
@@ -417,13 +420,7 @@ impl BootBox {
         for s in seeds {
             cmd.args(["--join", s]);
         }
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start skein agent");
+        let child = spawn_logged(&mut cmd, &agent.dir.path().join("agent.log"));
         BootBox {
             agent,
             child: Some(child),
