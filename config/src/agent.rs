@@ -131,6 +131,10 @@ pub struct AgentConfig {
     pub mdns: bool,
     /// How often a node reports to the leader.
     pub heartbeat_ms: u64,
+    /// `--force-new-cluster`: a manager whose Raft log is gone founds a new
+    /// one-manager cluster instead of refusing to start (flag only: never
+    /// from a file or the environment, where it would outlive the emergency).
+    pub force_new_cluster: bool,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -156,6 +160,7 @@ impl fmt::Debug for AgentConfig {
             .field("mdns", &self.mdns)
             .field("raft", &self.raft)
             .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("force_new_cluster", &self.force_new_cluster)
             .finish()
     }
 }
@@ -193,6 +198,8 @@ pub struct AgentOverrides {
     pub voters: Option<u32>,
     /// `--no-mdns`
     pub no_mdns: bool,
+    /// `--force-new-cluster`
+    pub force_new_cluster: bool,
 }
 
 /// Where a value came from.
@@ -858,6 +865,7 @@ pub fn load_agent_config(
         cluster_key,
         voters,
         mdns,
+        force_new_cluster: over.force_new_cluster,
     })
 }
 

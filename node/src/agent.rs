@@ -361,6 +361,26 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 
     let db_path = cfg.data_dir.join("raft");
+    // The Raft log is created before node.json is first written: a node
+    // identity without it means the log was lost (a deleted directory, a
+    // restored backup of node.json alone). A manager that lost its log has
+    // forgotten its votes and its state: founding a new cluster with the same
+    // key, or voting again, would split the cluster. A worker only replicates.
+    if !fresh && !db_path.exists() {
+        if let Some(refusal) = lost_log_refusal(&identity, &cfg) {
+            bail!(refusal);
+        }
+        if cfg.force_new_cluster {
+            identity.cluster_id = crate::util::random_hex(8);
+            identity.founder = true;
+            identity.role = NodeRole::Manager;
+            identity.persist(&cfg.data_dir)?;
+            tracing::warn!(
+                cluster = %identity.cluster_id,
+                "--force-new-cluster: this node's raft log was lost; founding a new cluster as its only manager"
+            );
+        }
+    }
     let db = sled::Config::new()
         .path(&db_path)
         .flush_every_ms(Some(200))
@@ -663,7 +683,8 @@ fn lan_ipv4() -> Option<std::net::Ipv4Addr> {
 }
 
 /// Keeps a connection to every member this node may need to reach (their
-/// addresses come from the replicated node table).
+/// addresses come from the replicated node table), and refuses the peers of
+/// removed nodes.
 async fn keep_peers_connected(
     raft: crate::raft::RaftHandle,
     net: NetHandle,
@@ -672,8 +693,14 @@ async fn keep_peers_connected(
 ) {
     let mut sub = raft.subscribe();
     let mut known: std::collections::BTreeMap<String, String> = Default::default();
+    let mut denied = std::collections::BTreeSet::new();
     loop {
         let p = sub.borrow_and_update().clone();
+        // Removed nodes are refused at connection (see cluster::authority).
+        for peer in p.state.removed_peers.difference(&denied.clone()) {
+            net.deny(peer);
+            denied.insert(peer.clone());
+        }
         for n in p.state.nodes.values() {
             if n.id == self_id || n.peer_id.is_empty() || n.addr.is_empty() {
                 continue;
@@ -720,6 +747,26 @@ async fn wait_for_leader(raft: &crate::raft::RaftHandle) -> anyhow::Result<()> {
             _ = &mut deadline => bail!("no raft leader after 30s: this node cannot reach a quorum"),
         }
     }
+}
+
+/// Why a node whose Raft log is gone must not start (None: it may). See
+/// the call site for the reasons.
+fn lost_log_refusal(identity: &Identity, cfg: &AgentConfig) -> Option<String> {
+    if cfg.force_new_cluster || (!identity.founder && identity.role != NodeRole::Manager) {
+        return None;
+    }
+    Some(format!(
+        "{} holds this node's identity ({}, a manager of cluster {}) but its raft log {} is gone: \
+         starting would found a second cluster or vote with forgotten votes. To rejoin, remove the \
+         old node on a manager (`skein node rm --force {}`), empty --data-dir and join again with \
+         a token (`skein join-token manager` on a manager); to found a new cluster from this node \
+         alone, start it with --force-new-cluster",
+        cfg.data_dir.join("node.json").display(),
+        identity.node_id,
+        identity.cluster_id,
+        cfg.data_dir.join("raft").display(),
+        cfg.name,
+    ))
 }
 
 /// The founder records the cluster's identity and first join secrets once

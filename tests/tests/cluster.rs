@@ -36,8 +36,9 @@ fn five_nodes_one_leader_and_replicas_spread() {
         );
         assert_eq!(n.iter().filter(|x| x["leader"] == true).count(), 1, "{n:?}");
     }
-    // A write through a worker is forwarded to the leader.
-    c.workers[0].ok(&[
+    // A worker cannot change the cluster: its API refuses and names a
+    // manager to use; nothing is created.
+    let create = [
         "service",
         "create",
         "--name",
@@ -46,7 +47,34 @@ fn five_nodes_one_leader_and_replicas_spread() {
         "6",
         "sleep",
         "3710",
-    ]);
+    ];
+    let out = c.workers[0].cli(&create);
+    assert!(!out.status.success(), "a worker's API accepted a write");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("this node (w1) is a worker") && err.contains("manager, e.g. m"),
+        "{err}"
+    );
+    assert!(c.managers[0]
+        .json(&["service", "ls"])
+        .as_array()
+        .is_some_and(|a| a.is_empty()));
+    // Nor may it hand out join tokens (secrets that would let a box in as a manager).
+    assert!(!c.workers[0]
+        .cli(&["join-token", "manager"])
+        .status
+        .success());
+    // A write through a follower manager is forwarded to the leader.
+    let follower = c
+        .managers
+        .iter()
+        .find(|m| {
+            nodes(m)
+                .iter()
+                .any(|n| n["name"] == m.name && n["leader"] == false)
+        })
+        .expect("a follower manager");
+    follower.ok(&create);
     let on = running_nodes(&c.managers[1], "web");
     assert_eq!(on.len(), 6);
     let mut distinct = on.clone();

@@ -116,7 +116,7 @@ fn drain_pause_and_activate_a_worker_and_the_leader() {
     drain_wait(m2, &leader, &[]);
     assert!(live_on(m2, &leader).is_empty());
     assert_eq!(m2.running_nodes("web").len(), 8);
-    c.workers[0].ok(&[
+    m2.ok(&[
         "service",
         "create",
         "--name",

@@ -163,7 +163,64 @@ pub fn router(state: AppState) -> Router {
                 "no such API path: see /v1/info, /v1/nodes, /v1/members, /v1/services, /v1/tasks, /v1/stacks",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            worker_guard,
+        ))
         .with_state(state)
+}
+
+/// A worker's API changes nothing in the cluster: every write (and the join
+/// tokens, which are secrets) answers 403 naming a manager to use. A worker
+/// may still leave (`POST /v1/leave`): that is about itself only.
+async fn worker_guard(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let read = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let path = req.uri().path();
+    let guarded = (!read && path != "/v1/leave") || path.starts_with("/v1/join-token/");
+    if guarded {
+        let s = snapshot(&st);
+        if let Some(refusal) = worker_refusal(&s, &st.node_id) {
+            return ApiError::new(StatusCode::FORBIDDEN, refusal).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Why this node's API may not change the cluster (None: it is a manager).
+pub fn worker_refusal(s: &ClusterState, node_id: &str) -> Option<String> {
+    let me = s.nodes.get(node_id)?;
+    if me.role != skein_protocol::NodeRole::Worker {
+        return None;
+    }
+    let manager = s
+        .nodes
+        .values()
+        .filter(|n| n.role == skein_protocol::NodeRole::Manager)
+        .min_by_key(|n| {
+            (
+                n.status != skein_protocol::NodeStatus::Ready,
+                n.name.clone(),
+            )
+        });
+    let hint = match manager {
+        Some(m) if !m.api_addr.is_empty() => format!(
+            "run it against a manager, e.g. {} (`skein -H {} ...` on that host)",
+            m.name, m.api_addr
+        ),
+        Some(m) => format!("run it against a manager, e.g. {}", m.name),
+        None => "run it against a manager".to_string(),
+    };
+    Some(format!(
+        "this node ({}) is a worker: it cannot change the cluster or hand out join tokens; {hint}",
+        me.name
+    ))
 }
 
 fn snapshot(st: &AppState) -> Arc<ClusterState> {

@@ -114,6 +114,11 @@ struct AgentArgs {
     /// Do not look for other boxes on the LAN with mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// A manager whose Raft log (<data-dir>/raft) is lost refuses to start;
+    /// with this flag it founds a new one-manager cluster instead (the old
+    /// cluster's state is gone from this node).
+    #[arg(long)]
+    force_new_cluster: bool,
     /// Join token from `skein join-token worker|manager` (also SKEIN_TOKEN).
     #[arg(long)]
     token: Option<String>,
@@ -312,6 +317,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 cluster_key: a.cluster_key,
                 voters: a.voters,
                 no_mdns: a.no_mdns,
+                force_new_cluster: a.force_new_cluster,
             };
             let cfg = skein_config::agent::load_agent_config(&over, &|k| std::env::var(k).ok())?;
             crate::agent::run(cfg).await?;

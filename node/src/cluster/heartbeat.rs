@@ -104,7 +104,7 @@ pub async fn run_monitor(
             _ = shutdown.changed() => return,
         }
         let p = raft.current();
-        if !p.is_leader {
+        if !p.leader_ready {
             liveness = None;
             continue;
         }

@@ -1,15 +1,23 @@
-//! Routes what peers send to the part of this node that owns it. Never
-//! blocks the network actor: slow work (proposals, joins) runs in its own
-//! task and answers through the request's reply channel.
+//! Routes what peers send to the part of this node that owns it, once
+//! [`super::authority`] allowed it: a peer may ask only what the node it is
+//! bound to may (refusals are answered with the reason and logged, at most
+//! once a minute per peer and kind). Never blocks the network actor: slow
+//! work (proposals, joins) runs in its own task and answers through the
+//! request's reply channel.
 
+use super::authority::{self, Caller, PeerIndex, Refusal};
 use super::forward::{serve_propose, Proposer};
 use super::join::serve_join;
-use super::raft_link::{step_bytes, PeerBook, Reassembly};
+use super::raft_link::{decode, PeerBook, Reassembly};
 use crate::net::{Inbound, NetHandle};
 use crate::raft::RaftHandle;
+use crate::store::ClusterState;
 use skein_protocol::wire::{WireMessage, WireReply};
 use skein_protocol::Command;
+use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
+use tokio::time::{Duration, Instant};
 
 pub struct Router {
     pub raft: RaftHandle,
@@ -20,45 +28,147 @@ pub struct Router {
     pub heard: mpsc::Sender<String>,
 }
 
+/// Who the peers are, rebuilt when the state changes.
+#[derive(Default)]
+struct Callers {
+    state: Option<Arc<ClusterState>>,
+    index: PeerIndex,
+    /// Last refusal logged per (peer, kind).
+    logged: HashMap<(String, &'static str), Instant>,
+}
+
+impl Callers {
+    fn of(
+        &mut self,
+        raft: &RaftHandle,
+        book: &PeerBook,
+        peer: &str,
+    ) -> (Caller, Arc<ClusterState>) {
+        let state = raft.current().state.clone();
+        if !self.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, &state)) {
+            self.index = PeerIndex::build(&state);
+            self.state = Some(state.clone());
+        }
+        (self.index.caller(peer, book.raft_of(peer)), state)
+    }
+
+    /// Logs a refusal (rate-limited per peer and kind) and makes its answer.
+    fn refused(&mut self, peer: &str, kind: &'static str, r: &Refusal) -> WireReply {
+        let now = Instant::now();
+        let key = (peer.to_string(), kind);
+        if self
+            .logged
+            .get(&key)
+            .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            if self.logged.len() > 10_000 {
+                self.logged.clear();
+            }
+            self.logged.insert(key, now);
+            tracing::warn!(%peer, what = kind, "refused {r}");
+        }
+        WireReply::Error(format!("refused: {r}"))
+    }
+}
+
 impl Router {
     pub async fn run(self, mut rx: mpsc::Receiver<Inbound>, mut shutdown: watch::Receiver<bool>) {
         let mut chunks = Reassembly::default();
+        let mut callers = Callers::default();
         loop {
             let inbound = tokio::select! {
                 m = rx.recv() => match m { Some(m) => m, None => return },
                 _ = shutdown.changed() => return,
             };
             let Inbound { peer, msg, reply } = inbound;
+            let (caller, state) = callers.of(&self.raft, &self.book, &peer);
             match msg {
                 WireMessage::Raft(bytes) => {
-                    let _ = reply.send(WireReply::Ack);
-                    step_bytes(&self.raft, &bytes).await;
+                    let Some(m) = decode(&bytes) else {
+                        let _ = reply.send(WireReply::Error("undecodable raft message".into()));
+                        continue;
+                    };
+                    match authority::check_raft(&caller, m.from) {
+                        Ok(()) => {
+                            let _ = reply.send(WireReply::Ack);
+                            self.raft.step(m).await;
+                        }
+                        Err(r) => {
+                            let _ = reply.send(callers.refused(&peer, "raft", &r));
+                        }
+                    }
                 }
                 WireMessage::RaftChunk(c) => {
+                    if let Err(r) = authority::check_raft_chunk(&caller) {
+                        let _ = reply.send(callers.refused(&peer, "raft", &r));
+                        continue;
+                    }
                     let _ = reply.send(WireReply::Ack);
-                    if let Some(bytes) = chunks.add(&peer, c) {
-                        step_bytes(&self.raft, &bytes).await;
+                    let Some(m) = chunks.add(&peer, c).as_deref().and_then(decode) else {
+                        continue;
+                    };
+                    match authority::check_raft(&caller, m.from) {
+                        Ok(()) => self.raft.step(m).await,
+                        Err(r) => {
+                            callers.refused(&peer, "raft", &r);
+                        }
                     }
                 }
                 WireMessage::Heartbeat { node_id, .. } => {
-                    let _ = reply.send(WireReply::Ack);
-                    let _ = self.heard.try_send(node_id);
+                    match authority::check_heartbeat(&caller, &node_id) {
+                        Ok(()) => {
+                            let _ = reply.send(WireReply::Ack);
+                            let _ = self.heard.try_send(node_id);
+                        }
+                        Err(r) => {
+                            let _ = reply.send(callers.refused(&peer, "heartbeat", &r));
+                        }
+                    }
                 }
                 WireMessage::Propose(cmd) => {
-                    let raft = self.raft.clone();
-                    tokio::spawn(async move {
-                        let _ = reply.send(serve_propose(&raft, *cmd).await);
-                    });
+                    match authority::check_propose(&state, &caller, *cmd) {
+                        Ok(cmd) => {
+                            let raft = self.raft.clone();
+                            tokio::spawn(async move {
+                                let _ = reply.send(serve_propose(&raft, cmd).await);
+                            });
+                        }
+                        Err(r) => {
+                            let _ = reply.send(callers.refused(&peer, "propose", &r));
+                        }
+                    }
                 }
                 WireMessage::Status(report) => {
-                    let raft = self.raft.clone();
-                    let _ = self.heard.try_send(report.node_id.clone());
-                    tokio::spawn(async move {
-                        let r = serve_propose(&raft, Command::SetTaskStatus(report.updates)).await;
-                        let _ = reply.send(r);
-                    });
+                    let checked =
+                        authority::check_heartbeat(&caller, &report.node_id).and_then(|()| {
+                            authority::check_propose(
+                                &state,
+                                &caller,
+                                Command::SetTaskStatus(report.updates),
+                            )
+                        });
+                    match checked {
+                        Ok(cmd) => {
+                            let raft = self.raft.clone();
+                            let _ = self.heard.try_send(report.node_id.clone());
+                            tokio::spawn(async move {
+                                let _ = reply.send(serve_propose(&raft, cmd).await);
+                            });
+                        }
+                        Err(r) => {
+                            let _ = reply.send(callers.refused(&peer, "status", &r));
+                        }
+                    }
                 }
                 WireMessage::Join(req) => {
+                    if caller == Caller::Removed {
+                        let r = Refusal(format!(
+                            "a join from the peer of a removed node ({}): start it with an empty --data-dir to join as a new node",
+                            req.node.name
+                        ));
+                        let _ = reply.send(callers.refused(&peer, "join", &r));
+                        continue;
+                    }
                     let (raft, net, book, proposer) = (
                         self.raft.clone(),
                         self.net.clone(),
@@ -75,6 +185,10 @@ impl Router {
                     let _ = reply.send(WireReply::Error("membership is not running".into()));
                 }
                 WireMessage::HandOverLeadership => {
+                    if let Err(r) = authority::check_manager(&caller, "a leadership hand-over") {
+                        let _ = reply.send(callers.refused(&peer, "hand-over", &r));
+                        continue;
+                    }
                     let raft = self.raft.clone();
                     tokio::spawn(async move {
                         let r = match super::membership::hand_over(&raft).await {

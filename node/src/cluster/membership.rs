@@ -63,7 +63,7 @@ pub async fn run(raft: RaftHandle, mut shutdown: tokio::sync::watch::Receiver<bo
             _ = shutdown.changed() => return,
         }
         let p = raft.current();
-        if !p.is_leader {
+        if !p.leader_ready {
             continue;
         }
         if let Err(e) = step(&raft, &p).await {

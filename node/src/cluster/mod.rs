@@ -4,7 +4,8 @@
 //! - [`raft_link`]: Raft messages to and from peers (chunked when large),
 //!   and a fast election when the connection to the leader drops;
 //! - [`forward`]: writes sent to any node reach the leader;
-//! - [`inbound`]: routes every request a peer sends to its owner;
+//! - [`inbound`]: routes every request a peer sends to its owner, once
+//!   [`authority`] allowed it (a peer may ask only what its node's role may);
 //! - [`join`]: a new node asking in, and a manager letting it in;
 //! - [`heartbeat`]: nodes tell the leader they are alive; the leader marks
 //!   silent nodes down (the decision is [`crate::dispatcher::liveness`]);
@@ -15,6 +16,7 @@
 //! against any node, and a worker keeps running its tasks while cut off);
 //! writes go to the leader.
 
+pub mod authority;
 pub mod forward;
 pub mod heartbeat;
 pub mod inbound;

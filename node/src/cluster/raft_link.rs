@@ -36,6 +36,14 @@ impl PeerBook {
     fn extra(&self, raft_id: u64) -> Option<String> {
         self.extra.lock().ok()?.get(&raft_id).cloned()
     }
+    /// The raft id this book binds `peer` to (a node admitted by this
+    /// node, or a manager named in this node's join answer).
+    pub fn raft_of(&self, peer: &str) -> Option<u64> {
+        let m = self.extra.lock().ok()?;
+        m.iter()
+            .find(|(_, p)| p.as_str() == peer)
+            .map(|(id, _)| *id)
+    }
 }
 
 /// The peer id holding `raft_id`: the node table first, then the book.
@@ -145,11 +153,14 @@ impl Reassembly {
     }
 }
 
-/// Steps one encoded raft message into the local node.
-pub async fn step_bytes(raft: &RaftHandle, bytes: &[u8]) {
+/// Decodes one raft message (None, logged, when it does not decode).
+pub fn decode(bytes: &[u8]) -> Option<Message> {
     match Message::parse_from_bytes(bytes) {
-        Ok(m) => raft.step(m).await,
-        Err(e) => tracing::warn!(error = %e, "undecodable raft message dropped"),
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable raft message dropped");
+            None
+        }
     }
 }
 

@@ -69,7 +69,7 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
         let p = raft.current();
-        if !p.is_leader {
+        if !p.leader_ready {
             continue;
         }
         let now = crate::util::now_ms();

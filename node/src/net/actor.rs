@@ -114,6 +114,9 @@ pub(crate) struct Actor {
     /// Still making a new identity key durable (waited for at shutdown).
     key_writer: Option<std::thread::JoinHandle<()>>,
     warned: HashMap<String, Instant>,
+    /// Peers refused at connection (removed nodes): their connections are
+    /// closed as soon as they are established.
+    denied: std::collections::HashSet<PeerId>,
 }
 
 pub(crate) async fn start(
@@ -302,6 +305,7 @@ pub(crate) async fn start(
         last_error: HashMap::new(),
         key_writer,
         warned: HashMap::new(),
+        denied: Default::default(),
     };
     tokio::spawn(actor.run().instrument(tracing::Span::current()));
     Ok((handle, inbound_rx))
@@ -438,6 +442,13 @@ impl Actor {
             Command::RemovePeer { peer } => {
                 if self.known.remove(&peer).is_some() {
                     debug!(%peer, "peer removed");
+                }
+            }
+            Command::Deny { peer } => {
+                self.known.remove(&peer);
+                if self.denied.insert(peer) && self.swarm.is_connected(&peer) {
+                    warn!(%peer, "closing the connection of a removed node's peer");
+                    let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
             Command::Request { peer, frame, reply } => {
@@ -721,6 +732,23 @@ impl Actor {
             } => {
                 let remote = to_socket(endpoint.get_remote_address());
                 let dialer = endpoint.is_dialer();
+                if self.denied.contains(&peer_id) {
+                    if let Some(d) = self.dials.remove(&connection_id) {
+                        let _ = d.reply.send(Err(NetError::Unreachable {
+                            addr: show(endpoint.get_remote_address()),
+                            detail: "that peer belongs to a node removed from the cluster".into(),
+                        }));
+                    }
+                    if self.should_warn(&format!("denied {peer_id}")) {
+                        warn!(
+                            peer = %peer_id,
+                            addr = %show(endpoint.get_remote_address()),
+                            "refused a connection: this peer belongs to a node removed from the cluster"
+                        );
+                    }
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
                 if dialer {
                     if let Some(sa) = remote {
                         self.seen.remove(&sa);

@@ -219,6 +219,10 @@ pub(crate) enum Command {
     RemovePeer {
         peer: PeerId,
     },
+    /// Refuse this peer from now on (a removed node).
+    Deny {
+        peer: PeerId,
+    },
     Request {
         peer: PeerId,
         frame: Vec<u8>,
@@ -330,6 +334,15 @@ impl NetHandle {
         match PeerId::from_str(peer) {
             Ok(peer) => self.control(Command::RemovePeer { peer }),
             Err(_) => tracing::warn!(peer, "remove_peer: {}", NetError::BadPeerId(peer.into())),
+        }
+    }
+
+    /// Refuses `peer` from now on: its open connections close, new ones are
+    /// closed as soon as they are established (a removed node).
+    pub fn deny(&self, peer: &str) {
+        match PeerId::from_str(peer) {
+            Ok(peer) => self.control(Command::Deny { peer }),
+            Err(_) => tracing::warn!(peer, "deny: {}", NetError::BadPeerId(peer.into())),
         }
     }
 

@@ -226,7 +226,7 @@ impl Orchestrator {
                 full = true;
             }
             let mut retry_in = None;
-            if !snap.is_leader {
+            if !snap.leader_ready {
                 full = true;
                 carried.clear();
                 wake = None;

@@ -46,6 +46,11 @@ pub struct Published {
     pub state: Arc<ClusterState>,
     pub raft_id: u64,
     pub is_leader: bool,
+    /// This node leads and has applied the first entry of its own term, so its state holds
+    /// everything any earlier leader committed. Leader-only loops (orchestrator, liveness,
+    /// voter keeper) act only then: before it, they could act on a view that misses a
+    /// committed entry (and, e.g., start a second task for a slot).
+    pub leader_ready: bool,
     /// 0 when no leader is known.
     pub leader_id: u64,
     pub term: u64,
@@ -411,6 +416,7 @@ impl RaftNode {
         self.published.send_if_modified(|cur| {
             let changed = !Arc::ptr_eq(&cur.state, &next.state)
                 || cur.is_leader != next.is_leader
+                || cur.leader_ready != next.leader_ready
                 || cur.leader_id != next.leader_id
                 || cur.term != next.term
                 || cur.applied != next.applied

@@ -897,10 +897,18 @@ impl RaftCore {
             }
             progress.sort_unstable_by_key(|p| p.raft_id);
         }
+        let is_leader = raft.state == StateRole::Leader;
+        // A leader's first entry of its term (raft-rs appends an empty one on election) is
+        // applied once the applied entry carries the current term: everything committed by
+        // earlier leaders is then applied here too.
+        let leader_ready = is_leader
+            && self.applied > 0
+            && raft.raft_log.term(self.applied).ok() == Some(raft.term);
         Published {
             state: self.state.clone(),
             raft_id: raft.id,
-            is_leader: raft.state == StateRole::Leader,
+            is_leader,
+            leader_ready,
             leader_id: raft.leader_id,
             term: raft.term,
             commit: raft.raft_log.committed,

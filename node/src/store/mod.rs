@@ -38,6 +38,10 @@ pub struct ClusterState {
     /// Verdicts of the last [`RECENT_REQUESTS`] [`Command::Once`] requests.
     #[serde(default)]
     pub recent_requests: RecentRequests,
+    /// The transport identities (libp2p peer ids) of removed nodes: refused
+    /// when they connect (see [`crate::cluster::authority`]).
+    #[serde(default)]
+    pub removed_peers: std::collections::BTreeSet<String>,
 }
 
 /// How many request verdicts are remembered. A proposer retries for seconds,
@@ -215,10 +219,14 @@ impl ClusterState {
                 ev.push(Event::Node(id.clone()));
             }
             Command::RemoveNode { id } => {
-                self.nodes
+                let node = self
+                    .nodes
                     .remove(id)
                     .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
                 self.removed.insert(id.clone());
+                if !node.peer_id.is_empty() {
+                    self.removed_peers.insert(node.peer_id);
+                }
                 ev.push(Event::Node(id.clone()));
             }
             Command::CreateService(svc) => {
