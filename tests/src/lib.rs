@@ -292,6 +292,15 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
+        self.spawn_process();
+        wait_for("the agent's API", Duration::from_secs(30), || {
+            let out = self.cli(&["node", "ls", "--format", "json"]);
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ready"))
+                .then_some(())
+        });
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -320,13 +329,6 @@ impl Agent {
             .spawn()
             .expect("start skein agent");
         self.child = Some(child);
-        let api = self.api.clone();
-        wait_for("the agent's API", Duration::from_secs(30), || {
-            let out = self.cli(&["node", "ls", "--format", "json"]);
-            (out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ready"))
-                .then_some(())
-        });
-        let _ = api;
     }
 
     /// The agent's process id, while it runs.
@@ -383,6 +385,57 @@ impl Agent {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Starts the (stopped) agent again on its data dir without waiting for
+    /// its API (a node the cluster may refuse).
+    pub fn start_no_wait(&mut self) {
+        self.kill9();
+        self.spawn_process();
+    }
+
+    /// Starts the agent again on the same data dir with `extra` flags added
+    /// (kept for later restarts).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill9();
+        self.extra.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn();
+    }
+
+    /// Runs the (stopped) agent on its data dir with `extra` flags added
+    /// and returns its output once it exits (it is killed after 30 s).
+    pub fn run_to_exit(&mut self, extra: &[&str]) -> Output {
+        self.kill9();
+        let mut child = Command::new(skein_bin())
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args([
+                "--runtime",
+                &self.runtime,
+                "--api",
+                &self.api,
+                "--name",
+                &self.name,
+                "--listen",
+                &self.listen,
+            ])
+            .args(&self.extra)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start skein agent");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().expect("agent output")
     }
 
     pub fn log(&self) -> String {

@@ -324,3 +324,37 @@ fn join_tokens_are_printed_and_rotated() {
     let bad = a.cli(&["join-token", "admin"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn a_manager_that_lost_its_raft_log_refuses_to_found_a_second_cluster() {
+    let mut a = Agent::start(&[]);
+    let cluster = a.json(&["node", "ls"]);
+    let first = cluster[0]["id"].as_str().expect("a node id").to_string();
+    a.kill9();
+    std::fs::remove_dir_all(a.data_dir().join("raft")).expect("remove the raft log");
+    let out = a.run_to_exit(&[]);
+    assert!(!out.status.success(), "started without its raft log");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("raft log")
+            && err.contains("--force-new-cluster")
+            && err.contains("node rm --force"),
+        "{err}"
+    );
+    assert!(
+        !a.data_dir().join("raft").exists(),
+        "a refused start must not create a new log"
+    );
+    // On purpose: a new one-manager cluster from this node.
+    a.restart_with(&["--force-new-cluster"]);
+    let nodes = a.json(&["node", "ls"]);
+    let nodes = nodes.as_array().expect("node rows");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["id"], first.as_str(), "same node identity");
+    assert_eq!(nodes[0]["leader"], true, "{nodes:?}");
+    // And it restarts from its new log without the flag's help.
+    a.restart();
+    a.ok(&[
+        "service", "create", "--name", "after", "--detach", "sleep", "3822",
+    ]);
+}
