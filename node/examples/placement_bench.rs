@@ -62,6 +62,7 @@ fn node(id: &str) -> Node {
         created_at: 0,
         updated_at: 0,
         last_seen: 0,
+        session: String::new(),
     }
 }
 

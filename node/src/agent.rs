@@ -22,6 +22,7 @@ use crate::orchestrator::Orchestrator;
 use crate::raft::{RaftNode, RaftOptions};
 use crate::runtime::docker;
 use crate::runtime::process::ProcessRuntime;
+use crate::worker::session::SessionClient;
 use crate::worker::{Runtimes, Worker};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -437,8 +438,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     ));
     let proposer = Proposer::new(raft.clone(), Some(net.clone()), book.clone());
     let (heard_tx, heard_rx) = tokio::sync::mpsc::channel(1024);
+    let beat = Duration::from_millis(cfg.heartbeat_ms.max(50));
+    let (dispatcher, dispatch) = Dispatcher::new(raft.clone(), proposer.clone());
+    let dispatcher_task = tokio::spawn(dispatcher.with_hold(beat).run(shutdown.clone()));
     tokio::spawn(
         Router {
+            node_id: identity.node_id.clone(),
+            dispatch: dispatch.clone(),
             raft: raft.clone(),
             net: net.clone(),
             book: book.clone(),
@@ -479,6 +485,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         token.as_ref().map_or(identity.role, |t| t.role),
     );
     let registered = token.is_some();
+    let mut join_managers = Vec::new();
     if let Some(t) = token {
         let req = JoinRequest {
             token: t.to_string(),
@@ -519,6 +526,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         for (rid, peer, addr) in &accepted.managers {
             book.insert(*rid, peer.clone());
             net.add_peer(peer, addr);
+            join_managers.push(skein_protocol::wire::ManagerInfo {
+                node_id: String::new(),
+                name: format!("raft-{rid:x}"),
+                peer_id: peer.clone(),
+                addr: addr.clone(),
+                api_addr: String::new(),
+                raft_id: *rid,
+            });
         }
         identity.role = accepted.role;
         tracing::info!(role = ?accepted.role, cluster = %accepted.cluster_id, "joined the cluster");
@@ -527,40 +542,68 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         identity.persist(&cfg.data_dir)?;
     }
 
-    wait_for_leader(&raft).await?;
-    if identity.founder {
-        init_cluster(&proposer, &identity, cfg.cluster_key.as_deref()).await?;
-    }
-    // Now that the cluster exists, say so: bootstrapping boxes join it.
-    announce.cluster_id = identity.cluster_id.clone();
-    announce.role = identity.role;
-    announce.proposal = founding_set;
-    membership.set_self(announce.clone()).await;
-    tokio::spawn(announce_role(
-        raft.clone(),
-        membership.clone(),
-        identity.node_id.clone(),
+    // A manager's own worker takes its assignments from the manager's
+    // dispatcher in-process; a worker node holds a session with a manager
+    // (its heartbeat, its assignments, its status reports). A worker starts
+    // its work now, from the assignments it kept, whether or not any
+    // manager answers (offline autonomy); it says who it is once one does.
+    let role = raft
+        .current()
+        .state
+        .nodes
+        .get(&identity.node_id)
+        .map_or(identity.role, |n| n.role);
+    let on_session = role == NodeRole::Worker;
+    let worker = if on_session {
+        let (assign_tx, assign_rx) = tokio::sync::mpsc::channel(16);
+        let (report_tx, report_rx) = tokio::sync::mpsc::channel(1024);
+        let mut managers = join_managers;
+        managers.extend(crate::dispatcher::session_managers(&raft.current().state));
+        let (client, online) = SessionClient::new(
+            identity.node_id.clone(),
+            net.clone(),
+            cfg.data_dir.clone(),
+            managers,
+            assign_tx,
+            report_rx,
+        );
+        tokio::spawn(client.run(shutdown.clone()));
+        Worker::new(
+            identity.node_id.clone(),
+            runtimes.clone(),
+            assign_rx,
+            report_tx,
+        )
+        .with_online(online, &cfg.data_dir)
+    } else {
+        let assignments = dispatch.connect(identity.node_id.clone()).await;
+        Worker::new(
+            identity.node_id.clone(),
+            runtimes.clone(),
+            assignments,
+            dispatch.reporter(),
+        )
+    };
+    let introduce = Introduce {
+        proposer: proposer.clone(),
+        membership: membership.clone(),
+        identity: identity.clone(),
         announce,
-        shutdown.clone(),
-    ));
-    if !registered {
-        // Founding, or a restart: what this node says about itself
-        // (address, labels, runtimes) may have changed since.
-        proposer
-            .propose(Command::UpsertNode(me))
-            .await
-            .with_context(|| format!("cannot register node {}", cfg.name))?;
+        founding_set,
+        register: (!registered).then_some(me),
+        cluster_key: cfg.cluster_key.clone(),
+        shutdown: shutdown.clone(),
+    };
+    if on_session {
+        tokio::spawn(async move {
+            if let Err(e) = introduce.run(None).await {
+                tracing::warn!(error = %format!("{e:#}"), "this node could not introduce itself to the cluster");
+            }
+        });
+    } else {
+        introduce.run(Some(Duration::from_secs(30))).await?;
     }
 
-    let (dispatcher, dispatch) = Dispatcher::new(raft.clone(), proposer.clone());
-    let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
-    let assignments = dispatch.connect(identity.node_id.clone()).await;
-    let worker = Worker::new(
-        identity.node_id.clone(),
-        runtimes.clone(),
-        assignments,
-        dispatch.reporter(),
-    );
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let orchestrator_task = tokio::spawn(Orchestrator::new(raft.clone(), shutdown.clone()).run());
     tokio::spawn(crate::cluster::membership::run(
@@ -574,18 +617,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
-    let beat = Duration::from_millis(cfg.heartbeat_ms.max(50));
-    tokio::spawn(heartbeat::run_sender(
-        identity.node_id.clone(),
-        raft.clone(),
-        net.clone(),
-        book.clone(),
-        beat,
-        shutdown.clone(),
-    ));
+    if !on_session {
+        tokio::spawn(heartbeat::run_sender(
+            identity.node_id.clone(),
+            raft.clone(),
+            net.clone(),
+            book.clone(),
+            beat,
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(heartbeat::run_monitor(
         identity.node_id.clone(),
-        raft.clone(),
+        proposer.clone(),
         heard_rx,
         Some(membership.events()),
         Some(net.clone()),
@@ -734,9 +778,17 @@ async fn keep_peers_connected(
     }
 }
 
-async fn wait_for_leader(raft: &crate::raft::RaftHandle) -> anyhow::Result<()> {
+async fn wait_for_leader(
+    raft: &crate::raft::RaftHandle,
+    within: Option<Duration>,
+) -> anyhow::Result<()> {
     let mut sub = raft.subscribe();
-    let deadline = tokio::time::sleep(Duration::from_secs(30));
+    let deadline = async {
+        match within {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(deadline);
     loop {
         if sub.borrow_and_update().leader_id != 0 {
@@ -744,7 +796,10 @@ async fn wait_for_leader(raft: &crate::raft::RaftHandle) -> anyhow::Result<()> {
         }
         tokio::select! {
             r = sub.changed() => r.context("raft stopped during start-up")?,
-            _ = &mut deadline => bail!("no raft leader after 30s: this node cannot reach a quorum"),
+            _ = &mut deadline => bail!(
+                "no raft leader after {:?}: this node cannot reach a quorum",
+                within.unwrap_or_default()
+            ),
         }
     }
 }
@@ -767,6 +822,62 @@ fn lost_log_refusal(identity: &Identity, cfg: &AgentConfig) -> Option<String> {
         cfg.data_dir.join("raft").display(),
         cfg.name,
     ))
+}
+
+/// What a node does once a leader is known: the founder records the
+/// cluster's identity, the node announces its cluster and role on gossip
+/// (bootstrapping boxes then join it) and, unless its join did, registers
+/// what it says about itself (address, labels and runtimes may have changed
+/// since the last start).
+struct Introduce {
+    proposer: Proposer,
+    membership: MembershipHandle,
+    identity: Identity,
+    announce: Announce,
+    founding_set: Vec<String>,
+    register: Option<Node>,
+    cluster_key: Option<String>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Introduce {
+    /// Waits for a leader (at most `deadline`, else for as long as it takes).
+    async fn run(self, deadline: Option<Duration>) -> anyhow::Result<()> {
+        let raft = self.proposer.raft().clone();
+        wait_for_leader(&raft, deadline).await?;
+        if self.identity.founder {
+            init_cluster(&self.proposer, &self.identity, self.cluster_key.as_deref()).await?;
+        }
+        let mut announce = self.announce;
+        announce.cluster_id = self.identity.cluster_id.clone();
+        announce.role = self.identity.role;
+        announce.proposal = self.founding_set;
+        self.membership.set_self(announce.clone()).await;
+        tokio::spawn(announce_role(
+            raft.clone(),
+            self.membership.clone(),
+            self.identity.node_id.clone(),
+            announce,
+            self.shutdown.clone(),
+        ));
+        if let Some(me) = self.register {
+            let name = me.name.clone();
+            // A worker keeps trying: it may have started with no manager up.
+            loop {
+                match self.proposer.propose(Command::UpsertNode(me.clone())).await {
+                    Ok(()) => break,
+                    Err(e) if deadline.is_none() => {
+                        tracing::info!(error = %e, "cannot register this node yet: retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot register node {name}"))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The founder records the cluster's identity and first join secrets once
@@ -838,6 +949,7 @@ fn self_node(
         created_at: now,
         updated_at: now,
         last_seen: now,
+        session: String::new(),
     }
 }
 

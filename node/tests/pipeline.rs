@@ -87,6 +87,7 @@ async fn a_service_goes_in_and_tasks_come_out() {
         created_at: 0,
         updated_at: 0,
         last_seen: 0,
+        session: String::new(),
     }))
     .await
     .expect("register node");

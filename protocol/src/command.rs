@@ -96,6 +96,16 @@ pub enum Command {
         role: NodeRole,
         secret: String,
     },
+    /// Liveness verdicts of the manager `by` about nodes it judges (see the
+    /// dispatcher): `ready` makes `by` the manager holding the node's
+    /// session; `down` applies only when `by` holds it, or when nobody that
+    /// can does (no session, or its manager is gone, down or not a manager
+    /// any more), so a manager a worker left cannot mark it down.
+    NodeVerdicts {
+        by: NodeId,
+        verdicts: Vec<(NodeId, NodeStatus, String)>,
+        at: Millis,
+    },
     /// `cmd`, applied at most once per `request`: a proposer that cannot tell
     /// whether its first attempt committed (the leader went silent, or lost
     /// leadership mid-flight) sends the same request again, and the copy that
@@ -131,6 +141,7 @@ impl Command {
         match self {
             Command::UpsertNode(_) => "upsert_node",
             Command::SetNodeStatus { .. } => "set_node_status",
+            Command::NodeVerdicts { .. } => "node_verdicts",
             Command::UpdateNode { .. } => "update_node",
             Command::RemoveNode { .. } => "remove_node",
             Command::CreateService(_) => "create_service",

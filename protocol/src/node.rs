@@ -96,6 +96,10 @@ pub struct Node {
     pub updated_at: Millis,
     /// Last time the leader heard from the node.
     pub last_seen: Millis,
+    /// The manager holding this node's session (its node id; empty: none
+    /// yet). That manager judges the node's liveness.
+    #[serde(default)]
+    pub session: NodeId,
 }
 
 impl Node {

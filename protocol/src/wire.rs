@@ -22,6 +22,65 @@ pub struct StatusReport {
     pub updates: Vec<(TaskId, TaskStatus)>,
 }
 
+/// Worker -> any manager: one turn of the worker's session. Every turn is
+/// also a heartbeat. The manager answers at once when the worker's
+/// assignments differ from `have`, else holds the turn up to `wait_ms` and
+/// answers that nothing changed; the worker sends its next turn as soon as
+/// it has the answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub node_id: NodeId,
+    /// The assignments the worker holds: (task id, [`task_digest`] of its copy).
+    pub have: Vec<(TaskId, u64)>,
+    /// How long the manager may hold the turn when nothing changed.
+    pub wait_ms: u64,
+}
+
+/// The answer to a [`SessionRequest`]: only what differs from what the
+/// worker holds (a reconnect, to any manager, sends only what changed).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionReply {
+    /// The manager's applied Raft index this answer is as of.
+    pub index: u64,
+    /// Assigned tasks the worker lacks or holds in another version.
+    pub changed: Vec<Task>,
+    /// Tasks the worker holds that are no longer its business.
+    pub removed: Vec<TaskId>,
+    /// Managers a worker may hold its session with, ready ones first.
+    pub managers: Vec<ManagerInfo>,
+    /// How long the next turn may be held (the heartbeat period, which may
+    /// grow with the fleet).
+    pub wait_ms: u64,
+    /// The worker's role as the cluster has it: `manager` once promoted
+    /// (the node then starts its Raft member and leaves the session).
+    pub role: NodeRole,
+}
+
+/// A manager, as a worker knows it (to hold a session with, and to name
+/// to a user who asked a worker for what only a manager can do).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerInfo {
+    pub node_id: NodeId,
+    pub name: String,
+    pub peer_id: String,
+    /// Cluster transport address.
+    pub addr: String,
+    pub api_addr: String,
+    pub raft_id: u64,
+}
+
+/// A digest of one task as encoded on the wire: equal tasks, equal digests
+/// (FNV-1a over the codec bytes; not a security measure).
+pub fn task_digest(task: &Task) -> u64 {
+    let bytes = crate::codec::encode(task).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WireMessage {
     /// A raft-rs `eraftpb::Message`, protobuf-encoded.
@@ -43,6 +102,8 @@ pub enum WireMessage {
     /// Asks the leader to hand leadership to another manager (drain of the
     /// leader with `--transfer-leadership`). Answered once it moved.
     HandOverLeadership,
+    /// A worker's session turn (heartbeat and assignments).
+    Session(Box<SessionRequest>),
 }
 
 /// The answer to every [`WireMessage`].
@@ -57,6 +118,7 @@ pub enum WireReply {
     Error(String),
     Joined(Box<JoinAccepted>),
     Gossip(Box<crate::gossip::GossipReply>),
+    Session(Box<SessionReply>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

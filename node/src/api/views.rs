@@ -168,7 +168,10 @@ pub fn task_rows<'a>(state: &ClusterState, tasks: impl Iterator<Item = &'a Task>
             since: t.status.timestamp,
             image: t.spec.image.clone(),
             error: {
-                let base = if t.status.error.is_empty() && t.status.state == TaskState::Pending {
+                let base = if t.status.error.is_empty()
+                    && (t.status.state == TaskState::Pending
+                        || t.status.message.contains("while no manager was reachable"))
+                {
                     t.status.message.clone()
                 } else {
                     t.status.error.clone()

@@ -205,6 +205,7 @@ pub fn own_command(state: &ClusterState, node_id: &str, cmd: Command) -> Result<
             node.peer_id = old.peer_id.clone();
             node.raft_id = old.raft_id;
             node.created_at = old.created_at;
+            node.session = old.session.clone();
             Ok(Command::UpsertNode(node))
         }
         Command::RemoveNode { id } if id == node_id => Ok(Command::RemoveNode { id }),
@@ -234,13 +235,7 @@ pub fn command_name(cmd: &Command) -> String {
             "batch of {}",
             cmds.iter().map(command_name).collect::<Vec<_>>().join(", ")
         ),
-        other => {
-            let dbg = format!("{other:?}");
-            dbg.split(|c: char| !c.is_alphanumeric())
-                .next()
-                .unwrap_or("command")
-                .to_string()
-        }
+        other => other.kind().to_string(),
     }
 }
 

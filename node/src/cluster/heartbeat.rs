@@ -1,7 +1,10 @@
-//! Heartbeats. Every node tells the leader it is alive every interval; the
-//! leader feeds what it hears into [`Liveness`] and commits the verdicts
-//! (down / ready) as node status. Heartbeats themselves never touch Raft.
+//! Heartbeats. A node tells the leader it is alive every interval (a worker
+//! on a session tells its session's manager through its turns instead);
+//! every manager feeds what it hears into [`Liveness`] and commits the
+//! verdicts (down / ready) of the nodes it judges. Heartbeats themselves
+//! never touch Raft.
 
+use super::forward::Proposer;
 use super::raft_link::{peer_of, PeerBook};
 use crate::dispatcher::liveness::Liveness;
 use crate::membership::MemberEvent;
@@ -60,20 +63,28 @@ pub async fn run_sender(
     }
 }
 
-/// Leader side: tracks heartbeats and gossip verdicts (`members`, when
-/// membership runs) and proposes node status changes.
+/// Manager side (runs on every node, acts while this node is a manager):
+/// tracks heartbeats and session turns heard here and gossip verdicts
+/// (`members`, when membership runs), and proposes the liveness verdicts of
+/// the nodes this manager judges (see [`Liveness`]). A stall of this
+/// process (SIGSTOP, a VM pause) is noticed and not counted as anyone's
+/// silence.
 pub async fn run_monitor(
     self_id: String,
-    raft: RaftHandle,
+    proposer: Proposer,
     mut heard: mpsc::Receiver<String>,
     mut members: Option<broadcast::Receiver<MemberEvent>>,
     net: Option<NetHandle>,
     grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let raft = proposer.raft().clone();
     let grace_ms = grace.as_millis() as u64;
     let mut liveness: Option<Liveness> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis((grace_ms / 4).clamp(50, 1000)));
+    let mut was_leader = false;
+    let period = Duration::from_millis((grace_ms / 4).clamp(50, 1000));
+    let mut tick = tokio::time::interval(period);
+    let mut last_turn = tokio::time::Instant::now();
     loop {
         tokio::select! {
             Some(node) = heard.recv() => {
@@ -103,32 +114,49 @@ pub async fn run_monitor(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let p = raft.current();
-        if !p.leader_ready {
-            liveness = None;
-            continue;
-        }
         let now = crate::util::now_ms();
-        // A new leader starts watching now: every node gets a full grace period.
-        let l = liveness.get_or_insert_with(|| Liveness::new(grace_ms, now));
-        l.saw(&p.state, now);
-        let changes = l.changes(&p.state, now, &self_id);
-        if changes.is_empty() {
+        // This loop runs at least every `period`: a much longer gap means
+        // this process was not running (paused, or starved).
+        let gap = last_turn.elapsed();
+        last_turn = tokio::time::Instant::now();
+        let p = raft.current();
+        let manager = p
+            .state
+            .nodes
+            .get(&self_id)
+            .is_some_and(|n| n.role == skein_protocol::NodeRole::Manager);
+        if !manager || p.leader_id == 0 {
+            liveness = None;
+            was_leader = false;
             continue;
         }
-        let cmds = changes
-            .into_iter()
-            .map(|(id, status, message)| {
-                tracing::info!(node = %id, ?status, %message, "node status changes");
-                Command::SetNodeStatus {
-                    id,
-                    status,
-                    message,
-                    at: now,
-                }
-            })
-            .collect();
-        if let Err(e) = raft.propose(Command::Batch(cmds)).await {
+        let l = liveness.get_or_insert_with(|| Liveness::new(grace_ms, now));
+        if gap > period * 2 + grace / 2 {
+            tracing::warn!(
+                paused_ms = gap.as_millis() as u64,
+                "this manager was not running for a while: every node it judges gets a full grace period from now"
+            );
+            l.resumed(now);
+        }
+        let leader = p.leader_ready;
+        if leader && !was_leader {
+            l.took_over(now);
+        }
+        was_leader = leader;
+        l.saw(&p.state, now);
+        let verdicts = l.changes(&p.state, now, &self_id, leader);
+        if verdicts.is_empty() {
+            continue;
+        }
+        for (id, status, message) in &verdicts {
+            tracing::info!(node = %id, ?status, %message, "node status changes");
+        }
+        let cmd = Command::NodeVerdicts {
+            by: self_id.clone(),
+            verdicts,
+            at: now,
+        };
+        if let Err(e) = proposer.propose(cmd).await {
             tracing::debug!(error = %e, "node status not recorded; will retry");
         }
     }

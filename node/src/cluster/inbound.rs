@@ -12,7 +12,7 @@ use super::raft_link::{decode, PeerBook, Reassembly};
 use crate::net::{Inbound, NetHandle};
 use crate::raft::RaftHandle;
 use crate::store::ClusterState;
-use skein_protocol::wire::{WireMessage, WireReply};
+use skein_protocol::wire::{StatusReport, WireMessage, WireReply};
 use skein_protocol::Command;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,12 +20,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Duration, Instant};
 
 pub struct Router {
+    /// This node's id.
+    pub node_id: String,
     pub raft: RaftHandle,
     pub net: NetHandle,
     pub book: PeerBook,
     pub proposer: Proposer,
-    /// Heartbeats heard, for the leader's liveness monitor.
+    /// Heartbeats and session turns heard, for this manager's liveness monitor.
     pub heard: mpsc::Sender<String>,
+    /// Serves worker sessions and batches their status reports.
+    pub dispatch: crate::dispatcher::DispatcherHandle,
 }
 
 /// Who the peers are, rebuilt when the state changes.
@@ -148,17 +152,50 @@ impl Router {
                             )
                         });
                     match checked {
-                        Ok(cmd) => {
-                            let raft = self.raft.clone();
+                        Ok(Command::SetTaskStatus(updates)) => {
                             let _ = self.heard.try_send(report.node_id.clone());
-                            tokio::spawn(async move {
-                                let _ = reply.send(serve_propose(&raft, cmd).await);
-                            });
+                            // Batched with every other worker's into few proposals.
+                            let r = match self.dispatch.reporter().try_send(StatusReport {
+                                node_id: report.node_id,
+                                updates,
+                            }) {
+                                Ok(()) => WireReply::Ack,
+                                Err(_) => WireReply::Error("retry: this manager is busy".into()),
+                            };
+                            let _ = reply.send(r);
+                        }
+                        Ok(_) => {
+                            let _ = reply.send(WireReply::Error("unexpected status report".into()));
                         }
                         Err(r) => {
                             let _ = reply.send(callers.refused(&peer, "status", &r));
                         }
                     }
+                }
+                WireMessage::Session(req) => {
+                    if let Err(r) = authority::check_heartbeat(&caller, &req.node_id) {
+                        let _ = reply.send(callers.refused(&peer, "session", &r));
+                        continue;
+                    }
+                    let manager = state
+                        .nodes
+                        .get(&self.node_id)
+                        .is_some_and(|n| n.role == skein_protocol::NodeRole::Manager);
+                    if !manager {
+                        let _ = reply.send(WireReply::Error(
+                            "retry: this node is not a manager: hold the session with another"
+                                .into(),
+                        ));
+                        continue;
+                    }
+                    let _ = self.heard.try_send(req.node_id.clone());
+                    let answer = self.dispatch.turn(*req);
+                    tokio::spawn(async move {
+                        let r = answer.await.unwrap_or_else(|_| {
+                            WireReply::Error("retry: the dispatcher stopped".into())
+                        });
+                        let _ = reply.send(r);
+                    });
                 }
                 WireMessage::Join(req) => {
                     if caller == Caller::Removed {

@@ -1,21 +1,27 @@
 //! Failure detection for the dispatcher: which nodes are down. Pure: fed the
-//! times the leader last heard from each node, it returns the status changes
-//! to propose. Heartbeats stay in the leader's memory (not in Raft); only
-//! the verdicts are committed.
+//! times this manager last heard from each node, it returns the verdicts to
+//! propose (as [`skein_protocol::Command::NodeVerdicts`]). Heartbeats stay in
+//! memory; only transitions are committed.
 //!
-//! Rules: a node is `down` once nothing was heard from it for `grace`, or
-//! when gossip declared it dead (failed probes that `k` other members
-//! confirmed, see [`crate::membership::swim`]) and nothing was heard from it
-//! since: at once when the verdict came with strong evidence (the leader's
-//! own connection to it had closed: its kernel answered for a dead
-//! process), else once it has also been silent for half the grace period
-//! (so a busy node whose probes were slow is not marked down while its
-//! heartbeats still arrive);
-//! counted from when this leader took over at the earliest (a new leader
-//! gives every node a full grace period) and from when this leader first
-//! saw the node (a node that just joined is not down before its first
-//! heartbeat could arrive); a down or unknown node that is
-//! heard from again is `ready`. The leader's own node is always alive.
+//! Who judges whom: every manager judges the nodes whose session it holds
+//! (`Node::session`); the leader also judges the nodes nobody holds (no
+//! session yet, or their manager is gone, down or demoted), managers among
+//! them. A node this manager hears from while the state gives its session
+//! to another manager (or none) is taken over: `ready` by this manager.
+//!
+//! Rules for a judged node: it is `down` once nothing was heard from it for
+//! `grace`, or when gossip declared it dead (failed probes that `k` other
+//! members confirmed, see [`crate::membership::swim`]) and nothing was heard
+//! from it since: at once when the verdict came with strong evidence (this
+//! manager's own connection to it had closed: its kernel answered for a
+//! dead process), else once it has also been silent for half the grace
+//! period (so a busy node whose probes were slow is not marked down while
+//! its heartbeats still arrive); silence is counted from when this manager
+//! started watching, took over the leadership, or came back from a pause
+//! ([`Liveness::resumed`]) at the earliest, and from when it first saw the
+//! node (a node that just joined is not down before its first heartbeat
+//! could arrive); a down or unknown node that is heard from again is
+//! `ready`. This manager's own node is always alive.
 
 use crate::store::ClusterState;
 use skein_protocol::{NodeId, NodeStatus};
@@ -69,6 +75,24 @@ impl Liveness {
         *e = (*e).max(now);
     }
 
+    /// This manager was not running for a while (a SIGSTOP, a VM pause, a
+    /// long stall) or just took over the leadership: silence counts only
+    /// from `now`. What was heard before is kept (it is real), but nothing
+    /// is judged on time that passed while this manager could not listen.
+    pub fn resumed(&mut self, now: u64) {
+        self.since = now;
+        for t in self.heard.values_mut() {
+            *t = (*t).max(now);
+        }
+        self.dead.clear();
+    }
+
+    /// This manager became the leader: nodes it never heard from get a full
+    /// grace period from now (their heartbeats went to the old leader).
+    pub fn took_over(&mut self, now: u64) {
+        self.since = now;
+    }
+
     /// When `node` was last heard from (or when watching began, or when
     /// it was first seen, whichever is later).
     pub fn last_heard(&self, node: &str) -> u64 {
@@ -79,15 +103,38 @@ impl Liveness {
             .unwrap_or(self.since.max(first))
     }
 
-    /// The status changes to propose now: (node, new status, message).
+    /// The verdicts to propose now: (node, new status, message). `leader`:
+    /// this manager leads (and so judges the nodes nobody holds).
     pub fn changes(
         &self,
         state: &ClusterState,
         now: u64,
         self_node: &str,
+        leader: bool,
     ) -> Vec<(NodeId, NodeStatus, String)> {
         let mut out = Vec::new();
         for n in state.nodes.values() {
+            let judge = state.session_judge(&n.id);
+            let heard_lately = self.heard.get(&n.id).is_some_and(|h| {
+                now.saturating_sub(*h) < self.grace_ms
+                    && self.dead.get(&n.id).is_none_or(|(d, _)| d < h)
+            });
+            let held_elsewhere = match judge {
+                Some(j) => j != self_node,
+                None => !leader,
+            };
+            if n.id != self_node && heard_lately && held_elsewhere {
+                // Its session is here now: take it over.
+                out.push((n.id.clone(), NodeStatus::Ready, String::new()));
+                continue;
+            }
+            let mine = match judge {
+                Some(j) => j == self_node,
+                None => leader || n.id == self_node,
+            };
+            if !mine {
+                continue;
+            }
             let last = if n.id == self_node {
                 now
             } else {
@@ -152,12 +199,12 @@ mod tests {
         let st = state(&[("me", NodeStatus::Ready), ("a", NodeStatus::Ready)]);
         let mut l = Liveness::new(3000, 1000);
         assert!(
-            l.changes(&st, 3999, "me").is_empty(),
+            l.changes(&st, 3999, "me", true).is_empty(),
             "a new leader gives a full grace"
         );
         l.heard("a", 2000);
-        assert!(l.changes(&st, 4999, "me").is_empty());
-        let c = l.changes(&st, 5000, "me");
+        assert!(l.changes(&st, 4999, "me", true).is_empty());
+        let c = l.changes(&st, 5000, "me", true);
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].0.as_str(), c[0].1), ("a", NodeStatus::Down));
     }
@@ -167,11 +214,11 @@ mod tests {
         let st = state(&[("me", NodeStatus::Ready), ("a", NodeStatus::Down)]);
         let mut l = Liveness::new(3000, 0);
         assert!(
-            l.changes(&st, 100, "me").is_empty(),
+            l.changes(&st, 100, "me", true).is_empty(),
             "not heard yet: stays down"
         );
         l.heard("a", 200);
-        let c = l.changes(&st, 300, "me");
+        let c = l.changes(&st, 300, "me", true);
         assert_eq!(c, vec![("a".to_string(), NodeStatus::Ready, String::new())]);
     }
 
@@ -182,22 +229,22 @@ mod tests {
         l.heard("a", 1000);
         // Strong evidence (the connection closed): down at once.
         l.declared_dead("a", 1200, true);
-        let c = l.changes(&st, 1300, "me");
+        let c = l.changes(&st, 1300, "me", true);
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].0.as_str(), c[0].1), ("a", NodeStatus::Down));
         assert!(c[0].2.contains("gossip"), "{}", c[0].2);
         // A heartbeat after the verdict wins: the node refuted and is alive.
         l.heard("a", 1400);
-        assert!(l.changes(&st, 1500, "me").is_empty());
+        assert!(l.changes(&st, 1500, "me", true).is_empty());
         // Without strong evidence, also silent for half the grace period.
         l.declared_dead("a", 1600, false);
-        assert!(l.changes(&st, 1400 + 1499, "me").is_empty());
-        let c = l.changes(&st, 1400 + 1500, "me");
+        assert!(l.changes(&st, 1400 + 1499, "me", true).is_empty());
+        let c = l.changes(&st, 1400 + 1500, "me", true);
         assert_eq!((c[0].0.as_str(), c[0].1), ("a", NodeStatus::Down));
         // A verdict about the leader itself is ignored.
         l.declared_dead("me", 1500, true);
         assert!(l
-            .changes(&st, 1600, "me")
+            .changes(&st, 1600, "me", true)
             .iter()
             .all(|(id, _, _)| id != "me"));
     }
@@ -214,17 +261,106 @@ mod tests {
             n
         });
         l.saw(&st, 10_000);
-        assert!(l.changes(&st, 10_500, "me").is_empty());
-        let c = l.changes(&st, 13_000, "me");
+        assert!(l.changes(&st, 10_500, "me", true).is_empty());
+        let c = l.changes(&st, 13_000, "me", true);
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].0.as_str(), c[0].1), ("new", NodeStatus::Down));
+    }
+
+    #[test]
+    fn a_manager_judges_only_the_nodes_whose_session_it_holds() {
+        let mut st = state(&[
+            ("me", NodeStatus::Ready),
+            ("other", NodeStatus::Ready),
+            ("w", NodeStatus::Ready),
+            ("orphan", NodeStatus::Ready),
+        ]);
+        for m in ["me", "other"] {
+            st.nodes.get_mut(m).expect("manager").role = skein_protocol::NodeRole::Manager;
+        }
+        st.nodes.get_mut("w").expect("w").role = skein_protocol::NodeRole::Worker;
+        st.nodes.get_mut("w").expect("w").session = "other".into();
+        st.nodes.get_mut("orphan").expect("o").role = skein_protocol::NodeRole::Worker;
+        let l = Liveness::new(3000, 0);
+        // Silent for long: `w` is other's to judge; the orphan is the leader's.
+        let c = l.changes(&st, 10_000, "me", false);
+        assert!(
+            c.is_empty(),
+            "a follower judges nobody it does not hold: {c:?}"
+        );
+        let c = l.changes(&st, 10_000, "me", true);
+        let ids: Vec<&str> = c.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert!(ids.contains(&"orphan") && !ids.contains(&"w"), "{c:?}");
+        // When its manager is down, the leader judges `w` too.
+        st.nodes.get_mut("other").expect("other").status = NodeStatus::Down;
+        let c = l.changes(&st, 10_000, "me", true);
+        assert!(
+            c.iter()
+                .any(|(id, s, _)| id == "w" && *s == NodeStatus::Down),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn a_worker_whose_session_moved_here_is_taken_over() {
+        let mut st = state(&[
+            ("me", NodeStatus::Ready),
+            ("other", NodeStatus::Ready),
+            ("w", NodeStatus::Ready),
+        ]);
+        for m in ["me", "other"] {
+            st.nodes.get_mut(m).expect("manager").role = skein_protocol::NodeRole::Manager;
+        }
+        st.nodes.get_mut("w").expect("w").session = "other".into();
+        let mut l = Liveness::new(3000, 0);
+        l.heard("w", 5000);
+        assert_eq!(
+            l.changes(&st, 5100, "me", false),
+            vec![("w".to_string(), NodeStatus::Ready, String::new())]
+        );
+        // Applied: the session is here; nothing more to say while it beats.
+        st.apply(
+            &skein_protocol::Command::NodeVerdicts {
+                by: "me".into(),
+                verdicts: vec![("w".into(), NodeStatus::Ready, String::new())],
+                at: 5100,
+            },
+            &mut Vec::new(),
+        )
+        .expect("apply");
+        assert_eq!(st.nodes["w"].session, "me");
+        assert!(l.changes(&st, 5200, "me", false).is_empty());
+        // `other` can no longer mark it down.
+        st.apply(
+            &skein_protocol::Command::NodeVerdicts {
+                by: "other".into(),
+                verdicts: vec![("w".into(), NodeStatus::Down, "silent".into())],
+                at: 5300,
+            },
+            &mut Vec::new(),
+        )
+        .expect("apply");
+        assert_eq!(st.nodes["w"].status, NodeStatus::Ready);
+    }
+
+    #[test]
+    fn a_paused_manager_counts_silence_only_from_when_it_is_back() {
+        let st = state(&[("me", NodeStatus::Ready), ("a", NodeStatus::Ready)]);
+        let mut l = Liveness::new(3000, 0);
+        l.heard("a", 1000);
+        // Asleep from 1500 to 60_000: on waking, a's silence is not counted.
+        l.resumed(60_000);
+        assert!(l.changes(&st, 60_100, "me", true).is_empty());
+        assert!(l.changes(&st, 62_900, "me", true).is_empty());
+        let c = l.changes(&st, 63_000, "me", true);
+        assert_eq!((c[0].0.as_str(), c[0].1), ("a", NodeStatus::Down));
     }
 
     #[test]
     fn the_leader_itself_is_never_down() {
         let st = state(&[("me", NodeStatus::Unknown)]);
         let l = Liveness::new(10, 0);
-        let c = l.changes(&st, 1_000_000, "me");
+        let c = l.changes(&st, 1_000_000, "me", true);
         assert_eq!(
             c,
             vec![("me".to_string(), NodeStatus::Ready, String::new())]

@@ -159,6 +159,7 @@ impl ClusterState {
                         role: old.role,
                         availability: old.availability,
                         created_at: old.created_at,
+                        session: old.session.clone(),
                         ..node.clone()
                     },
                     None => node.clone(),
@@ -181,6 +182,28 @@ impl ClusterState {
                 n.updated_at = *at;
                 n.last_seen = *at;
                 ev.push(Event::Node(id.clone()));
+            }
+            Command::NodeVerdicts { by, verdicts, at } => {
+                for (id, status, message) in verdicts {
+                    let judge = self.session_judge(id).map(str::to_string);
+                    let Some(n) = self.nodes.get_mut(id) else {
+                        continue;
+                    };
+                    match status {
+                        skein_protocol::NodeStatus::Ready => n.session = by.clone(),
+                        // Another manager holds the session: not ours to judge.
+                        _ if judge.as_ref().is_some_and(|j| j != by) => continue,
+                        _ => {}
+                    }
+                    if n.status == *status && n.status_message == *message {
+                        continue;
+                    }
+                    n.status = *status;
+                    n.status_message = message.clone();
+                    n.updated_at = *at;
+                    n.last_seen = *at;
+                    ev.push(Event::Node(id.clone()));
+                }
             }
             Command::UpdateNode {
                 id,
@@ -466,6 +489,18 @@ impl ClusterState {
         self.tasks
             .values()
             .filter(move |t| t.service_id == service_id)
+    }
+
+    /// The manager that judges `node`'s liveness: the one holding its
+    /// session, while that one is a ready manager; None when nobody does
+    /// (then the leader judges it).
+    pub fn session_judge(&self, node: &str) -> Option<&str> {
+        let n = self.nodes.get(node)?;
+        let m = self.nodes.get(&n.session)?;
+        (m.role == skein_protocol::NodeRole::Manager
+            && m.status == skein_protocol::NodeStatus::Ready
+            && m.id != n.id)
+            .then_some(m.id.as_str())
     }
 
     pub fn tasks_on<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {

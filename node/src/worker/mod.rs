@@ -13,6 +13,7 @@
 //!   the assignments show the store has not recorded yet.
 
 pub mod health;
+pub mod session;
 
 use crate::runtime::{Observed, ObservedState, Runtime, RuntimeError};
 use skein_protocol::task::Health;
@@ -102,6 +103,10 @@ struct Local {
     stop_done: bool,
     /// Last status sent and when.
     sent: Option<(TaskStatus, u64)>,
+    /// Restarts this worker made itself while no manager was reachable.
+    local_restarts: u64,
+    /// When the next such restart is due.
+    restart_due: Option<u64>,
 }
 
 pub struct Worker {
@@ -116,6 +121,11 @@ pub struct Worker {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     poll: Duration,
+    /// Whether a manager answers this node's session (None: the node's own
+    /// manager serves it in-process, always reachable).
+    online: Option<watch::Receiver<bool>>,
+    /// Where local restart counts are kept across agent restarts.
+    restarts_file: Option<std::path::PathBuf>,
 }
 
 /// Re-send a status the store has not recorded after this long.
@@ -141,6 +151,53 @@ impl Worker {
             done_tx,
             done_rx,
             poll: Duration::from_millis(500),
+            online: None,
+            restarts_file: None,
+        }
+    }
+
+    /// Says when no manager answers this node's session: tasks that end
+    /// meanwhile are restarted here, per their restart policy (the
+    /// orchestrator, which normally replaces them, cannot).
+    /// `data_dir` keeps the count of such restarts per task (shown in
+    /// `service ps` once a manager hears of them), also across a restart
+    /// of the agent.
+    pub fn with_online(
+        mut self,
+        online: watch::Receiver<bool>,
+        data_dir: &std::path::Path,
+    ) -> Self {
+        self.online = Some(online);
+        let file = data_dir.join("local-restarts.json");
+        let kept: HashMap<TaskId, u64> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for (id, n) in kept {
+            self.tasks.entry(id).or_default().local_restarts = n;
+        }
+        self.restarts_file = Some(file);
+        self
+    }
+
+    /// Writes the local restart counts of the tasks still assigned here.
+    fn keep_restarts(&self) {
+        let Some(file) = &self.restarts_file else {
+            return;
+        };
+        let counts: HashMap<&TaskId, u64> = self
+            .tasks
+            .iter()
+            .filter(|(_, l)| l.local_restarts > 0)
+            .map(|(id, l)| (id, l.local_restarts))
+            .collect();
+        let tmp = file.with_extension("json.tmp");
+        let written = serde_json::to_vec(&counts)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot keep the local restart counts");
         }
     }
 
@@ -267,6 +324,8 @@ impl Worker {
         };
         let now = crate::util::now_ms();
         let mut updates = Vec::new();
+        let offline = self.online.as_ref().is_some_and(|o| !*o.borrow());
+        let mut restarted = false;
 
         // Runtime instances nobody assigned (removed services, reaped tasks).
         for id in observed.keys() {
@@ -340,8 +399,14 @@ impl Worker {
                             .runtimes
                             .for_task(&task)
                             .is_some_and(|rt| rt.checks_health());
-                        let status =
+                        let mut status =
                             running_status(&self.done_tx, local, &task, o, runtime_checks, now);
+                        if local.local_restarts > 0 && status.state == TaskState::Running {
+                            status.message = format!(
+                                "running (restarted {}x on this node while no manager was reachable)",
+                                local.local_restarts
+                            );
+                        }
                         if status.state == TaskState::Failed {
                             // Unhealthy: stop it and say why, whatever it exits with.
                             local.final_status = Some(status.clone());
@@ -349,7 +414,21 @@ impl Worker {
                         }
                         Some(status)
                     }
-                    Some(o) => Some(status_of(o, now)),
+                    Some(o) => {
+                        let exited = status_of(o, now);
+                        if offline && restarts_locally(&task, &exited, local.local_restarts) {
+                            let delay = task.spec.restart_policy.delay.as_millis();
+                            let finished = exited.finished_at.unwrap_or(now);
+                            let due = *local.restart_due.get_or_insert(finished + delay);
+                            if now >= due {
+                                Self::spawn_restart(&self.runtimes, &self.done_tx, local, &task);
+                                restarted = true;
+                            }
+                            None
+                        } else {
+                            Some(exited)
+                        }
+                    }
                     None if local.started || stored >= TaskState::Starting => Some(TaskStatus {
                         state: TaskState::Failed,
                         timestamp: now,
@@ -396,6 +475,9 @@ impl Worker {
                 }
             }
         }
+        if restarted {
+            self.keep_restarts();
+        }
         if !updates.is_empty() {
             let report = StatusReport {
                 node_id: self.node_id.clone(),
@@ -405,6 +487,38 @@ impl Worker {
                 tracing::warn!("dispatcher is gone; status not reported");
             }
         }
+    }
+
+    /// Starts an exited task again under the same id (its old instance is
+    /// removed first). Only while no manager is reachable: see
+    /// [`restarts_locally`].
+    fn spawn_restart(
+        runtimes: &Runtimes,
+        done_tx: &mpsc::UnboundedSender<Done>,
+        local: &mut Local,
+        task: &Task,
+    ) {
+        let Some(rt) = runtimes.for_task(task).cloned() else {
+            return;
+        };
+        local.busy = true;
+        local.restart_due = None;
+        local.local_restarts += 1;
+        local.tracker = None;
+        let mut t = task.clone();
+        t.status.message = format!(
+            "restarted {} time(s) on this node while no manager was reachable",
+            local.local_restarts
+        );
+        tracing::warn!(task = %t.id, restarts = local.local_restarts, "no manager reachable: restarting the task here, per its restart policy");
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = rt.remove(&t.id).await {
+                tracing::warn!(task = %t.id, error = %e, "cannot remove the ended instance");
+            }
+            let result = rt.start(&t).await;
+            let _ = done.send(Done::Started { id: t.id, result });
+        });
     }
 
     fn spawn_stop(
@@ -492,6 +606,24 @@ fn running_status(
         }
     }
     st
+}
+
+/// Whether a task that ended (`exited`) while no manager is reachable is
+/// restarted on this node: its restart policy's condition allows it and its
+/// attempts (counted here, since the node went offline) are not used up.
+/// The orchestrator's own restart (a new task in the slot, maybe elsewhere)
+/// takes over again once a manager answers.
+pub fn restarts_locally(task: &Task, exited: &TaskStatus, done: u64) -> bool {
+    use skein_protocol::spec::RestartCondition;
+    let policy = &task.spec.restart_policy;
+    let wanted = match policy.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => exited.state == TaskState::Failed,
+        RestartCondition::Any => true,
+    };
+    wanted
+        && task.desired_state == TaskState::Running
+        && (policy.max_attempts == 0 || done < policy.max_attempts)
 }
 
 /// The status a runtime observation means.

@@ -105,7 +105,7 @@ fn a_worker_cannot_change_the_cluster() {
         at: 1,
     };
     let e = check_propose(&s, &w1, promote.clone()).unwrap_err();
-    assert!(e.0.contains("UpdateNode"), "{e}");
+    assert!(e.0.contains("update_node"), "{e}");
     assert!(check_propose(&s, &idx.caller("peer-m1", None), promote).is_ok());
     // Wrapped or batched, still refused.
     let once = Command::Once {

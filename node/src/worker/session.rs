@@ -1,0 +1,279 @@
+//! The worker's session (node side): one session with one manager at a
+//! time, over the cluster transport. Each turn ([`SessionRequest`]) is the
+//! node's heartbeat and says which assignments it holds; the answer brings
+//! only what changed. Status reports go to the same manager, which batches
+//! them into Raft.
+//!
+//! Invariants:
+//! - the assignments are kept in a small local file (`<data-dir>/assignments.bin`,
+//!   written whole, fsynced, renamed into place) and handed to the worker at
+//!   start, before any manager answers: the node runs its work across its
+//!   own reboot with no manager reachable, and only what was assigned to it;
+//! - when the session's manager does not answer (a failed or timed-out
+//!   turn, a refusal), the next turn goes to the next manager it knows at
+//!   once: a worker is back on a session within the turn timeout (hold + 1 s);
+//! - the managers it knows come from its join, then from every answer (and
+//!   are kept in the same file).
+
+use crate::net::NetHandle;
+use serde::{Deserialize, Serialize};
+use skein_protocol::wire::{
+    task_digest, Assignments, ManagerInfo, SessionReply, SessionRequest, StatusReport, WireMessage,
+    WireReply,
+};
+use skein_protocol::{NodeId, Task, TaskId};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// What a worker keeps on disk between runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Kept {
+    /// The manager's applied index of the last answer.
+    pub index: u64,
+    pub managers: Vec<ManagerInfo>,
+    pub tasks: Vec<Task>,
+}
+
+impl Kept {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("assignments.bin")
+    }
+
+    /// The kept state, or an empty one (none yet, or unreadable: logged).
+    pub fn load(data_dir: &Path) -> Kept {
+        let path = Self::path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => skein_protocol::codec::decode(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "kept assignments unreadable: waiting for a manager");
+                Kept::default()
+            }),
+            Err(_) => Kept::default(),
+        }
+    }
+
+    fn save(&self, data_dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let bytes = skein_protocol::codec::encode(self)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        let tmp = data_dir.join("assignments.bin.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, Self::path(data_dir))
+    }
+}
+
+pub struct SessionClient {
+    node_id: NodeId,
+    net: NetHandle,
+    data_dir: PathBuf,
+    kept: Kept,
+    tasks: BTreeMap<TaskId, (Task, u64)>,
+    current: usize,
+    wait_ms: u64,
+    sequence: u64,
+    assignments: mpsc::Sender<Assignments>,
+    reports: mpsc::Receiver<StatusReport>,
+    online: watch::Sender<bool>,
+    last_answer: Option<tokio::time::Instant>,
+}
+
+impl SessionClient {
+    /// `managers`: whom to ask first (from the join, or the state); the kept
+    /// file's list is added to them.
+    pub fn new(
+        node_id: NodeId,
+        net: NetHandle,
+        data_dir: PathBuf,
+        managers: Vec<ManagerInfo>,
+        assignments: mpsc::Sender<Assignments>,
+        reports: mpsc::Receiver<StatusReport>,
+    ) -> (SessionClient, watch::Receiver<bool>) {
+        let mut kept = Kept::load(&data_dir);
+        for m in managers.into_iter().rev() {
+            kept.managers.retain(|k| k.peer_id != m.peer_id);
+            kept.managers.insert(0, m);
+        }
+        let tasks = kept
+            .tasks
+            .iter()
+            .map(|t| (t.id.clone(), (t.clone(), task_digest(t))))
+            .collect();
+        let (online, online_rx) = watch::channel(false);
+        (
+            SessionClient {
+                node_id,
+                net,
+                data_dir,
+                kept,
+                tasks,
+                current: 0,
+                wait_ms: 1000,
+                sequence: 0,
+                assignments,
+                reports,
+                online,
+                last_answer: None,
+            },
+            online_rx,
+        )
+    }
+
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        if !self.kept.tasks.is_empty() {
+            tracing::info!(
+                tasks = self.kept.tasks.len(),
+                "running the kept assignments until a manager answers"
+            );
+            self.push().await;
+        }
+        let mut failures = 0u32;
+        loop {
+            let Some(ManagerInfo {
+                name: manager,
+                peer_id: peer,
+                addr,
+                ..
+            }) = self.pick()
+            else {
+                tracing::warn!("no manager known to hold a session with: waiting");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            };
+            self.net.add_peer(&peer, &addr);
+            let req = SessionRequest {
+                node_id: self.node_id.clone(),
+                have: self
+                    .tasks
+                    .iter()
+                    .map(|(id, (_, d))| (id.clone(), *d))
+                    .collect(),
+                wait_ms: self.wait_ms,
+            };
+            let timeout = Duration::from_millis(self.wait_ms + 1000);
+            let net = self.net.clone();
+            let turn_peer = peer.clone();
+            let turn = tokio::time::timeout(timeout, async move {
+                net.request(&turn_peer, WireMessage::Session(Box::new(req)))
+                    .await
+            });
+            tokio::pin!(turn);
+            let mut check = tokio::time::interval(Duration::from_millis(250));
+            let answer = loop {
+                tokio::select! {
+                    r = &mut turn => break r,
+                    Some(report) = self.reports.recv() => self.send_status(&peer, report),
+                    _ = check.tick() => self.check_online(),
+                    _ = shutdown.changed() => return,
+                }
+            };
+            match answer {
+                Ok(Ok(WireReply::Session(reply))) => {
+                    if failures > 0 {
+                        tracing::info!(%manager, "session held");
+                    }
+                    failures = 0;
+                    self.last_answer = Some(tokio::time::Instant::now());
+                    self.online.send_replace(true);
+                    self.apply(*reply).await;
+                }
+                other => {
+                    let why = match other {
+                        Ok(Ok(WireReply::Error(e))) => e,
+                        Ok(Ok(r)) => format!("unexpected answer {r:?}"),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no answer within {timeout:?}"),
+                    };
+                    failures += 1;
+                    self.check_online();
+                    tracing::info!(%manager, reason = %why, "session turn failed: trying the next manager");
+                    self.current = self.current.wrapping_add(1);
+                    // Every manager failed in a row: do not spin.
+                    if (failures as usize).is_multiple_of(self.kept.managers.len().max(1)) {
+                        let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Offline once no manager answered for two heartbeat periods (an
+    /// answer comes at least once a period while a session is held).
+    fn check_online(&self) {
+        let limit = Duration::from_millis(2 * self.wait_ms);
+        let online = self.last_answer.is_some_and(|t| t.elapsed() < limit);
+        self.online
+            .send_if_modified(|o| std::mem::replace(o, online) != online);
+    }
+
+    fn pick(&self) -> Option<ManagerInfo> {
+        let n = self.kept.managers.len();
+        (n > 0).then(|| self.kept.managers[self.current % n].clone())
+    }
+
+    /// Status reports go to the session's manager, without waiting for the
+    /// held turn; a lost report is sent again by the worker (it compares
+    /// what it observes with the assignments' recorded status).
+    fn send_status(&self, peer: &str, report: StatusReport) {
+        let net = self.net.clone();
+        let peer = peer.to_string();
+        tokio::spawn(async move {
+            match net.request(&peer, WireMessage::Status(report)).await {
+                Ok(WireReply::Ack) => {}
+                Ok(other) => tracing::debug!(answer = ?other, "status report not taken"),
+                Err(e) => tracing::debug!(error = %e, "status report not sent"),
+            }
+        });
+    }
+
+    async fn apply(&mut self, reply: SessionReply) {
+        self.wait_ms = reply.wait_ms.clamp(100, 60_000);
+        let mut changed = !reply.changed.is_empty() || !reply.removed.is_empty();
+        for id in &reply.removed {
+            self.tasks.remove(id);
+        }
+        for t in reply.changed {
+            let d = task_digest(&t);
+            self.tasks.insert(t.id.clone(), (t, d));
+        }
+        if !reply.managers.is_empty() && reply.managers != self.kept.managers {
+            // Keep asking the same manager while it is in the list.
+            let now = self.pick().map(|m| m.peer_id);
+            self.kept.managers = reply.managers;
+            self.current = now
+                .and_then(|p| self.kept.managers.iter().position(|m| m.peer_id == p))
+                .unwrap_or(0);
+            changed = true;
+        }
+        // The first answer is pushed even when empty: the worker acts only
+        // once it has a set.
+        if changed || self.sequence == 0 {
+            self.kept.index = reply.index;
+            self.kept.tasks = self.tasks.values().map(|(t, _)| t.clone()).collect();
+            if let Err(e) = self.kept.save(&self.data_dir) {
+                tracing::warn!(error = %e, "cannot keep the assignments on disk");
+            }
+            self.push().await;
+        }
+    }
+
+    async fn push(&mut self) {
+        self.sequence += 1;
+        let _ = self
+            .assignments
+            .send(Assignments {
+                node_id: self.node_id.clone(),
+                sequence: self.sequence,
+                tasks: self.tasks.values().map(|(t, _)| t.clone()).collect(),
+            })
+            .await;
+    }
+}
