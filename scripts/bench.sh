@@ -11,6 +11,10 @@
 #                                 in namespaces) silently cut boxes, bandwidth,
 #                                 skein vs HashiCorp Serf at N=20 on loopback;
 #                                 plus the in-process simulation at N=1,000
+#   scripts/bench.sh idle         idle cost of 1 manager + IDLE_WORKERS real
+#                                 worker agents on loopback: CPU of all, of the
+#                                 leader and of the busiest worker, RSS,
+#                                 established connections
 #   scripts/bench.sh update       service create / rolling update / rollback /
 #                                 scale: skein (Docker runtime) vs Docker Swarm
 #                                 mode on the same engine and image; inits a
@@ -29,6 +33,7 @@
 #                                          both clusters idle while false suspicions
 #                                          are counted (600 for the 10 minutes)
 #   SIM_NODES=1000 SIM_IDLE_S=600          gossip mode: the simulation
+#   IDLE_WORKERS=40 IDLE_WINDOW=20 IDLE_SAMPLES=5   idle mode
 #
 # Everything started here (agents, etcd, namespaces, iptables rules, temp dirs,
 # task processes) is stopped and removed on exit, Ctrl-C included. Traffic
@@ -44,7 +49,7 @@ usage() {
 
 MODE="${1:-}"
 case "$MODE" in
-  raft | raft-netns | placement | gossip | update) ;;
+  raft | raft-netns | placement | gossip | update | idle) ;;
   -h | --help | help)
     usage
     exit 0
@@ -222,6 +227,14 @@ case "$MODE" in
         ;;
     esac
     run_driver raft --e2e-tasks "$E2E_TASKS" --only "$ONLY" --placement-output "$PLACEMENT_OUT"
+    ;;
+  idle)
+    echo "==> building skein (release)" >&2
+    cargo build --release --quiet -p skein-node --bin skein
+    python3 scripts/bench/idle_bench.py "$PWD/target/release/skein" "$WORK" &
+    DRIVER_PID=$!
+    wait "$DRIVER_PID"
+    DRIVER_PID=""
     ;;
   gossip)
     need_serf

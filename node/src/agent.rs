@@ -9,6 +9,13 @@
 //! the cluster with `--bootstrap-expect`); then the full API on the same
 //! listener (see [`crate::api::bootstrap`]). Shutdown stops the API and the
 //! actors but leaves tasks running: a restarted agent adopts them.
+//!
+//! A node runs in its role: a manager runs Raft, the dispatcher and the
+//! leader's loops, and its own worker in-process; a worker ([`run_worker`])
+//! runs no Raft: a session with a manager, its worker, and a worker's API.
+//! When the cluster changes the role (promote, demote), the actors stop
+//! and start again in the new role on the same data dir; tasks keep
+//! running and are adopted.
 
 use crate::api::{self, AppState};
 use crate::cluster::forward::Proposer;
@@ -22,13 +29,14 @@ use crate::orchestrator::Orchestrator;
 use crate::raft::{RaftNode, RaftOptions};
 use crate::runtime::docker;
 use crate::runtime::process::ProcessRuntime;
-use crate::worker::session::SessionClient;
+use crate::worker::session::{Kept, SessionClient};
 use crate::worker::{Runtimes, Worker};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use skein_config::agent::{AgentConfig, RuntimeChoice};
 use skein_protocol::gossip::Announce;
 use skein_protocol::token::JoinToken;
+use skein_protocol::wire::ManagerInfo;
 use skein_protocol::wire::{JoinRequest, WireMessage};
 use skein_protocol::{
     Command, ManagerStatus, Node, NodeDescription, NodeResources, NodeRole, NodeStatus,
@@ -172,6 +180,18 @@ async fn build_runtimes(cfg: &AgentConfig, node_id: &str) -> anyhow::Result<Runt
     })
 }
 
+/// How one run of the node's actors ended.
+#[derive(Debug)]
+enum Ended {
+    /// SIGINT/SIGTERM: the agent stops (tasks keep running).
+    Stopped,
+    /// The cluster changed this node's role: start again as that.
+    RoleChanged(NodeRole),
+}
+
+/// Runs the agent until SIGINT/SIGTERM. A role change (promote, demote)
+/// stops the node's actors and starts them again in the new role, on the
+/// same data dir, without touching its tasks (they are adopted).
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Everything that can refuse to start is checked before anything is
     // written: a failed first start must not leave a founded cluster behind.
@@ -183,21 +203,57 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 cfg.api
             )
         })?;
-    // The API answers from now on: first why it cannot do more yet, the
-    // full API once Raft runs, on this same listener (see api::bootstrap).
-    let (shutdown_tx, shutdown) = watch::channel(false);
+    // The API answers from now on, across role changes: first why it cannot
+    // do more yet, then the API of the node's role, on this same listener
+    // (see api::bootstrap).
     let (status_tx, status_rx) = watch::channel(format!(
         "the agent {} is starting: try again in a moment",
         cfg.name
     ));
     let (api_switch, app) =
         api::bootstrap::Switch::new(api::bootstrap::starting(status_rx.clone()));
-    let mut api_shutdown = shutdown.clone();
+    let (api_stop_tx, mut api_stop) = watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = api_shutdown.changed().await;
+        let _ = api_stop.changed().await;
     });
     let server_task = tokio::spawn(async move { server.await });
     tracing::info!(api = %cfg.api, "API listening");
+    let api = Api {
+        switch: api_switch,
+        status_tx,
+        status_rx,
+    };
+    let result = loop {
+        match run_once(&cfg, &api).await {
+            Ok(Ended::Stopped) => break Ok(()),
+            Ok(Ended::RoleChanged(role)) => {
+                tracing::info!(%role, "this node's role changed: starting its actors again as a {role}");
+                api.status_tx.send_replace(format!(
+                    "the agent {} is starting again as a {role}: try again in a moment",
+                    cfg.name
+                ));
+                api.switch
+                    .serve(api::bootstrap::starting(api.status_rx.clone()));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = api_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
+    result
+}
+
+/// The agent's API listener, kept across role changes.
+struct Api {
+    switch: api::bootstrap::Switch,
+    status_tx: watch::Sender<String>,
+    status_rx: watch::Receiver<String>,
+}
+
+async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (api_switch, status_tx, status_rx) =
+        (&api_.switch, &api_.status_tx, api_.status_rx.clone());
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
         format!(
             "cannot create data dir {}: pick another with --data-dir",
@@ -237,7 +293,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             );
         }
     }
-    let runtimes = build_runtimes(&cfg, &identity.node_id).await?;
+    let runtimes = build_runtimes(cfg, &identity.node_id).await?;
 
     let cluster_key = skein_protocol::token::unhex32(&identity.cluster_key).ok_or_else(|| {
         anyhow::anyhow!(
@@ -259,10 +315,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let (net, mut inbound) = net::start(net_cfg, shutdown.clone())
         .await
         .with_context(|| format!("cannot start the cluster transport on {}", cfg.listen))?;
-    let advertise = advertised(&cfg, net.listen_addr());
+    let advertise = advertised(cfg, net.listen_addr());
 
     // Membership runs from the start: bootstrap needs it before Raft.
-    let mut announce = self_announce(&cfg, &identity, &runtimes, &advertise, &net.peer_id());
+    let mut announce = self_announce(cfg, &identity, &runtimes, &advertise, &net.peer_id());
     if bootstrapping {
         announce.cluster_id.clear();
     }
@@ -317,12 +373,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if bootstrapping {
         let key = cfg.cluster_key.clone().unwrap_or_default();
         let outcome = tokio::select! {
-            r = bootstrap_phase(&cfg, &net, &membership, announce.clone(), &status_tx) => r?,
+            r = bootstrap_phase(cfg, &net, &membership, announce.clone(), status_tx) => r?,
             _ = wait_for_signal() => {
                 let _ = shutdown_tx.send(true);
                 let _ = tokio::time::timeout(Duration::from_secs(2), net.stopped()).await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), server_task).await;
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
         };
         match outcome {
@@ -361,6 +416,27 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
     }
 
+    // Only managers are Raft members: a worker holds a session instead.
+    if token.as_ref().map_or(identity.role, |t| t.role) == NodeRole::Worker {
+        return run_worker(WorkerStart {
+            cfg,
+            identity,
+            fresh,
+            token,
+            join_addrs,
+            net,
+            membership,
+            runtimes,
+            announce,
+            advertise,
+            api_switch,
+            shutdown_tx,
+            shutdown,
+            inbound: router_rx,
+        })
+        .await;
+    }
+
     let db_path = cfg.data_dir.join("raft");
     // The Raft log is created before node.json is first written: a node
     // identity without it means the log was lost (a deleted directory, a
@@ -368,7 +444,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // forgotten its votes and its state: founding a new cluster with the same
     // key, or voting again, would split the cluster. A worker only replicates.
     if !fresh && !db_path.exists() {
-        if let Some(refusal) = lost_log_refusal(&identity, &cfg) {
+        if let Some(refusal) = lost_log_refusal(&identity, cfg) {
             bail!(refusal);
         }
         if cfg.force_new_cluster {
@@ -421,6 +497,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
     );
     let book = PeerBook::default();
+    // A worker that was promoted has no state yet: the managers its session
+    // knew are whom it takes Raft traffic from until the log says more.
+    for m in Kept::load(&cfg.data_dir).managers {
+        if m.raft_id != 0 && !m.peer_id.is_empty() {
+            book.insert(m.raft_id, m.peer_id.clone());
+            net.add_peer(&m.peer_id, &m.addr);
+        }
+    }
     let (raft_out_tx, raft_out_rx) = tokio::sync::mpsc::unbounded_channel();
     raft_node.set_outbound(raft_out_tx);
     let mut raft_task = tokio::spawn(raft_node.run(shutdown.clone()));
@@ -477,7 +561,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // What this node says about itself: sent with a join (the leader that
     // lets it in records it), otherwise registered below.
     let me = self_node(
-        &cfg,
+        cfg,
         &identity,
         &runtimes,
         &advertise,
@@ -485,7 +569,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         token.as_ref().map_or(identity.role, |t| t.role),
     );
     let registered = token.is_some();
-    let mut join_managers = Vec::new();
     if let Some(t) = token {
         let req = JoinRequest {
             token: t.to_string(),
@@ -493,47 +576,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             peer_id: net.peer_id(),
             raft_id: identity.raft_id,
         };
-        let mut last_err = None;
-        let mut accepted = None;
-        // Transient trouble (no leader yet, a manager restarting) is retried
-        // for a while; a refused token is final.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        'tries: while tokio::time::Instant::now() < deadline {
-            for addr in &join_addrs {
-                match join::request_join(&net, addr, req.clone()).await {
-                    Ok(a) => {
-                        accepted = Some(a);
-                        break 'tries;
-                    }
-                    Err(e) => {
-                        let text = format!("{e:#}");
-                        let transient =
-                            text.contains("retry") || text.contains("cannot reach the leader");
-                        last_err = Some(e);
-                        if !transient {
-                            break 'tries;
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        let accepted = match (accepted, last_err) {
-            (Some(a), _) => a,
-            (None, Some(e)) => return Err(e),
-            (None, None) => bail!("join: no address to join"),
-        };
+        let accepted = join_cluster(&net, &join_addrs, req).await?;
         for (rid, peer, addr) in &accepted.managers {
             book.insert(*rid, peer.clone());
             net.add_peer(peer, addr);
-            join_managers.push(skein_protocol::wire::ManagerInfo {
-                node_id: String::new(),
-                name: format!("raft-{rid:x}"),
-                peer_id: peer.clone(),
-                addr: addr.clone(),
-                api_addr: String::new(),
-                raft_id: *rid,
-            });
         }
         identity.role = accepted.role;
         tracing::info!(role = ?accepted.role, cluster = %accepted.cluster_id, "joined the cluster");
@@ -543,47 +589,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 
     // A manager's own worker takes its assignments from the manager's
-    // dispatcher in-process; a worker node holds a session with a manager
-    // (its heartbeat, its assignments, its status reports). A worker starts
-    // its work now, from the assignments it kept, whether or not any
-    // manager answers (offline autonomy); it says who it is once one does.
-    let role = raft
-        .current()
-        .state
-        .nodes
-        .get(&identity.node_id)
-        .map_or(identity.role, |n| n.role);
-    let on_session = role == NodeRole::Worker;
-    let worker = if on_session {
-        let (assign_tx, assign_rx) = tokio::sync::mpsc::channel(16);
-        let (report_tx, report_rx) = tokio::sync::mpsc::channel(1024);
-        let mut managers = join_managers;
-        managers.extend(crate::dispatcher::session_managers(&raft.current().state));
-        let (client, online) = SessionClient::new(
-            identity.node_id.clone(),
-            net.clone(),
-            cfg.data_dir.clone(),
-            managers,
-            assign_tx,
-            report_rx,
-        );
-        tokio::spawn(client.run(shutdown.clone()));
-        Worker::new(
-            identity.node_id.clone(),
-            runtimes.clone(),
-            assign_rx,
-            report_tx,
-        )
-        .with_online(online, &cfg.data_dir)
-    } else {
-        let assignments = dispatch.connect(identity.node_id.clone()).await;
-        Worker::new(
-            identity.node_id.clone(),
-            runtimes.clone(),
-            assignments,
-            dispatch.reporter(),
-        )
-    };
+    // dispatcher in-process.
+    let assignments = dispatch.connect(identity.node_id.clone()).await;
+    let worker = Worker::new(
+        identity.node_id.clone(),
+        runtimes.clone(),
+        assignments,
+        dispatch.reporter(),
+    );
     let introduce = Introduce {
         proposer: proposer.clone(),
         membership: membership.clone(),
@@ -594,15 +607,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cluster_key: cfg.cluster_key.clone(),
         shutdown: shutdown.clone(),
     };
-    if on_session {
-        tokio::spawn(async move {
-            if let Err(e) = introduce.run(None).await {
-                tracing::warn!(error = %format!("{e:#}"), "this node could not introduce itself to the cluster");
-            }
-        });
-    } else {
-        introduce.run(Some(Duration::from_secs(30))).await?;
-    }
+    introduce.run(Some(Duration::from_secs(30))).await?;
 
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let orchestrator_task = tokio::spawn(Orchestrator::new(raft.clone(), shutdown.clone()).run());
@@ -617,16 +622,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
-    if !on_session {
-        tokio::spawn(heartbeat::run_sender(
-            identity.node_id.clone(),
-            raft.clone(),
-            net.clone(),
-            book.clone(),
-            beat,
-            shutdown.clone(),
-        ));
-    }
+    tokio::spawn(heartbeat::run_sender(
+        identity.node_id.clone(),
+        raft.clone(),
+        net.clone(),
+        book.clone(),
+        beat,
+        shutdown.clone(),
+    ));
     tokio::spawn(heartbeat::run_monitor(
         identity.node_id.clone(),
         proposer.clone(),
@@ -637,10 +640,46 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let mut demoted = false;
     let raft_died = tokio::select! {
         _ = wait_for_signal() => None,
         r = &mut raft_task => Some(r),
+        () = demotion(&raft, &identity.node_id) => {
+            demoted = true;
+            None
+        }
     };
+    if demoted {
+        // Leave Raft for a session: keep what the worker needs to go on
+        // (its tasks, whom to ask), stop every actor, drop the log.
+        let p = raft.current();
+        let kept = Kept {
+            index: p.applied,
+            managers: crate::dispatcher::session_managers(&p.state),
+            tasks: crate::dispatcher::assignments_for(&p.state, &identity.node_id),
+        };
+        kept.save(&cfg.data_dir)
+            .context("cannot keep this node's assignments for its session")?;
+        identity.role = NodeRole::Worker;
+        identity.founder = false;
+        identity.persist(&cfg.data_dir)?;
+        tracing::info!("this node was demoted and left raft: going on as a worker");
+        let _ = shutdown_tx.send(true);
+        let bounded = Duration::from_secs(5);
+        let _ = tokio::time::timeout(bounded, orchestrator_task).await;
+        let _ = tokio::time::timeout(bounded, worker_task).await;
+        let _ = tokio::time::timeout(bounded, dispatcher_task).await;
+        let _ = tokio::time::timeout(bounded, raft_task).await;
+        let _ = tokio::time::timeout(bounded, net.stopped()).await;
+        drop(raft);
+        drop(proposer);
+        db.flush()?;
+        drop(db);
+        if let Err(e) = std::fs::remove_dir_all(&db_path) {
+            tracing::warn!(error = %e, "cannot remove the old raft log");
+        }
+        return Ok(Ended::RoleChanged(NodeRole::Worker));
+    }
     if let Some(r) = raft_died {
         // The log is the only source of truth: without it this node must not go on.
         let _ = shutdown_tx.send(true);
@@ -653,7 +692,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down (tasks keep running)");
     let _ = shutdown_tx.send(true);
     let bounded = Duration::from_secs(5);
-    let _ = tokio::time::timeout(bounded, server_task).await;
     let _ = tokio::time::timeout(bounded, orchestrator_task).await;
     let _ = tokio::time::timeout(bounded, worker_task).await;
     let _ = tokio::time::timeout(bounded, dispatcher_task).await;
@@ -662,7 +700,268 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(bounded, net.stopped()).await;
     db.flush()?;
-    Ok(())
+    Ok(Ended::Stopped)
+}
+
+/// Resolves once this manager was demoted and has left Raft: its own node
+/// is a worker in the state and its raft id is no longer a member (or 10 s
+/// after the demotion, if it never learns of its removal).
+async fn demotion(raft: &crate::raft::RaftHandle, node_id: &str) {
+    let mut sub = raft.subscribe();
+    let mut since: Option<tokio::time::Instant> = None;
+    loop {
+        let (worker, member) = {
+            let p = sub.borrow_and_update();
+            let worker = p
+                .state
+                .nodes
+                .get(node_id)
+                .is_some_and(|n| n.role == NodeRole::Worker);
+            let member = p.voters.contains(&p.raft_id) || p.learners.contains(&p.raft_id);
+            (worker, member)
+        };
+        if worker {
+            let at = *since.get_or_insert_with(tokio::time::Instant::now);
+            if !member || at.elapsed() > Duration::from_secs(10) {
+                return;
+            }
+        } else {
+            since = None;
+        }
+        tokio::select! {
+            r = sub.changed() => if r.is_err() { return std::future::pending().await },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// What a worker node starts from (everything before Raft).
+struct WorkerStart<'a> {
+    cfg: &'a AgentConfig,
+    identity: Identity,
+    fresh: bool,
+    token: Option<JoinToken>,
+    join_addrs: Vec<String>,
+    net: NetHandle,
+    membership: MembershipHandle,
+    runtimes: Runtimes,
+    announce: Announce,
+    advertise: String,
+    api_switch: &'a api::bootstrap::Switch,
+    shutdown_tx: watch::Sender<bool>,
+    shutdown: watch::Receiver<bool>,
+    inbound: tokio::sync::mpsc::Receiver<net::Inbound>,
+}
+
+/// A worker node: no Raft, no cluster state. It joins (first start), holds
+/// a session with a manager (heartbeats, its assignments, status reports),
+/// runs its tasks (also with no manager reachable, from the assignments it
+/// kept), and answers its API from what it knows of itself. Promoted, it
+/// starts again as a manager.
+async fn run_worker(w: WorkerStart<'_>) -> anyhow::Result<Ended> {
+    let WorkerStart {
+        cfg,
+        mut identity,
+        fresh,
+        token,
+        join_addrs,
+        net,
+        membership,
+        runtimes,
+        mut announce,
+        advertise,
+        api_switch,
+        shutdown_tx,
+        shutdown,
+        inbound,
+    } = w;
+    let me = self_node(
+        cfg,
+        &identity,
+        &runtimes,
+        &advertise,
+        &net.peer_id(),
+        NodeRole::Worker,
+    );
+    let registered = token.is_some();
+    let mut managers = Vec::new();
+    if let Some(t) = token {
+        let req = JoinRequest {
+            token: t.to_string(),
+            node: me.clone(),
+            peer_id: net.peer_id(),
+            raft_id: identity.raft_id,
+        };
+        let accepted = join_cluster(&net, &join_addrs, req).await?;
+        managers = join_managers(&accepted);
+        identity.role = accepted.role;
+        tracing::info!(role = %accepted.role, cluster = %accepted.cluster_id, "joined the cluster");
+    }
+    if fresh {
+        identity.persist(&cfg.data_dir)?;
+    }
+    tracing::info!(
+        node = %cfg.name,
+        node_id = %identity.node_id,
+        peer_id = %net.peer_id(),
+        "running as a worker: holding a session with a manager"
+    );
+    let (assign_tx, assign_rx) = tokio::sync::mpsc::channel(16);
+    let (report_tx, report_rx) = tokio::sync::mpsc::channel(1024);
+    let (client, session) = SessionClient::new(
+        identity.node_id.clone(),
+        net.clone(),
+        cfg.data_dir.clone(),
+        managers,
+        assign_tx,
+        report_rx,
+    );
+    let session_task = tokio::spawn(client.run(shutdown.clone()));
+    let worker = Worker::new(
+        identity.node_id.clone(),
+        runtimes.clone(),
+        assign_rx,
+        report_tx,
+    )
+    .with_online(session.online.clone(), &cfg.data_dir);
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    tokio::spawn(refuse_inbound(inbound, shutdown.clone()));
+    api_switch.serve(api::worker::router(api::worker::WorkerApi {
+        node_id: identity.node_id.clone(),
+        node_name: cfg.name.clone(),
+        raft_id: identity.raft_id,
+        cluster_id: identity.cluster_id.clone(),
+        default_runtime: runtimes.default_kind().to_string(),
+        membership: membership.clone(),
+        net: net.clone(),
+        managers: session.managers.clone(),
+    }));
+    tracing::info!(api = %cfg.api, "API serving this worker");
+    announce.cluster_id = identity.cluster_id.clone();
+    announce.role = NodeRole::Worker;
+    announce.proposal = Vec::new();
+    membership.set_self(announce).await;
+    if !registered {
+        // A restart: what this node says about itself (address, labels,
+        // runtimes) may have changed. A manager may not be up yet.
+        let (net, mut managers, origin) = (net.clone(), session.managers.clone(), identity.raft_id);
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let list = managers.borrow_and_update().clone();
+                match crate::worker::session::propose_via(
+                    &net,
+                    &list,
+                    origin,
+                    Command::UpsertNode(me.clone()),
+                )
+                .await
+                {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot register this node yet: retrying")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+    let mut role = session.role.clone();
+    let ended = loop {
+        tokio::select! {
+            _ = wait_for_signal() => break Ended::Stopped,
+            r = role.changed() => {
+                if r.is_err() {
+                    break Ended::Stopped;
+                }
+                if *role.borrow_and_update() == NodeRole::Manager {
+                    break Ended::RoleChanged(NodeRole::Manager);
+                }
+            }
+        }
+    };
+    if let Ended::RoleChanged(r) = &ended {
+        identity.role = *r;
+        identity.persist(&cfg.data_dir)?;
+        // Its (empty) raft log: a manager whose log is missing refuses to start.
+        std::fs::create_dir_all(cfg.data_dir.join("raft"))
+            .context("cannot create the raft log directory")?;
+        tracing::info!("this node was promoted: starting its raft member");
+    } else {
+        tracing::info!("shutting down (tasks keep running)");
+    }
+    let _ = shutdown_tx.send(true);
+    let bounded = Duration::from_secs(5);
+    let _ = tokio::time::timeout(bounded, worker_task).await;
+    let _ = tokio::time::timeout(bounded, session_task).await;
+    let _ = tokio::time::timeout(bounded, net.stopped()).await;
+    Ok(ended)
+}
+
+/// A worker answers no cluster requests (Raft, joins, sessions): it says so.
+async fn refuse_inbound(
+    mut rx: tokio::sync::mpsc::Receiver<net::Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let inb = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => return },
+            _ = shutdown.changed() => return,
+        };
+        let _ = inb.reply.send(skein_protocol::wire::WireReply::Error(
+            "retry: this node is a worker: ask a manager".into(),
+        ));
+    }
+}
+
+/// Asks the managers at `addrs` to let this node in. Transient trouble (no
+/// leader yet, a manager restarting) is retried for a while; a refused
+/// token is final.
+async fn join_cluster(
+    net: &NetHandle,
+    addrs: &[String],
+    req: JoinRequest,
+) -> anyhow::Result<skein_protocol::wire::JoinAccepted> {
+    let mut last_err = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        for addr in addrs {
+            match join::request_join(net, addr, req.clone()).await {
+                Ok(a) => return Ok(a),
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    let transient =
+                        text.contains("retry") || text.contains("cannot reach the leader");
+                    if !transient {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("join: no address to join")))
+}
+
+/// The managers named in a join answer, as a session knows managers (their
+/// names and API addresses come with the first session answer).
+fn join_managers(accepted: &skein_protocol::wire::JoinAccepted) -> Vec<ManagerInfo> {
+    accepted
+        .managers
+        .iter()
+        .map(|(rid, peer, addr)| ManagerInfo {
+            node_id: String::new(),
+            name: format!("manager at {addr}"),
+            peer_id: peer.clone(),
+            addr: addr.clone(),
+            api_addr: String::new(),
+            raft_id: *rid,
+        })
+        .collect()
 }
 
 /// The address other nodes dial: --advertise, else the listen address with
@@ -740,9 +1039,15 @@ async fn keep_peers_connected(
     let mut denied = std::collections::BTreeSet::new();
     loop {
         let p = sub.borrow_and_update().clone();
-        // Removed nodes are refused at connection (see cluster::authority).
+        // Removed nodes are refused at connection (see cluster::authority),
+        // a moment after their removal: a node that asked to leave gets
+        // its answer first.
         for peer in p.state.removed_peers.difference(&denied.clone()) {
-            net.deny(peer);
+            let (net, peer2) = (net.clone(), peer.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                net.deny(&peer2);
+            });
             denied.insert(peer.clone());
         }
         for n in p.state.nodes.values() {

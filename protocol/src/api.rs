@@ -179,6 +179,9 @@ pub struct Info {
     pub applied: u64,
     pub version: String,
     pub default_runtime: String,
+    /// `manager` or `worker` (empty while the node has no cluster yet).
+    #[serde(default)]
+    pub role: String,
 }
 
 /// `GET /v1/tasks/{id}` answers the task itself.

@@ -15,6 +15,15 @@ pub enum NodeRole {
     Worker,
 }
 
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeRole::Manager => "manager",
+            NodeRole::Worker => "worker",
+        })
+    }
+}
+
 /// Operator's intent for scheduling: `active` takes tasks, `pause` keeps its
 /// tasks but takes no new ones, `drain` moves its tasks elsewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -83,8 +92,8 @@ pub struct Node {
     /// The node's libp2p peer id (empty for a node that never networked).
     #[serde(default)]
     pub peer_id: String,
-    /// The node's Raft id: every node is a Raft member (managers vote,
-    /// workers are learners).
+    /// The node's Raft id (a member of Raft while it is a manager; also
+    /// names its requests).
     #[serde(default)]
     pub raft_id: u64,
     /// Region of the cluster this node belongs to (federation).

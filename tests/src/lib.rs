@@ -293,10 +293,13 @@ impl Agent {
 
     fn spawn(&mut self) {
         self.spawn_process();
+        // A manager lists its cluster; a worker (which holds no cluster
+        // state) says it is one once it serves its API.
         wait_for("the agent's API", Duration::from_secs(30), || {
             let out = self.cli(&["node", "ls", "--format", "json"]);
-            (out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ready"))
-                .then_some(())
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ready")
+                || String::from_utf8_lossy(&out.stderr).contains("is a worker"))
+            .then_some(())
         });
     }
 
@@ -570,7 +573,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `managers` managers (m1..) and `workers` workers (w1..) and
-    /// waits until every node sees all of them ready.
+    /// waits until every manager sees all of them ready.
     pub fn start(managers: usize, workers: usize, timeout: Duration) -> Cluster {
         Cluster::start_with_runtime("process", managers, workers, timeout)
     }
@@ -612,7 +615,8 @@ impl Cluster {
             workers: ws,
         };
         let n = managers + workers;
-        for a in c.all() {
+        // Workers hold no cluster state: the managers are asked.
+        for a in c.managers.iter() {
             wait_for(
                 &format!("{n} ready nodes seen from {}", a.name),
                 timeout,

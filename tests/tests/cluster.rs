@@ -27,7 +27,19 @@ fn running_nodes(a: &Agent, service: &str) -> Vec<String> {
 #[test]
 fn five_nodes_one_leader_and_replicas_spread() {
     let c = start_cluster();
-    for a in c.all() {
+    // Workers hold no cluster state: asked, they say so and name a manager.
+    for w in &c.workers {
+        wait_for("the worker to name a manager", T, || {
+            let out = w.cli(&["node", "ls"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("is a worker"),
+                "{err}"
+            );
+            err.contains("manager, e.g. m").then_some(())
+        });
+    }
+    for a in c.managers.iter() {
         let n = nodes(a);
         assert_eq!(
             n.iter().filter(|x| x["role"] == "manager").count(),
@@ -170,7 +182,7 @@ fn leader_and_worker_failures() {
         m.restart();
     }
     wait_for("services back", T, || {
-        let ls = c.workers[1].json(&["service", "ls"]);
+        let ls = c.managers[0].json(&["service", "ls"]);
         let names: Vec<&str> = ls
             .as_array()?
             .iter()
@@ -271,10 +283,18 @@ fn node_lifecycle_promote_demote_rm_leave() {
     assert!(nodes(m2).iter().all(|n| n["name"] != "w2"));
     // A manager must be demoted before it leaves. (w1 is one now, unless an
     // election on this busy machine made it the leader demoted above.)
+    // w1's own view: a manager lists itself as one; a worker holds no
+    // cluster state and says it is one.
     let w1_manager = |a: &Agent| {
-        nodes(a)
-            .iter()
-            .any(|n| n["name"] == "w1" && n["role"] == "manager")
+        let out = a.cli(&["node", "ls", "--format", "json"]);
+        if !out.status.success() {
+            return false;
+        }
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|n| n["name"] == "w1" && n["role"] == "manager")
+        })
     };
     if leader != "w1" {
         wait_for("w1 sees itself a manager", T, || {
@@ -284,8 +304,11 @@ fn node_lifecycle_promote_demote_rm_leave() {
         assert!(!out.status.success(), "w1 is a manager now");
         c.workers[0].ok(&["node", "demote", "w1"]);
     }
-    wait_for("w1 sees itself a worker", T, || {
-        (!w1_manager(&c.workers[0])).then_some(())
+    wait_for("w1 to say it is a worker", T, || {
+        let out = c.workers[0].cli(&["node", "ls"]);
+        String::from_utf8_lossy(&out.stderr)
+            .contains("is a worker")
+            .then_some(())
     });
     c.workers[0].ok(&["leave"]);
     wait_for("w1 gone", T, || {

@@ -110,6 +110,7 @@ async fn info(State(st): State<Forming>) -> Json<Info> {
         applied: 0,
         version: env!("CARGO_PKG_VERSION").to_string(),
         default_runtime: st.default_runtime.clone(),
+        role: String::new(),
     })
 }
 

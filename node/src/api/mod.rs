@@ -6,6 +6,7 @@
 pub mod bootstrap;
 mod update;
 pub mod views;
+pub mod worker;
 
 use crate::raft::{ProposeError, RaftHandle};
 use crate::store::{ApplyError, ClusterState};
@@ -255,6 +256,12 @@ async fn info(State(st): State<AppState>) -> Json<Info> {
         applied: p.applied,
         version: env!("CARGO_PKG_VERSION").to_string(),
         default_runtime: st.runtimes.default_kind().to_string(),
+        role: p
+            .state
+            .nodes
+            .get(&st.node_id)
+            .map(|n| n.role.to_string())
+            .unwrap_or_default(),
     })
 }
 

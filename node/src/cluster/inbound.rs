@@ -131,6 +131,20 @@ impl Router {
                 }
                 WireMessage::Propose(cmd) => {
                     match authority::check_propose(&state, &caller, *cmd) {
+                        // A worker asks whichever manager holds its session:
+                        // that one forwards to the leader.
+                        Ok(cmd) if matches!(caller, Caller::Worker { .. }) => {
+                            let proposer = self.proposer.clone();
+                            tokio::spawn(async move {
+                                let r = match proposer.propose(cmd).await {
+                                    Ok(()) => WireReply::Applied {
+                                        index: proposer.raft().current().applied,
+                                    },
+                                    Err(e) => WireReply::Error(e.to_string()),
+                                };
+                                let _ = reply.send(r);
+                            });
+                        }
                         Ok(cmd) => {
                             let raft = self.raft.clone();
                             tokio::spawn(async move {

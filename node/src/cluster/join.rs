@@ -1,8 +1,10 @@
 //! Joining. A new node dials a manager given by `--join`, presents its
 //! token, and gets in as the token's role. The leader checks the token
-//! against the replicated join secrets, records the node and adds it to
-//! Raft as a learner; a manager is promoted to voter once it has caught up
-//! (so a slow or failing joiner never costs the cluster its quorum).
+//! against the replicated join secrets and records the node (binding its
+//! peer id to its node id, role and raft id); a manager is added to Raft as
+//! a learner and promoted to voter once it has caught up (so a slow or
+//! failing joiner never costs the cluster its quorum); a worker is not a
+//! Raft member: it holds a session with a manager.
 //! A manager that is not the leader relays the request to the leader.
 
 use super::forward::Proposer;
@@ -94,8 +96,10 @@ pub async fn serve_join(
     if let Err(e) = proposer.propose(Command::UpsertNode(node)).await {
         return WireReply::Error(format!("cannot record the node: {e}"));
     }
+    // Only managers are Raft members (a learner first, a voter once caught
+    // up: see cluster::membership); a worker holds a session instead.
     let already = p.voters.contains(&req.raft_id) || p.learners.contains(&req.raft_id);
-    if !already {
+    if role == NodeRole::Manager && !already {
         if let Err(e) = raft.add_learner(req.raft_id).await {
             return WireReply::Error(format!("cannot add the node to raft: {e}"));
         }

@@ -1,8 +1,9 @@
 //! Raft membership follows the replicated node table. Users change roles
 //! (`node promote/demote`) and remove nodes (`node rm`, `leave`) with
-//! ordinary commands; the leader then brings Raft in line: managers become
-//! voters once caught up, workers learners, removed nodes leave Raft, and a
-//! leader that was demoted hands leadership over first.
+//! ordinary commands; the leader then brings Raft in line: managers join as
+//! learners and become voters once caught up, workers (demoted managers)
+//! and removed nodes leave Raft, and a leader that was demoted hands
+//! leadership over first. Only managers are Raft members.
 //!
 //! [`check_change`] is the pure guard the API applies before a role change or
 //! removal: it refuses anything that would leave the managers without a
@@ -131,6 +132,12 @@ async fn step(raft: &RaftHandle, p: &Published) -> Result<(), crate::raft::Propo
         let is_voter = p.voters.contains(&n.raft_id);
         let is_learner = p.learners.contains(&n.raft_id);
         match n.role {
+            // A promoted worker: it starts its Raft member once its session
+            // tells it; it gets the log as a learner first.
+            NodeRole::Manager if !is_voter && !is_learner && n.status != NodeStatus::Down => {
+                tracing::info!(node = %n.name, "manager joins raft as a learner");
+                return raft.add_learner(n.raft_id).await;
+            }
             NodeRole::Manager
                 if is_learner
                     && n.status != NodeStatus::Down
@@ -147,9 +154,13 @@ async fn step(raft: &RaftHandle, p: &Published) -> Result<(), crate::raft::Propo
                         return raft.transfer_leader(t.raft_id).await;
                     }
                 } else {
-                    tracing::info!(node = %n.name, "worker becomes a raft learner");
-                    return raft.add_learner(n.raft_id).await;
+                    tracing::info!(node = %n.name, "demoted manager leaves raft");
+                    return raft.remove_node(n.raft_id).await;
                 }
+            }
+            NodeRole::Worker if is_learner => {
+                tracing::info!(node = %n.name, "worker leaves raft (workers hold sessions)");
+                return raft.remove_node(n.raft_id).await;
             }
             _ => {}
         }

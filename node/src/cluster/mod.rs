@@ -11,10 +11,11 @@
 //!   silent nodes down (the decision is [`crate::dispatcher::liveness`]);
 //! - [`voters`]: a self-formed cluster keeps an odd number of managers.
 //!
-//! Every node is a Raft member: managers vote, workers are learners. So
-//! every node holds the committed state (reads and `skein` commands work
-//! against any node, and a worker keeps running its tasks while cut off);
-//! writes go to the leader.
+//! Only managers are Raft members (voters; a joining or promoted manager is
+//! a learner until it caught up) and hold the committed state. A worker is
+//! not: it holds a session with one manager ([`crate::dispatcher`] serves
+//! it, [`crate::worker::session`] is the worker's side) and only its own
+//! assignments. Writes go to the leader.
 
 pub mod authority;
 pub mod forward;

@@ -456,6 +456,12 @@ impl Dispatcher {
     async fn push_locals(&mut self, snap: &Arc<Published>) {
         let mut gone = Vec::new();
         for (node_id, s) in self.locals.iter_mut() {
+            // A state that does not know this node yet (a manager still
+            // catching up after it joined or was promoted) would tell the
+            // worker to stop everything it runs: wait for the real one.
+            if !snap.state.nodes.contains_key(node_id) {
+                continue;
+            }
             let tasks = assignments_for(&snap.state, node_id);
             if s.last.as_ref() == Some(&tasks) {
                 continue;

@@ -21,7 +21,7 @@ use skein_protocol::wire::{
     task_digest, Assignments, ManagerInfo, SessionReply, SessionRequest, StatusReport, WireMessage,
     WireReply,
 };
-use skein_protocol::{NodeId, Task, TaskId};
+use skein_protocol::{Command, NodeId, NodeRole, Task, TaskId};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,7 +53,7 @@ impl Kept {
         }
     }
 
-    fn save(&self, data_dir: &Path) -> std::io::Result<()> {
+    pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
         use std::io::Write;
         let bytes = skein_protocol::codec::encode(self)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
@@ -64,6 +64,61 @@ impl Kept {
         std::fs::rename(&tmp, Self::path(data_dir))
     }
 }
+
+/// What a session tells the rest of the node.
+#[derive(Clone)]
+pub struct SessionWatch {
+    /// A manager answered within the last two heartbeat periods.
+    pub online: watch::Receiver<bool>,
+    /// The managers this worker knows, ready ones first.
+    pub managers: watch::Receiver<Vec<ManagerInfo>>,
+    /// This node's role as the cluster has it (from the last answer).
+    pub role: watch::Receiver<NodeRole>,
+}
+
+/// Proposes `cmd` (about this node only: see cluster::authority) through
+/// the first manager in `managers` that answers; it forwards to the leader.
+/// The request id makes a repeat harmless.
+pub async fn propose_via(
+    net: &NetHandle,
+    managers: &[ManagerInfo],
+    origin: u64,
+    cmd: Command,
+) -> Result<(), String> {
+    let cmd = Command::Once {
+        request: skein_protocol::command::RequestId {
+            origin,
+            seq: crate::util::random_u64() >> 1,
+        },
+        cmd: Box::new(cmd),
+    };
+    let mut last = "no manager known".to_string();
+    // A manager may be changing its role or catching up: go round the
+    // managers for a while (the request id makes a repeat harmless).
+    let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
+    loop {
+        for m in managers {
+            net.add_peer(&m.peer_id, &m.addr);
+            match net
+                .request(&m.peer_id, WireMessage::Propose(Box::new(cmd.clone())))
+                .await
+            {
+                Ok(WireReply::Applied { .. }) => return Ok(()),
+                Ok(WireReply::Error(e)) if e.starts_with("refused") => return Err(e),
+                Ok(WireReply::Error(e)) => last = format!("{}: {e}", m.name),
+                Ok(other) => last = format!("{}: unexpected answer {other:?}", m.name),
+                Err(e) => last = format!("{}: {e}", m.name),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// How long [`propose_via`] keeps trying.
+const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct SessionClient {
     node_id: NodeId,
@@ -77,6 +132,8 @@ pub struct SessionClient {
     assignments: mpsc::Sender<Assignments>,
     reports: mpsc::Receiver<StatusReport>,
     online: watch::Sender<bool>,
+    managers_tx: watch::Sender<Vec<ManagerInfo>>,
+    role: watch::Sender<NodeRole>,
     last_answer: Option<tokio::time::Instant>,
 }
 
@@ -90,7 +147,7 @@ impl SessionClient {
         managers: Vec<ManagerInfo>,
         assignments: mpsc::Sender<Assignments>,
         reports: mpsc::Receiver<StatusReport>,
-    ) -> (SessionClient, watch::Receiver<bool>) {
+    ) -> (SessionClient, SessionWatch) {
         let mut kept = Kept::load(&data_dir);
         for m in managers.into_iter().rev() {
             kept.managers.retain(|k| k.peer_id != m.peer_id);
@@ -102,6 +159,8 @@ impl SessionClient {
             .map(|t| (t.id.clone(), (t.clone(), task_digest(t))))
             .collect();
         let (online, online_rx) = watch::channel(false);
+        let (managers_tx, managers_rx) = watch::channel(kept.managers.clone());
+        let (role, role_rx) = watch::channel(NodeRole::Worker);
         (
             SessionClient {
                 node_id,
@@ -115,9 +174,15 @@ impl SessionClient {
                 assignments,
                 reports,
                 online,
+                managers_tx,
+                role,
                 last_answer: None,
             },
-            online_rx,
+            SessionWatch {
+                online: online_rx,
+                managers: managers_rx,
+                role: role_rx,
+            },
         )
     }
 
@@ -152,7 +217,13 @@ impl SessionClient {
                     .iter()
                     .map(|(id, (_, d))| (id.clone(), *d))
                     .collect(),
-                wait_ms: self.wait_ms,
+                // The first turn with a manager is answered at once: the
+                // worker learns its role and the managers right away.
+                wait_ms: if failures > 0 || self.last_answer.is_none() {
+                    0
+                } else {
+                    self.wait_ms
+                },
             };
             let timeout = Duration::from_millis(self.wait_ms + 1000);
             let net = self.net.clone();
@@ -236,6 +307,8 @@ impl SessionClient {
 
     async fn apply(&mut self, reply: SessionReply) {
         self.wait_ms = reply.wait_ms.clamp(100, 60_000);
+        self.role
+            .send_if_modified(|r| std::mem::replace(r, reply.role) != reply.role);
         let mut changed = !reply.changed.is_empty() || !reply.removed.is_empty();
         for id in &reply.removed {
             self.tasks.remove(id);
@@ -251,6 +324,7 @@ impl SessionClient {
             self.current = now
                 .and_then(|p| self.kept.managers.iter().position(|m| m.peer_id == p))
                 .unwrap_or(0);
+            self.managers_tx.send_replace(self.kept.managers.clone());
             changed = true;
         }
         // The first answer is pushed even when empty: the worker acts only
