@@ -570,13 +570,7 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
     );
     let registered = token.is_some();
     if let Some(t) = token {
-        let req = JoinRequest {
-            token: t.to_string(),
-            node: me.clone(),
-            peer_id: net.peer_id(),
-            raft_id: identity.raft_id,
-        };
-        let accepted = join_cluster(&net, &join_addrs, req).await?;
+        let accepted = join_cluster(&net, &join_addrs, &t, &me, identity.raft_id).await?;
         for (rid, peer, addr) in &accepted.managers {
             book.insert(*rid, peer.clone());
             net.add_peer(peer, addr);
@@ -786,13 +780,7 @@ async fn run_worker(w: WorkerStart<'_>) -> anyhow::Result<Ended> {
     let registered = token.is_some();
     let mut managers = Vec::new();
     if let Some(t) = token {
-        let req = JoinRequest {
-            token: t.to_string(),
-            node: me.clone(),
-            peer_id: net.peer_id(),
-            raft_id: identity.raft_id,
-        };
-        let accepted = join_cluster(&net, &join_addrs, req).await?;
+        let accepted = join_cluster(&net, &join_addrs, &t, &me, identity.raft_id).await?;
         managers = join_managers(&accepted);
         identity.role = accepted.role;
         tracing::info!(role = %accepted.role, cluster = %accepted.cluster_id, "joined the cluster");
@@ -923,8 +911,16 @@ async fn refuse_inbound(
 async fn join_cluster(
     net: &NetHandle,
     addrs: &[String],
-    req: JoinRequest,
+    token: &JoinToken,
+    me: &Node,
+    raft_id: u64,
 ) -> anyhow::Result<skein_protocol::wire::JoinAccepted> {
+    let req = JoinRequest {
+        token: token.to_string(),
+        node: me.clone(),
+        peer_id: net.peer_id(),
+        raft_id,
+    };
     let mut last_err = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline {

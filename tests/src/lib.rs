@@ -63,6 +63,19 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The output of `child` once it exits, or once it is killed after `limit`.
+fn output_within(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("agent output")
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -303,15 +316,11 @@ impl Agent {
         });
     }
 
-    fn spawn_process(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))
-            .expect("agent log");
-        let log2 = log.try_clone().expect("agent log");
-        let child = Command::new(skein_bin())
-            .arg("agent")
+    /// `skein agent` with this agent's data dir, runtime, addresses, name
+    /// and extra flags.
+    fn agent_command(&self) -> Command {
+        let mut cmd = Command::new(skein_bin());
+        cmd.arg("agent")
             .arg("--data-dir")
             .arg(self.data_dir())
             .args([
@@ -324,7 +333,19 @@ impl Agent {
                 "--listen",
                 &self.listen,
             ])
-            .args(&self.extra)
+            .args(&self.extra);
+        cmd
+    }
+
+    fn spawn_process(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("agent log");
+        let log2 = log.try_clone().expect("agent log");
+        let child = self
+            .agent_command()
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)
@@ -345,7 +366,7 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let api = format!("127.0.0.1:{}", free_port());
         let listen = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(skein_bin())
+        let child = Command::new(skein_bin())
             .arg("agent")
             .arg("--data-dir")
             .arg(dir.path().join("data"))
@@ -365,15 +386,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start skein agent");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        child.wait_with_output().expect("agent output")
+        output_within(child, Duration::from_secs(60))
     }
 
     /// `kill -9` the agent: its tasks keep running.
@@ -409,36 +422,15 @@ impl Agent {
     /// and returns its output once it exits (it is killed after 30 s).
     pub fn run_to_exit(&mut self, extra: &[&str]) -> Output {
         self.kill9();
-        let mut child = Command::new(skein_bin())
-            .arg("agent")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args([
-                "--runtime",
-                &self.runtime,
-                "--api",
-                &self.api,
-                "--name",
-                &self.name,
-                "--listen",
-                &self.listen,
-            ])
-            .args(&self.extra)
+        let child = self
+            .agent_command()
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start skein agent");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        child.wait_with_output().expect("agent output")
+        output_within(child, Duration::from_secs(30))
     }
 
     pub fn log(&self) -> String {
