@@ -364,11 +364,14 @@ struct RawFile {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "x-skein settings: {runtime: process}"
+    expecting = "x-skein settings: {runtime: process, on_disconnect: keep}"
 )]
 struct XSkein {
     #[serde(default)]
     runtime: Option<RuntimeKind>,
+    /// keep or stop-after=DURATION (services only).
+    #[serde(default)]
+    on_disconnect: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1372,6 +1375,16 @@ impl Ctx<'_> {
                 used: false,
             });
         }
+        if raw
+            .x_skein
+            .as_ref()
+            .is_some_and(|x| x.on_disconnect.is_some())
+        {
+            return Err(self.err(
+                "x-skein.on_disconnect",
+                "on_disconnect goes on a service (services.NAME.x-skein.on_disconnect), not on the stack",
+            ));
+        }
         let top_runtime = raw.x_skein.and_then(|x| x.runtime);
         let services = match raw.services {
             Some(s) if !s.0.is_empty() => s.0,
@@ -1532,7 +1545,16 @@ impl Ctx<'_> {
             ));
         };
         let mut spec = ServiceSpec::new(format!("{stack}_{key}"), image);
-        spec.runtime = raw.x_skein.and_then(|x| x.runtime).or(top_runtime);
+        let x_skein = raw.x_skein.unwrap_or(XSkein {
+            runtime: None,
+            on_disconnect: None,
+        });
+        spec.runtime = x_skein.runtime.or(top_runtime);
+        if let Some(o) = x_skein.on_disconnect {
+            spec.on_disconnect = o
+                .parse()
+                .map_err(|e: String| self.err(&at("x-skein.on_disconnect"), e))?;
+        }
         if let Some(c) = raw.entrypoint {
             spec.entrypoint = self.words(&at("entrypoint"), c)?;
         }
@@ -2360,7 +2382,7 @@ fn spec_field_path(base: &str, field: &str) -> String {
         "name" => base.to_string(),
         "replicas" | "update_config" | "rollback_config" | "placement" | "resources"
         | "restart_policy" => format!("{base}.deploy.{field}"),
-        "failover" | "runtime" => format!("{base}.x-skein.{field}"),
+        "failover" | "runtime" | "on_disconnect" => format!("{base}.x-skein.{field}"),
         "env" => format!("{base}.environment"),
         "mounts" => format!("{base}.volumes{}", &field["mounts".len()..]),
         "container_labels" => format!("{base}.labels"),

@@ -348,6 +348,65 @@ pub struct ServiceSpec {
     /// so all are replaced even though nothing else changed.
     #[serde(default)]
     pub force_update: u64,
+    /// What a worker cut off from every manager does with its tasks.
+    #[serde(default)]
+    pub on_disconnect: OnDisconnect,
+}
+
+/// What a worker that no manager answers does with a service's tasks
+/// (`--on-disconnect`): `keep` them running (the default; offline autonomy),
+/// or `stop-after=DURATION` of being cut off, for a singleton that must not
+/// run twice while the cluster starts a replacement elsewhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum OnDisconnect {
+    #[default]
+    Keep,
+    StopAfter(Dur),
+}
+
+impl fmt::Display for OnDisconnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OnDisconnect::Keep => f.write_str("keep"),
+            OnDisconnect::StopAfter(d) => write!(f, "stop-after={d}"),
+        }
+    }
+}
+
+impl From<OnDisconnect> for String {
+    fn from(o: OnDisconnect) -> String {
+        o.to_string()
+    }
+}
+
+impl TryFrom<String> for OnDisconnect {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for OnDisconnect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        if t == "keep" {
+            return Ok(OnDisconnect::Keep);
+        }
+        match t.strip_prefix("stop-after=") {
+            Some(d) => match d.parse::<Dur>() {
+                Ok(d) if d.as_millis() > 0 => Ok(OnDisconnect::StopAfter(d)),
+                Ok(_) => Err(format!(
+                    "{t:?}: the duration must be above zero, e.g. stop-after=30s"
+                )),
+                Err(e) => Err(format!("{t:?}: {e}")),
+            },
+            None => Err(format!(
+                "{t:?}: write keep or stop-after=DURATION (e.g. stop-after=30s)"
+            )),
+        }
+    }
 }
 
 pub mod defaults {
@@ -408,6 +467,7 @@ impl ServiceSpec {
             stop_signal: None,
             failover: None,
             force_update: 0,
+            on_disconnect: OnDisconnect::Keep,
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(40);
 const ARGV: [&str; 2] = ["sleep", "3841"];
+const SINGLETON: [&str; 2] = ["sleep", "3842"];
 
 fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) on our own child process.
@@ -33,9 +34,21 @@ fn a_worker_keeps_its_work_running_and_restarting_with_its_manager_stopped() {
         "sleep",
         "3841",
     ]);
+    // A singleton that must not run twice: stopped once cut off for 2 s.
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "lock-holder",
+        "--on-disconnect",
+        "stop-after=2s",
+        "sleep",
+        "3842",
+    ]);
     let w1 = &c.workers[0];
-    wait_for("both replicas running on w1", T, || {
-        (w1.task_processes(&ARGV).len() == 2).then_some(())
+    wait_for("both replicas and the singleton running on w1", T, || {
+        (w1.task_processes(&ARGV).len() == 2 && w1.task_processes(&SINGLETON).len() == 1)
+            .then_some(())
     });
     let manager_pid = m1.pid().expect("m1 runs");
     signal(manager_pid, libc::SIGSTOP);
@@ -82,6 +95,13 @@ fn a_worker_keeps_its_work_running_and_restarting_with_its_manager_stopped() {
         "tasks kept running across the agent restart"
     );
 
+    // The singleton stopped: the worker has been cut off for over 2 s.
+    wait_for(
+        "the stop-after singleton to stop on the cut-off worker",
+        T,
+        || w1.task_processes(&SINGLETON).is_empty().then_some(()),
+    );
+
     // The manager comes back, after a pause longer than its 3 s grace
     // period: nothing is replaced, the node is ready.
     let pause = Duration::from_secs(6);
@@ -115,6 +135,12 @@ fn a_worker_keeps_its_work_running_and_restarting_with_its_manager_stopped() {
         2,
         "{ps}"
     );
+    // The singleton runs again (a new task: it was stopped, not kept).
+    wait_for("the singleton to run again", T, || {
+        (w1.task_processes(&SINGLETON).len() == 1).then_some(())
+    });
+    let ps = m1.ok(&["service", "ps", "lock-holder"]);
+    assert!(ps.contains("on-disconnect stop-after=2s"), "{ps}");
     let log = m1.log();
     assert!(
         log.contains("not running for a while"),

@@ -1,5 +1,5 @@
 use super::*;
-use skein_protocol::{ResourceAmounts, Resources};
+use skein_protocol::{OnDisconnect, ResourceAmounts, Resources};
 
 fn parse(text: &str) -> Stack {
     match parse_stack(text, "stack.yml", "s") {
@@ -768,6 +768,23 @@ fn runtime_from_service_then_top_level_then_none() {
     assert!(e.to_string().contains("use docker or process"), "{e}");
     let e = fail("x-skein:\n  runtim: process\nservices:\n  a:\n    image: sh\n");
     assert!(e.to_string().contains("did you mean \"runtime\""), "{e}");
+}
+
+#[test]
+fn on_disconnect_is_keep_unless_a_service_says_stop_after() {
+    let s = parse(
+        "services:\n  a:\n    image: sh\n  b:\n    image: sh\n    x-skein: {on_disconnect: stop-after=30s}\n",
+    );
+    assert_eq!(service(&s, "s_a").on_disconnect, OnDisconnect::Keep);
+    assert_eq!(
+        service(&s, "s_b").on_disconnect,
+        OnDisconnect::StopAfter(skein_protocol::Dur::from_secs(30))
+    );
+    let e = fail("services:\n  a:\n    image: sh\n    x-skein: {on_disconnect: stop}\n");
+    assert_eq!(e.path(), Some("services.a.x-skein.on_disconnect"));
+    assert!(e.to_string().contains("stop-after=DURATION"), "{e}");
+    let e = fail("x-skein: {on_disconnect: keep}\nservices:\n  a:\n    image: sh\n");
+    assert!(e.to_string().contains("on a service"), "{e}");
 }
 
 // --- volumes: mounts and named volumes ----------------------------------------

@@ -136,6 +136,11 @@ pub struct CreateArgs {
     /// Time a task gets to stop before it is killed.
     #[arg(long)]
     stop_grace_period: Option<Dur>,
+    /// What a worker no manager answers does with the tasks: keep (run
+    /// on, the default) or stop-after=DURATION (a singleton that must not
+    /// run twice).
+    #[arg(long)]
+    on_disconnect: Option<skein_protocol::OnDisconnect>,
     /// Signal that stops a task (default SIGTERM).
     #[arg(long)]
     stop_signal: Option<String>,
@@ -582,6 +587,9 @@ pub fn build_spec(a: &CreateArgs) -> anyhow::Result<ServiceSpec> {
     a.rollout.apply(&mut spec)?;
     if let Some(g) = a.stop_grace_period {
         spec.stop_grace_period = g;
+    }
+    if let Some(o) = a.on_disconnect {
+        spec.on_disconnect = o;
     }
     spec.stop_signal = a.stop_signal.clone();
     spec.validate()

@@ -58,6 +58,10 @@ pub struct UpdateArgs {
     /// Replace every task even if nothing changed.
     #[arg(long)]
     force: bool,
+    /// keep or stop-after=DURATION: what a worker no manager answers does
+    /// with the tasks.
+    #[arg(long)]
+    on_disconnect: Option<skein_protocol::OnDisconnect>,
     /// Return at once instead of following the update.
     #[arg(short, long)]
     detach: bool,
@@ -140,6 +144,9 @@ pub fn updated_spec(old: &ServiceSpec, a: &UpdateArgs) -> anyhow::Result<Service
             }
             _ => bail!("--env-add {e:?}: write KEY=VALUE"),
         }
+    }
+    if let Some(o) = a.on_disconnect {
+        spec.on_disconnect = o;
     }
     if let Some(n) = a.replicas {
         if spec.mode == ServiceMode::Global {

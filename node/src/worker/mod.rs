@@ -126,6 +126,8 @@ pub struct Worker {
     online: Option<watch::Receiver<bool>>,
     /// Where local restart counts are kept across agent restarts.
     restarts_file: Option<std::path::PathBuf>,
+    /// Since when (ms) no manager answers, as this worker noticed it.
+    offline_since: Option<u64>,
 }
 
 /// Re-send a status the store has not recorded after this long.
@@ -153,6 +155,7 @@ impl Worker {
             poll: Duration::from_millis(500),
             online: None,
             restarts_file: None,
+            offline_since: None,
         }
     }
 
@@ -325,6 +328,12 @@ impl Worker {
         let now = crate::util::now_ms();
         let mut updates = Vec::new();
         let offline = self.online.as_ref().is_some_and(|o| !*o.borrow());
+        self.offline_since = if offline {
+            Some(self.offline_since.unwrap_or(now))
+        } else {
+            None
+        };
+        let offline_for = self.offline_since.map(|t| now.saturating_sub(t));
         let mut restarted = false;
 
         // Runtime instances nobody assigned (removed services, reaped tasks).
@@ -361,6 +370,20 @@ impl Worker {
             }
             let obs = observed.get(id);
             let stored = task.status.state;
+            if let Some(why) = cut_off_stop(&task, offline_for) {
+                if local.final_status.is_none() && !stored.is_terminal() {
+                    tracing::warn!(task = %id, "{why}: stopping it (on-disconnect)");
+                    local.final_status = Some(TaskStatus {
+                        state: TaskState::Failed,
+                        timestamp: now,
+                        finished_at: Some(now),
+                        error: why,
+                        message: "stopped: cut off".into(),
+                        started_at: task.status.started_at,
+                        ..Default::default()
+                    });
+                }
+            }
             let want: Option<TaskStatus> = if stored.is_terminal() {
                 // Finished in the store: make sure nothing of it still runs.
                 if matches!(obs, Some(o) if o.state == ObservedState::Running) {
@@ -416,7 +439,10 @@ impl Worker {
                     }
                     Some(o) => {
                         let exited = status_of(o, now);
-                        if offline && restarts_locally(&task, &exited, local.local_restarts) {
+                        if offline
+                            && cut_off_stop(&task, offline_for).is_none()
+                            && restarts_locally(&task, &exited, local.local_restarts)
+                        {
                             let delay = task.spec.restart_policy.delay.as_millis();
                             let finished = exited.finished_at.unwrap_or(now);
                             let due = *local.restart_due.get_or_insert(finished + delay);
@@ -606,6 +632,22 @@ fn running_status(
         }
     }
     st
+}
+
+/// Why a task whose service says `--on-disconnect stop-after=D` must stop
+/// now that no manager has answered for `offline_for` ms (None: it runs on).
+pub fn cut_off_stop(task: &Task, offline_for: Option<u64>) -> Option<String> {
+    let skein_protocol::OnDisconnect::StopAfter(d) = task.spec.on_disconnect else {
+        return None;
+    };
+    let off = offline_for?;
+    (off >= d.as_millis() && task.desired_state == TaskState::Running).then(|| {
+        format!(
+            "no manager reachable for {}: stopped (on-disconnect {})",
+            skein_protocol::Dur::from_millis(off),
+            task.spec.on_disconnect
+        )
+    })
 }
 
 /// Whether a task that ended (`exited`) while no manager is reachable is
