@@ -99,9 +99,13 @@ pub async fn serve_join(
     // Only managers are Raft members (a learner first, a voter once caught
     // up: see cluster::membership); a worker holds a session instead.
     let already = p.voters.contains(&req.raft_id) || p.learners.contains(&req.raft_id);
+    // Recorded is joined: answering an error now would lock the node out
+    // under its name (a new attempt comes with a new node id). A manager
+    // Raft could not take yet is added by the leader's membership loop,
+    // which adds every manager that is not a Raft member.
     if role == NodeRole::Manager && !already {
         if let Err(e) = raft.add_learner(req.raft_id).await {
-            return WireReply::Error(format!("cannot add the node to raft: {e}"));
+            tracing::info!(node = %req.node.name, error = %e, "new manager not in raft yet: the membership loop adds it");
         }
     }
     tracing::info!(node = %req.node.name, raft_id = req.raft_id, ?role, "node joined");
