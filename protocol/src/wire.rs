@@ -116,6 +116,13 @@ pub enum WireReply {
     },
     /// The request was refused or failed; the text says why and what to do.
     Error(String),
+    /// A forwarded proposal the leader's state refused, with the HTTP status
+    /// the refusal means (404 no such object, 409 conflict, 400 otherwise):
+    /// the same refusal answers alike on the leader and on a follower.
+    Refused {
+        status: u16,
+        message: String,
+    },
     Joined(Box<JoinAccepted>),
     Gossip(Box<crate::gossip::GossipReply>),
     Session(Box<SessionReply>),

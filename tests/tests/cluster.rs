@@ -87,6 +87,17 @@ fn five_nodes_one_leader_and_replicas_spread() {
         })
         .expect("a follower manager");
     follower.ok(&create);
+    // The same refusal answers alike through the follower and the leader.
+    let leader = c.leader(follower).expect("a leader");
+    for via in [follower, leader] {
+        let out = via.cli(&create);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("already exists") && err.contains("409"),
+            "through {}: {err}",
+            via.name
+        );
+    }
     let on = running_nodes(&c.managers[1], "web");
     assert_eq!(on.len(), 6);
     let mut distinct = on.clone();

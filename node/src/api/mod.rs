@@ -74,7 +74,14 @@ impl IntoResponse for ApiError {
 
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
-        let status = match &e {
+        ApiError::new(status_of(&e), e.to_string())
+    }
+}
+
+/// The HTTP status a proposal's failure means, wherever it was proposed.
+pub fn status_of(e: &ProposeError) -> StatusCode {
+    {
+        match e {
             ProposeError::Rejected(ApplyError::ServiceExists(_)) => StatusCode::CONFLICT,
             ProposeError::Rejected(ApplyError::VersionConflict { .. }) => StatusCode::CONFLICT,
             ProposeError::Rejected(ApplyError::NoSuchService(_) | ApplyError::NoSuchNode(_)) => {
@@ -92,8 +99,7 @@ impl From<ProposeError> for ApiError {
             | ProposeError::NotAVoter(_)
             | ProposeError::ConfChange(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
+        }
     }
 }
 
@@ -102,6 +108,10 @@ impl From<crate::cluster::forward::ForwardError> for ApiError {
         use crate::cluster::forward::ForwardError;
         match e {
             ForwardError::Local(p) => p.into(),
+            ForwardError::Refused { status, message } => ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                message,
+            ),
             ForwardError::Remote(m) => {
                 // The leader refused: the same kinds of refusal as a local apply.
                 let status =

@@ -1,7 +1,8 @@
 //! Writes from any node: a command proposed here goes into the local Raft
 //! node when it leads, and is forwarded to the leader otherwise (and the
-//! leader's verdict comes back). The caller cannot tell the difference,
-//! except that a refusal from a remote leader arrives as text.
+//! leader's verdict comes back). The caller cannot tell the difference: a
+//! refusal by the leader's state comes back typed ([`ForwardError::Refused`],
+//! with the HTTP status it means), so the API answers it alike everywhere.
 //!
 //! Every write is wrapped in a [`Command::Once`] with a fresh request id, so
 //! the proposer may send it again whenever it cannot tell whether an attempt
@@ -43,6 +44,9 @@ pub enum ForwardError {
     Local(#[from] ProposeError),
     #[error("{0}")]
     Remote(String),
+    /// The leader's state refused the proposal (typed: see `WireReply::Refused`).
+    #[error("{message}")]
+    Refused { status: u16, message: String },
     #[error("no leader is known: the cluster has no quorum right now (check `skein node ls`)")]
     NoLeader,
     #[error("cannot reach the leader: {0}")]
@@ -170,6 +174,9 @@ impl Proposer {
                 }
             }
             Ok(WireReply::Error(e)) => Attempt::Done(Err(ForwardError::Remote(e))),
+            Ok(WireReply::Refused { status, message }) => {
+                Attempt::Done(Err(ForwardError::Refused { status, message }))
+            }
             Ok(other) => Attempt::Done(Err(ForwardError::Remote(format!(
                 "unexpected answer {other:?}"
             )))),
@@ -267,6 +274,10 @@ pub async fn serve_propose(raft: &RaftHandle, cmd: Command) -> WireReply {
         Err(e @ (ProposeError::Dropped | ProposeError::Uncertain)) => {
             WireReply::Error(format!("{RETRY}{e}"))
         }
+        Err(e @ ProposeError::Rejected(_)) => WireReply::Refused {
+            status: crate::api::status_of(&e).as_u16(),
+            message: e.to_string(),
+        },
         Err(e) => WireReply::Error(e.to_string()),
     }
 }

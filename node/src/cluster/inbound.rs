@@ -140,6 +140,10 @@ impl Router {
                                     Ok(()) => WireReply::Applied {
                                         index: proposer.raft().current().applied,
                                     },
+                                    Err(super::forward::ForwardError::Refused {
+                                        status,
+                                        message,
+                                    }) => WireReply::Refused { status, message },
                                     Err(e) => WireReply::Error(e.to_string()),
                                 };
                                 let _ = reply.send(r);

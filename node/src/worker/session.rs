@@ -105,6 +105,7 @@ pub async fn propose_via(
             {
                 Ok(WireReply::Applied { .. }) => return Ok(()),
                 Ok(WireReply::Error(e)) if e.starts_with("refused") => return Err(e),
+                Ok(WireReply::Refused { message, .. }) => return Err(message),
                 Ok(WireReply::Error(e)) => last = format!("{}: {e}", m.name),
                 Ok(other) => last = format!("{}: unexpected answer {other:?}", m.name),
                 Err(e) => last = format!("{}: {e}", m.name),
