@@ -65,6 +65,11 @@ impl Kept {
     }
 }
 
+/// A random start in the list of managers: workers spread their sessions.
+fn spread() -> usize {
+    (crate::util::random_u64() % 4096) as usize
+}
+
 /// What a session tells the rest of the node.
 #[derive(Clone)]
 pub struct SessionWatch {
@@ -169,7 +174,8 @@ impl SessionClient {
                 data_dir,
                 kept,
                 tasks,
-                current: 0,
+                // Spread the fleet's sessions over the managers.
+                current: spread(),
                 wait_ms: 1000,
                 sequence: 0,
                 assignments,
@@ -324,7 +330,7 @@ impl SessionClient {
             self.kept.managers = reply.managers;
             self.current = now
                 .and_then(|p| self.kept.managers.iter().position(|m| m.peer_id == p))
-                .unwrap_or(0);
+                .unwrap_or_else(spread);
             self.managers_tx.send_replace(self.kept.managers.clone());
             changed = true;
         }
