@@ -160,7 +160,7 @@ impl RaftCore {
     /// Opens the log in `db`. An empty log becomes a new cluster whose only voter is
     /// `raft_id`; an existing one resumes where it stopped.
     pub fn open(db: &sled::Db, raft_id: u64, opts: &RaftOptions) -> Result<RaftCore, RaftError> {
-        Self::open_inner(db, raft_id, opts, true)
+        Self::open_inner(SledStorage::open(db)?, raft_id, opts, true)
     }
 
     /// Opens the log in `db` for a node joining an existing cluster: an empty log stays empty
@@ -172,16 +172,29 @@ impl RaftCore {
         raft_id: u64,
         opts: &RaftOptions,
     ) -> Result<RaftCore, RaftError> {
-        Self::open_inner(db, raft_id, opts, false)
+        Self::open_inner(SledStorage::open(db)?, raft_id, opts, false)
     }
 
-    fn open_inner(
+    /// [`RaftCore::open`] (`found`) or [`RaftCore::open_joining`] over a storage that records
+    /// its unflushed writes in `journal`, so the simulation can cut the power.
+    #[cfg(test)]
+    pub(crate) fn open_journaled(
         db: &sled::Db,
         raft_id: u64,
         opts: &RaftOptions,
         found: bool,
+        journal: std::sync::Arc<super::storage::WriteJournal>,
     ) -> Result<RaftCore, RaftError> {
-        let store = SledStorage::open(db)?;
+        let store = SledStorage::open_journaled(db, journal)?;
+        Self::open_inner(store, raft_id, opts, found)
+    }
+
+    fn open_inner(
+        store: SledStorage,
+        raft_id: u64,
+        opts: &RaftOptions,
+        found: bool,
+    ) -> Result<RaftCore, RaftError> {
         if found && !store.is_initialized() {
             let mut cs = ConfState::default();
             cs.mut_voters().push(raft_id);
