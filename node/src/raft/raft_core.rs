@@ -154,13 +154,16 @@ pub struct RaftCore {
     answers: Vec<(u64, Result<(), ProposeError>)>,
     record: bool,
     jitter: Option<SplitMix64>,
+    /// A voter to send `MsgTimeoutNow` once the current `Ready` is done (see
+    /// `step_down_removed`).
+    timeout_now: Option<u64>,
 }
 
 impl RaftCore {
     /// Opens the log in `db`. An empty log becomes a new cluster whose only voter is
     /// `raft_id`; an existing one resumes where it stopped.
     pub fn open(db: &sled::Db, raft_id: u64, opts: &RaftOptions) -> Result<RaftCore, RaftError> {
-        Self::open_inner(db, raft_id, opts, true)
+        Self::open_inner(SledStorage::open(db)?, raft_id, opts, true)
     }
 
     /// Opens the log in `db` for a node joining an existing cluster: an empty log stays empty
@@ -172,16 +175,29 @@ impl RaftCore {
         raft_id: u64,
         opts: &RaftOptions,
     ) -> Result<RaftCore, RaftError> {
-        Self::open_inner(db, raft_id, opts, false)
+        Self::open_inner(SledStorage::open(db)?, raft_id, opts, false)
     }
 
-    fn open_inner(
+    /// [`RaftCore::open`] (`found`) or [`RaftCore::open_joining`] over a storage that records
+    /// its unflushed writes in `journal`, so the simulation can cut the power.
+    #[cfg(test)]
+    pub(crate) fn open_journaled(
         db: &sled::Db,
         raft_id: u64,
         opts: &RaftOptions,
         found: bool,
+        journal: std::sync::Arc<super::storage::WriteJournal>,
     ) -> Result<RaftCore, RaftError> {
-        let store = SledStorage::open(db)?;
+        let store = SledStorage::open_journaled(db, journal)?;
+        Self::open_inner(store, raft_id, opts, found)
+    }
+
+    fn open_inner(
+        store: SledStorage,
+        raft_id: u64,
+        opts: &RaftOptions,
+        found: bool,
+    ) -> Result<RaftCore, RaftError> {
         if found && !store.is_initialized() {
             let mut cs = ConfState::default();
             cs.mut_voters().push(raft_id);
@@ -230,6 +246,7 @@ impl RaftCore {
             answers: Vec::new(),
             record: false,
             jitter: None,
+            timeout_now: None,
         })
     }
 
@@ -594,6 +611,10 @@ impl RaftCore {
             self.store.flush()?;
         }
         self.node.advance_apply();
+        if let Some(to) = self.timeout_now.take() {
+            // The next Ready carries it.
+            self.node.raft.send_timeout_now(to);
+        }
         self.maybe_snapshot()?;
         Ok(())
     }
@@ -689,6 +710,9 @@ impl RaftCore {
                     learners = ?cs.learners,
                     "membership changed"
                 );
+                if self.is_leader() && !cs.voters.contains(&self.node.raft.id) {
+                    self.step_down_removed();
+                }
                 Ok(())
             }
             Err(e) => {
@@ -697,6 +721,35 @@ impl RaftCore {
                 Err(ProposeError::ConfChange(e.to_string()))
             }
         }
+    }
+
+    /// This leader just applied its own removal or demotion. `propose_membership` refuses that
+    /// change on the leader, but the node it removes can win an election while the change is
+    /// still uncommitted, then commit and apply it as leader. raft-rs keeps such a node leading
+    /// (an untested branch of `post_conf_change`) and panics at its next commit check (its own
+    /// progress is gone). So it steps down at once, in the same term (it cannot be re-elected:
+    /// it is no voter now), and once the `Ready` is done (raft-rs refuses new messages from a
+    /// follower in between) tells a caught-up voter, if any, to campaign at once instead of
+    /// after an election timeout.
+    fn step_down_removed(&mut self) {
+        let raft = &mut self.node.raft;
+        let last = raft.raft_log.last_index();
+        let voters = raft.prs().conf().voters().ids();
+        let successor = raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| voters.contains(**id) && pr.matched == last)
+            .map(|(&id, _)| id)
+            .min();
+        tracing::warn!(
+            raft_id = raft.id,
+            term = raft.term,
+            ?successor,
+            "this leader was removed from the voters: stepping down"
+        );
+        let term = raft.term;
+        raft.become_follower(term, INVALID_ID);
+        self.timeout_now = successor;
     }
 
     /// Answers the proposals this entry decides: its own, and any older one it overtook.

@@ -2,9 +2,14 @@
 //! own sled database in a temp dir, an in-memory network, a manual clock and one seeded RNG.
 //!
 //! The network queues every message with a delivery tick and delivers due messages in an
-//! RNG-chosen order; it drops, duplicates and delays messages, and cuts links (partitions).
-//! Nodes crash (the core and the sled handle are dropped) and restart (sled reopened from the
-//! same dir). raft-rs's election timeouts come from the seeded RNG too
+//! RNG-chosen order; it drops, duplicates and delays messages, and cuts links: partitions both
+//! ways, and one way (a node hears its peers but they do not hear it, or the reverse).
+//! A crash is a power loss: the core's storage journals every write since its last flush
+//! ([`WriteJournal`]), and the crash undoes them (all of them, or all but a random prefix, as
+//! sled's log may have reached the disk in part) before the sled handle is dropped; a restart
+//! reopens what is left. Each node's clock drifts: a node skips or doubles a tick with its
+//! own seeded chance (up to `MAX_DRIFT_PCT`), well inside the jitter of election timeouts.
+//! raft-rs's election timeouts come from the seeded RNG too
 //! ([`RaftCore::set_deterministic_timeouts`]), so a seed replays exactly.
 //!
 //! Invariants, checked after every handled `Ready` and every tick:
@@ -15,15 +20,21 @@
 //! - equal applied indexes mean identical state machines;
 //! - an acknowledged proposal is never `Rejected` (names are unique: a rejection would be a
 //!   double apply), a `Dropped` proposal never shows up in the state;
+//! - a node whose removal was acknowledged is out of the configuration of every node that
+//!   applied as far as the leader that acknowledged it, and out of the final one; the last
+//!   acknowledged change of each node holds in the final configuration;
 //! - at the end, after healing and quiescing: one leader, every live member at the same
 //!   applied index with the same state and configuration, every acknowledged proposal in it,
-//!   nothing left pending.
+//!   nothing left pending. The members are the leader's final configuration (voters and
+//!   learners); a node outside it that was not removed (its addition was never acknowledged)
+//!   is stopped.
 //!
 //! Run more seeds by hand: `SKEIN_SIM_SEEDS=2000 cargo test -p skein-node --lib raft::sim --
 //! --nocapture`; replay one: `SKEIN_SIM_SEED=17 cargo test -p skein-node --lib
 //! raft::sim::partition -- --nocapture`. `SKEIN_SIM_TRACE=1` prints the event trace.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use super::storage::WriteJournal;
 use super::{Membership, Output, ProposeError, RaftCore, RaftOptions, SplitMix64};
 use crate::store::ClusterState;
 use raft::eraftpb::{Entry, Message, MessageType};
@@ -32,9 +43,16 @@ use skein_protocol::{codec, Command, Service, ServiceSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ELECTION_TICKS: usize = 10;
+/// How [`Sim::fail`]'s panic messages start.
+const INVARIANT: &str = "raft sim invariant violated";
+/// Largest clock drift: a node skips (slow clock) or doubles (fast clock) a tick with at most
+/// this chance, so its election timeout stretches or shrinks by at most ~10%, where the
+/// randomised timeouts spread over 100% (`[ELECTION_TICKS, 2 * ELECTION_TICKS)`).
+const MAX_DRIFT_PCT: u64 = 10;
 
 fn hash_bytes(parts: &[&[u8]]) -> u64 {
     // SipHash with fixed keys: the same on every run.
@@ -133,7 +151,13 @@ struct Prop {
 
 struct SimNode {
     dir: tempfile::TempDir,
+    /// The database under `core` while the node is up (to cut the power under it).
+    db: Option<sled::Db>,
     core: Option<RaftCore>,
+    /// Undo records of the core's writes since its last flush, across incarnations.
+    journal: Arc<WriteJournal>,
+    /// Clock drift in percent: each tick is skipped (< 0) or doubled (> 0) with this chance.
+    drift: i64,
     /// Founded the cluster (opens with `open`; everyone else joins).
     founder: bool,
     restarts: u64,
@@ -143,6 +167,9 @@ struct SimNode {
     max_applied: u64,
     /// Removed from the cluster: not expected to converge.
     removed: bool,
+    /// Its removal was acknowledged by a leader that had applied this index: every node that
+    /// applied it must have left this node out of its configuration.
+    removed_by: Option<u64>,
     snapshots_installed: u64,
     /// Last (role, term, leader) seen, to trace changes.
     seen: (StateRole, u64, u64),
@@ -162,6 +189,31 @@ struct Stats {
     dropped: u64,
     uncertain: u64,
     ticks: u64,
+    crashes: u64,
+    /// Crashes in the middle of a `Ready`, at a flush.
+    flush_cuts: u64,
+    /// Crashes that lost at least one unflushed write.
+    power_losses: u64,
+    lost_writes: u64,
+    /// Acknowledged membership changes.
+    conf_changes: u64,
+}
+
+impl Stats {
+    fn add(&mut self, s: Stats) {
+        self.elections_fast.extend(s.elections_fast);
+        self.elections_timeout.extend(s.elections_timeout);
+        self.snapshots += s.snapshots;
+        self.acked += s.acked;
+        self.dropped += s.dropped;
+        self.uncertain += s.uncertain;
+        self.ticks += s.ticks;
+        self.crashes += s.crashes;
+        self.flush_cuts += s.flush_cuts;
+        self.power_losses += s.power_losses;
+        self.lost_writes += s.lost_writes;
+        self.conf_changes += s.conf_changes;
+    }
 }
 
 struct Sim {
@@ -171,13 +223,15 @@ struct Sim {
     opts: RaftOptions,
     nodes: BTreeMap<u64, SimNode>,
     net: Net,
+    /// Chance per mille that the power goes out at the first flush of an `advance`.
+    power_cut_permille: u64,
     leaders: BTreeMap<u64, u64>,
     committed: BTreeMap<u64, (u64, u64)>,
     states: BTreeMap<u64, u64>,
     props: BTreeMap<u64, Prop>,
     next_prop: u64,
     /// Answers to sim-driven requests (membership, transfer) by id.
-    answers: BTreeMap<u64, Result<(), String>>,
+    answers: BTreeMap<u64, Result<(), ProposeError>>,
     trace: Vec<String>,
     stats: Stats,
 }
@@ -196,6 +250,7 @@ impl Sim {
             },
             nodes: BTreeMap::new(),
             net: Net::default(),
+            power_cut_permille: 0,
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             states: BTreeMap::new(),
@@ -216,16 +271,22 @@ impl Sim {
         self.trace.push(format!("[t{}] {line}", self.now));
     }
 
-    fn fail(&self, what: String) -> ! {
+    /// The last 60 events (all with `SKEIN_SIM_TRACE`).
+    fn trace_tail(&self) -> String {
         let tail = self.trace.len().saturating_sub(60);
-        let trace = if std::env::var_os("SKEIN_SIM_TRACE").is_some() {
+        if std::env::var_os("SKEIN_SIM_TRACE").is_some() {
             self.trace.join("\n")
         } else {
             self.trace[tail..].join("\n")
-        };
+        }
+    }
+
+    fn fail(&self, what: String) -> ! {
         panic!(
-            "raft sim invariant violated (seed {}, tick {}): {what}\n--- last events ---\n{trace}",
-            self.seed, self.now
+            "{INVARIANT} (seed {}, tick {}): {what}\n--- last events ---\n{}",
+            self.seed,
+            self.now,
+            self.trace_tail()
         );
     }
 
@@ -236,14 +297,19 @@ impl Sim {
     // ---- nodes ----
 
     fn add_node(&mut self, id: u64, founder: bool) {
+        let drift = self.rng.below(2 * MAX_DRIFT_PCT + 1) as i64 - MAX_DRIFT_PCT as i64;
         let node = SimNode {
             dir: temp_dir(),
+            db: None,
             core: None,
+            journal: WriteJournal::new(),
+            drift,
             founder,
             restarts: 0,
             last_applied: 0,
             max_applied: 0,
             removed: false,
+            removed_by: None,
             snapshots_installed: 0,
             seen: (StateRole::Follower, 0, 0),
             hashed: (u64::MAX, 0),
@@ -258,18 +324,17 @@ impl Sim {
         let seed = self.seed;
         let n = self.nodes.get_mut(&id).unwrap();
         let db = open_db(n.dir.path());
-        let mut core = if n.founder {
-            RaftCore::open(&db, id, &opts).expect("open")
-        } else {
-            RaftCore::open_joining(&db, id, &opts).expect("open joining")
-        };
+        let mut core =
+            RaftCore::open_journaled(&db, id, &opts, n.founder, n.journal.clone()).expect("open");
+        n.db = Some(db);
         core.set_deterministic_timeouts(seed ^ (id << 32) ^ n.restarts.wrapping_mul(0x9e37));
         core.record_applied(true);
         n.last_applied = core.applied();
         n.check_state = true;
         let line = format!(
-            "n{id} started (restart #{}) at snapshot {}",
+            "n{id} started (restart #{}, drift {:+}%) at snapshot {}",
             n.restarts,
+            n.drift,
             core.applied()
         );
         n.core = Some(core);
@@ -278,24 +343,73 @@ impl Sim {
         self.absorb(id, out);
     }
 
+    /// A power loss: every write since the core's last flush is lost (or, half the time, all
+    /// but a random prefix of them), then the process is gone.
     fn crash(&mut self, id: u64) {
-        let n = self.nodes.get_mut(&id).unwrap();
-        if n.core.take().is_none() {
+        if !self.is_live(id) {
             return;
         }
+        let unflushed = self.nodes[&id].journal.unflushed();
+        let keep = if unflushed == 0 || self.chance(50) {
+            0
+        } else {
+            self.rng.below(unflushed as u64 + 1) as usize
+        };
+        let n = self.nodes.get_mut(&id).unwrap();
+        let core = n.core.take();
+        let db = n.db.take().expect("a live node has its database");
+        let lost = n.journal.lose_unflushed(&db, keep).expect("power loss");
+        drop(core);
+        drop(db);
         n.restarts += 1;
         for p in self.props.values_mut() {
             if p.node == id && p.fate == Fate::Pending {
                 p.fate = Fate::Lost;
             }
         }
-        self.log(format!("n{id} crashed"));
+        self.stats.crashes += 1;
+        if lost > 0 {
+            self.stats.power_losses += 1;
+            self.stats.lost_writes += lost as u64;
+        }
+        self.log(format!(
+            "n{id} crashed: power loss, {lost} of {unflushed} unflushed writes lost"
+        ));
     }
 
     fn restart(&mut self, id: u64) {
         if self.nodes[&id].core.is_none() {
             self.start_node(id);
         }
+    }
+
+    /// Handles the node's pending `Ready`s and absorbs the output. With `power_cut_permille`,
+    /// the power may go out at the first flush in there: what was sent before it is out, the
+    /// rest (persisted messages, answers) never leaves, and the node is down.
+    fn advance(&mut self, id: u64) {
+        let journal = self.nodes[&id].journal.clone();
+        let armed = self.power_cut_permille > 0 && self.rng.below(1000) < self.power_cut_permille;
+        journal.cut_at_next_flush(armed);
+        let mut sent = Vec::new();
+        let mut out = self
+            .core(id)
+            .advance_with(&mut |m| {
+                if !journal.is_cut() {
+                    sent.extend(m);
+                }
+            })
+            .expect("advance");
+        out.messages = sent;
+        if !journal.is_cut() {
+            journal.cut_at_next_flush(false);
+            self.absorb(id, out);
+            return;
+        }
+        self.log(format!("n{id} loses power while flushing"));
+        self.stats.flush_cuts += 1;
+        out.answers.clear();
+        self.absorb(id, out);
+        self.crash(id);
     }
 
     fn core(&mut self, id: u64) -> &mut RaftCore {
@@ -314,10 +428,11 @@ impl Sim {
         self.nodes.get(&id).is_some_and(|n| n.core.is_some())
     }
 
-    /// The live node that leads at the highest term, if any.
+    /// The live member that leads at the highest term, if any.
     fn leader(&self) -> Option<u64> {
         self.nodes
             .iter()
+            .filter(|(_, n)| !n.removed)
             .filter_map(|(&id, n)| n.core.as_ref().map(|c| (id, c)))
             .filter(|(_, c)| c.is_leader())
             .max_by_key(|(_, c)| c.term())
@@ -372,8 +487,7 @@ impl Sim {
                 continue;
             }
             self.core(to).step(msg);
-            let out = self.core(to).advance().expect("advance");
-            self.absorb(to, out);
+            self.advance(to);
         }
         self.fail("message storm: 100000 deliveries in one tick".into());
     }
@@ -388,6 +502,50 @@ impl Sim {
             }
         }
         self.log(format!("partition: {side:?} | rest"));
+    }
+
+    /// One way: the nodes in `deaf` stop hearing every node outside it, which still hear them.
+    fn deafen(&mut self, deaf: &BTreeSet<u64>) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for &a in &ids {
+            for &b in &ids {
+                if !deaf.contains(&a) && deaf.contains(&b) {
+                    self.net.cut.insert((a, b));
+                }
+            }
+        }
+        self.log(format!(
+            "one way: {deaf:?} hear nobody else, the rest hear them"
+        ));
+    }
+
+    /// Heals, then splits the nodes at random: both ways, one way (either side deaf to the
+    /// other), or a single link cut in one direction.
+    fn random_split(&mut self, pct: u64) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        let mut side = BTreeSet::new();
+        for &i in &ids {
+            if self.chance(pct) {
+                side.insert(i);
+            }
+        }
+        self.heal();
+        match self.rng.below(4) {
+            0 => self.partition(&side),
+            1 => self.deafen(&side),
+            2 => {
+                let rest = ids.iter().copied().filter(|i| !side.contains(i)).collect();
+                self.deafen(&rest);
+            }
+            _ => {
+                let a = ids[self.rng.below(ids.len() as u64) as usize];
+                let b = ids[self.rng.below(ids.len() as u64) as usize];
+                if a != b {
+                    self.net.cut.insert((a, b));
+                    self.log(format!("one way: n{b} does not hear n{a}"));
+                }
+            }
+        }
     }
 
     fn heal(&mut self) {
@@ -408,9 +566,21 @@ impl Sim {
         self.now += 1;
         self.stats.ticks += 1;
         for id in self.live() {
-            self.core(id).tick();
-            let out = self.core(id).advance().expect("advance");
-            self.absorb(id, out);
+            // Clock drift: a slow clock misses a tick now and then, a fast one ticks twice.
+            let drift = self.nodes[&id].drift;
+            let ticks = if self.chance(drift.unsigned_abs()) {
+                if drift < 0 {
+                    0
+                } else {
+                    2
+                }
+            } else {
+                1
+            };
+            for _ in 0..ticks {
+                self.core(id).tick();
+            }
+            self.advance(id);
         }
         self.deliver();
         self.check_tick();
@@ -512,9 +682,8 @@ impl Sim {
             .get(&pid)
             .map(|p| (p.name.clone(), p.node, p.minority))
         else {
-            let r = result.map_err(|e| e.to_string());
-            self.log(format!("n{id} answered request {pid}: {r:?}"));
-            self.answers.insert(pid, r);
+            self.log(format!("n{id} answered request {pid}: {result:?}"));
+            self.answers.insert(pid, result);
             return;
         };
         if node != id {
@@ -591,9 +760,24 @@ impl Sim {
     }
 
     fn check_tick(&mut self) {
+        let gone: Vec<(u64, u64)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&x, n)| n.removed_by.map(|at| (x, at)))
+            .collect();
         for id in self.live() {
             self.check_leader(id);
             let c = self.nodes[&id].core.as_ref().unwrap();
+            for &(x, at) in &gone {
+                let cs = c.conf_state();
+                if c.applied() >= at && (cs.voters.contains(&x) || cs.learners.contains(&x)) {
+                    let msg = format!(
+                        "n{id} applied {} but still has n{x} in its configuration, removed by {at}",
+                        c.applied()
+                    );
+                    self.fail(msg);
+                }
+            }
             if c.applied() > c.commit() {
                 let msg = format!("n{id} applied {} beyond commit {}", c.applied(), c.commit());
                 self.fail(msg);
@@ -636,8 +820,7 @@ impl Sim {
                     },
                 );
                 self.log(format!("n{id} proposed {name}"));
-                let out = self.core(id).advance().expect("advance");
-                self.absorb(id, out);
+                self.advance(id);
                 Some(pid)
             }
             Err(e) => {
@@ -667,8 +850,7 @@ impl Sim {
                 match self.core(l).propose_membership(change, rid) {
                     Ok(()) => {
                         self.log(format!("n{l} proposed {change:?}"));
-                        let out = self.core(l).advance().expect("advance");
-                        self.absorb(l, out);
+                        self.advance(l);
                         match self.wait_answer(rid) {
                             Some(Ok(())) => return Ok(()),
                             Some(Err(e)) => self.log(format!("{change:?}: {e}; retrying")),
@@ -691,11 +873,13 @@ impl Sim {
     fn wait_answer(&mut self, rid: u64) -> Option<Result<(), String>> {
         for _ in 0..10 * ELECTION_TICKS {
             if let Some(r) = self.answers.remove(&rid) {
-                return Some(r);
+                return Some(r.map_err(|e| e.to_string()));
             }
             self.tick();
         }
-        self.answers.remove(&rid)
+        self.answers
+            .remove(&rid)
+            .map(|r| r.map_err(|e| e.to_string()))
     }
 
     fn transfer(&mut self, target: u64) -> Result<(), String> {
@@ -705,8 +889,7 @@ impl Sim {
         self.core(l)
             .transfer_leader(target, rid)
             .map_err(|e| e.to_string())?;
-        let out = self.core(l).advance().expect("advance");
-        self.absorb(l, out);
+        self.advance(l);
         self.wait_answer(rid).unwrap_or(Err("no answer".into()))
     }
 
@@ -750,6 +933,7 @@ impl Sim {
     fn converge(&mut self) {
         self.heal();
         self.faults(0, 0, 0, 0);
+        self.power_cut_permille = 0;
         for id in self.members() {
             self.restart(id);
         }
@@ -765,21 +949,33 @@ impl Sim {
             let status: Vec<String> = self
                 .members()
                 .iter()
-                .map(|&id| {
-                    let c = self.nodes[&id].core.as_ref().unwrap();
-                    format!(
-                        "n{id}: {:?} term {} leader {} commit {} applied {} last {} conf {:?}",
+                .map(|&id| match self.nodes[&id].core.as_ref() {
+                    Some(c) => format!(
+                        "n{id}: {:?} term {} leader {} commit {} applied {} last {} voters {:?} \
+                         learners {:?}",
                         c.role(),
                         c.term(),
                         c.leader_id(),
                         c.commit(),
                         c.applied(),
                         c.last_index(),
-                        c.conf_state().voters
-                    )
+                        c.conf_state().voters,
+                        c.conf_state().learners
+                    ),
+                    None => format!("n{id}: down"),
                 })
                 .collect();
             self.fail(format!("no convergence: {}", status.join("; ")));
+        }
+        // Nodes outside the final configuration whose addition was never acknowledged.
+        let l = self.leader().unwrap();
+        let cs = self.core(l).conf_state();
+        for id in self.members() {
+            if !cs.voters.contains(&id) && !cs.learners.contains(&id) {
+                self.nodes.get_mut(&id).unwrap().removed = true;
+                self.crash(id);
+                self.log(format!("n{id} is not in the final configuration: stopped"));
+            }
         }
         // Old proposals on deposed leaders resolve within two election timeouts.
         self.ticks(2 * ELECTION_TICKS as u64 + 2);
@@ -837,23 +1033,38 @@ impl Sim {
         }
     }
 
+    /// One leader, which applied its whole log, and every member of its configuration (voters
+    /// and learners) up, following it, at the same applied index, configuration and state.
     fn converged(&mut self) -> bool {
-        let members = self.members();
         let Some(l) = self.leader() else {
             return false;
         };
         let lc = self.nodes[&l].core.as_ref().unwrap();
-        if lc.commit() != lc.last_index() {
+        if lc.commit() != lc.last_index() || lc.applied() != lc.commit() {
             return false;
         }
         let commit = lc.commit();
-        let voters = sorted(lc.conf_state().voters);
+        let cs = lc.conf_state();
+        let (voters, learners) = (sorted(cs.voters), sorted(cs.learners));
+        let members: Vec<u64> = voters.iter().chain(&learners).copied().collect();
+        for id in &members {
+            match self.nodes.get(id) {
+                None => self.fail(format!("n{id} is in the configuration but never existed")),
+                Some(n) if n.removed => self.fail(format!(
+                    "n{id} was removed (acknowledged) but is in the configuration again: \
+                     voters {voters:?} learners {learners:?}"
+                )),
+                Some(_) => {}
+            }
+        }
         let agree = members.iter().all(|id| {
             self.nodes[id].core.as_ref().is_some_and(|c| {
+                let cs = c.conf_state();
                 c.applied() == commit
                     && c.commit() == commit
                     && c.leader_id() == l
-                    && sorted(c.conf_state().voters) == voters
+                    && sorted(cs.voters) == voters
+                    && sorted(cs.learners) == learners
             })
         });
         if !agree {
@@ -909,8 +1120,7 @@ fn leader_crash(sim: &mut Sim) {
             sim.net.queue.retain(|f| f.msg.from != old);
             for id in sim.live() {
                 sim.core(id).peer_unreachable(old);
-                let out = sim.core(id).advance().expect("advance");
-                sim.absorb(id, out);
+                sim.advance(id);
             }
             // A tick is long next to a round trip: the network runs before the next tick.
             sim.deliver();
@@ -952,8 +1162,20 @@ fn leader_crash(sim: &mut Sim) {
     sim.converge();
 }
 
-/// A minority (often holding the leader) is cut off: it cannot commit; the majority elects
-/// and keeps committing; after healing everyone converges on the majority's log.
+/// How the minority is cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    BothWays,
+    /// The minority hears nobody; the majority still hears it (and may take its entries).
+    MinorityDeaf,
+    /// The majority does not hear the minority, which still hears the majority (and may learn
+    /// of its commits).
+    MajorityDeaf,
+}
+
+/// A minority (often holding the leader) is cut off, both ways or one way: it cannot commit;
+/// the majority elects and keeps committing; after healing everyone converges on the
+/// majority's log.
 fn partition(sim: &mut Sim) {
     sim.faults(2, 2, 10, 2);
     for _ in 0..30 {
@@ -978,14 +1200,24 @@ fn partition(sim: &mut Sim) {
         .copied()
         .filter(|i| !minority.contains(i))
         .collect();
-    sim.partition(&minority);
+    let cut = match sim.rng.below(4) {
+        0 => Cut::MinorityDeaf,
+        1 => Cut::MajorityDeaf,
+        _ => Cut::BothWays,
+    };
+    match cut {
+        Cut::BothWays => sim.partition(&minority),
+        Cut::MinorityDeaf => sim.deafen(&minority),
+        Cut::MajorityDeaf => sim.deafen(&majority),
+    }
     let cut_commit = ids.iter().map(|&i| sim.core(i).commit()).max().unwrap();
     let acked_before = sim.stats.acked;
     for _ in 0..12 * ELECTION_TICKS {
-        // Proposals on both sides; the minority's must never be applied.
+        // Proposals on both sides; the minority's must never be applied unless the majority
+        // hears it (its entries may then reach a majority and commit legitimately).
         for &m in &minority {
             if sim.chance(30) {
-                sim.propose_on(m, true);
+                sim.propose_on(m, cut != Cut::MinorityDeaf);
             }
         }
         let leader = majority
@@ -1001,11 +1233,15 @@ fn partition(sim: &mut Sim) {
             }
         }
         sim.tick();
+        // A minority that hears the majority learns its commits.
+        if cut == Cut::MajorityDeaf {
+            continue;
+        }
         for &m in &minority {
             let c = sim.core(m).commit();
             if c > cut_commit {
                 sim.fail(format!(
-                    "n{m} in the minority committed {c} (beyond {cut_commit} at the cut)"
+                    "n{m} in the minority ({cut:?}) committed {c} (beyond {cut_commit} at the cut)"
                 ));
             }
         }
@@ -1020,6 +1256,7 @@ fn partition(sim: &mut Sim) {
 /// a follower that was down long catches up from a snapshot.
 fn restart(sim: &mut Sim) {
     sim.faults(2, 2, 10, 2);
+    sim.power_cut_permille = 3;
     for _ in 0..150 {
         if sim.chance(50) {
             sim.propose_some();
@@ -1128,8 +1365,7 @@ fn membership(sim: &mut Sim) {
             "a second change in flight was not refused: {other:?}"
         )),
     }
-    let out = sim.core(l).advance().unwrap();
-    sim.absorb(l, out);
+    sim.advance(l);
     if sim.wait_answer(900_001) != Some(Ok(())) {
         // Leadership may have moved: retry through the helper.
         sim.membership(Membership::AddVoter(new_id)).unwrap();
@@ -1182,9 +1418,251 @@ fn membership(sim: &mut Sim) {
     }
 }
 
-/// Everything at once: partitions, crashes, restarts, proposals.
+/// A voter whose removal is in its log but not committed wins the next election (its log is
+/// the longest), then commits and applies its own removal as the leader: it must step down,
+/// and the others carry on without it. (raft-rs alone keeps it leading and panics.)
+fn removed_leader(sim: &mut Sim) {
+    sim.faults(0, 0, 0, 0);
+    for _ in 0..10 {
+        sim.propose_some();
+        sim.tick();
+    }
+    sim.await_leader(30 * ELECTION_TICKS as u64);
+    let l = sim.leader().unwrap();
+    let others: Vec<u64> = sim.nodes.keys().copied().filter(|&i| i != l).collect();
+    let (stay, gone) = if sim.chance(50) {
+        (others[0], others[1])
+    } else {
+        (others[1], others[0])
+    };
+    // The change reaches `gone` only, and its acknowledgement never reaches the leader.
+    sim.net.cut.insert((l, stay));
+    sim.net.cut.insert((gone, l));
+    let rid = sim.next_prop;
+    sim.next_prop += 1;
+    if let Err(e) = sim
+        .core(l)
+        .propose_membership(Membership::Remove(gone), rid)
+    {
+        sim.fail(format!("n{l} refused to remove n{gone}: {e}"));
+    }
+    sim.log(format!(
+        "n{l} proposed Remove({gone}), cut off from n{stay}"
+    ));
+    sim.advance(l);
+    sim.tick();
+    let last = sim.core(l).last_index();
+    if sim.core(gone).last_index() != last || sim.core(l).commit() >= last {
+        sim.fail(format!(
+            "the removal of n{gone} did not reach it uncommitted"
+        ));
+    }
+    sim.crash(l);
+    sim.net.queue.retain(|f| f.msg.from != l);
+    sim.heal();
+    let mut led = false;
+    for _ in 0..30 * ELECTION_TICKS {
+        sim.tick();
+        led |= sim.leaders.values().any(|&x| x == gone);
+        if led && sim.core(gone).applied() >= last {
+            break;
+        }
+    }
+    if !led {
+        sim.fail(format!("n{gone} never led with its removal in its log"));
+    }
+    sim.converge();
+    let cs = sim.core(sim.leader().unwrap()).conf_state();
+    if cs.voters.contains(&gone) || cs.learners.contains(&gone) {
+        sim.fail(format!("n{gone} is still a member: {cs:?}"));
+    }
+}
+
+/// A membership change the churn scenario proposed and has not seen answered yet.
+struct ChangeInFlight {
+    rid: u64,
+    /// The leader it was proposed to (its answer dies with it).
+    node: u64,
+    change: Membership,
+    /// Give up waiting (the outcome stays unknown) after this tick.
+    until: u64,
+}
+
+/// Proposes a random membership change to the leader, chosen from its configuration: add a
+/// new node as a learner, promote a learner, remove a learner, or remove a voter other than
+/// the leader (while at least three remain, and at most five).
+fn propose_change(sim: &mut Sim, added: &mut u64) -> Option<ChangeInFlight> {
+    const MAX_ADDED: u64 = 3;
+    let l = sim.leader()?;
+    let cs = sim.core(l).conf_state();
+    let (voters, learners) = (sorted(cs.voters), sorted(cs.learners));
+    let new_id = sim.nodes.keys().max().unwrap() + 1;
+    let mut options = Vec::new();
+    if *added < MAX_ADDED && learners.len() < 2 {
+        options.push(Membership::AddLearner(new_id));
+    }
+    for &x in &learners {
+        if voters.len() < 5 {
+            options.push(Membership::AddVoter(x));
+        }
+        options.push(Membership::Remove(x));
+    }
+    if voters.len() > 3 {
+        options.extend(
+            voters
+                .iter()
+                .filter(|&&v| v != l)
+                .map(|&v| Membership::Remove(v)),
+        );
+    }
+    if options.is_empty() {
+        return None;
+    }
+    let change = options[sim.rng.below(options.len() as u64) as usize];
+    let rid = sim.next_prop;
+    sim.next_prop += 1;
+    match sim.core(l).propose_membership(change, rid) {
+        Ok(()) => {}
+        Err(ProposeError::ConfChangeInProgress | ProposeError::Dropped) => return None,
+        Err(e) => sim.fail(format!("n{l} refused {change:?}: {e}")),
+    }
+    sim.log(format!("n{l} proposed {change:?}"));
+    if change == Membership::AddLearner(new_id) {
+        *added += 1;
+        sim.add_node(new_id, false);
+    }
+    sim.advance(l);
+    Some(ChangeInFlight {
+        rid,
+        node: l,
+        change,
+        until: sim.now + 10 * ELECTION_TICKS as u64,
+    })
+}
+
+/// Membership churn: learners join (from a snapshot), get promoted, voters and learners get
+/// removed, one change at a time, while nodes crash (power loss) and restart and the network
+/// splits both ways and one way. A removed node keeps running for a while, then stops. At the
+/// end the last acknowledged change of every node holds in the final configuration.
+fn membership_churn(sim: &mut Sim) {
+    sim.faults(3, 3, 20, 3);
+    sim.power_cut_permille = 3;
+    let mut in_flight: Option<ChangeInFlight> = None;
+    // Per node: the last change proposed about it, and whether it was acknowledged.
+    let mut last: BTreeMap<u64, (Membership, bool)> = BTreeMap::new();
+    let mut stop_at: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut added = 0;
+    for _ in 0..250 {
+        match sim.rng.below(100) {
+            0..=29 => sim.propose_some(),
+            30..=44 if in_flight.is_none() => {
+                in_flight = propose_change(sim, &mut added);
+                if let Some(f) = &in_flight {
+                    let target = match f.change {
+                        Membership::AddVoter(x)
+                        | Membership::AddLearner(x)
+                        | Membership::Remove(x) => x,
+                    };
+                    last.insert(target, (f.change, false));
+                }
+            }
+            45..=47 => {
+                let live: Vec<u64> = sim
+                    .members()
+                    .into_iter()
+                    .filter(|&i| sim.is_live(i))
+                    .collect();
+                if !live.is_empty() {
+                    let v = live[sim.rng.below(live.len() as u64) as usize];
+                    sim.crash(v);
+                }
+            }
+            48..=53 => {
+                let down: Vec<u64> = sim
+                    .members()
+                    .into_iter()
+                    .filter(|&i| !sim.is_live(i))
+                    .collect();
+                if !down.is_empty() {
+                    let v = down[sim.rng.below(down.len() as u64) as usize];
+                    sim.restart(v);
+                }
+            }
+            54..=56 => sim.random_split(40),
+            57..=60 => sim.heal(),
+            _ => {}
+        }
+        if let Some(f) = &in_flight {
+            match sim.answers.remove(&f.rid) {
+                Some(Ok(())) => {
+                    sim.stats.conf_changes += 1;
+                    match f.change {
+                        Membership::AddVoter(x) | Membership::AddLearner(x) => {
+                            last.insert(x, (f.change, true));
+                        }
+                        Membership::Remove(x) => {
+                            last.insert(x, (f.change, true));
+                            let at = sim.nodes[&f.node].core.as_ref().map(|c| c.applied());
+                            let n = sim.nodes.get_mut(&x).unwrap();
+                            n.removed = true;
+                            n.removed_by = at;
+                            let at = sim.now + sim.rng.below(3 * ELECTION_TICKS as u64);
+                            stop_at.insert(x, at);
+                        }
+                    }
+                    in_flight = None;
+                }
+                Some(Err(
+                    ProposeError::Dropped
+                    | ProposeError::Uncertain
+                    | ProposeError::ConfChangeInProgress,
+                )) => in_flight = None,
+                Some(Err(e)) => sim.fail(format!("{:?} answered: {e}", f.change)),
+                None if !sim.is_live(f.node) || sim.now > f.until => {
+                    sim.log(format!("{:?}: outcome unknown", f.change));
+                    in_flight = None;
+                }
+                None => {}
+            }
+        }
+        let due: Vec<u64> = stop_at
+            .iter()
+            .filter(|(_, &at)| at <= sim.now)
+            .map(|(&x, _)| x)
+            .collect();
+        for x in due {
+            stop_at.remove(&x);
+            sim.crash(x);
+            sim.log(format!("n{x} stopped after its removal"));
+        }
+        sim.tick();
+    }
+    for x in std::mem::take(&mut stop_at).into_keys() {
+        sim.crash(x);
+    }
+    sim.converge();
+    let l = sim.leader().unwrap();
+    let cs = sim.core(l).conf_state();
+    for (&x, &(change, acked)) in &last {
+        let holds = match change {
+            Membership::AddVoter(_) => cs.voters.contains(&x),
+            Membership::AddLearner(_) => cs.learners.contains(&x),
+            Membership::Remove(_) => !cs.voters.contains(&x) && !cs.learners.contains(&x),
+        };
+        if acked && !holds {
+            sim.fail(format!(
+                "{change:?} was acknowledged last for n{x}, but the final configuration is \
+                 voters {:?} learners {:?}",
+                cs.voters, cs.learners
+            ));
+        }
+    }
+}
+
+/// Everything at once: partitions (both ways and one way), crashes, restarts, proposals.
 fn chaos(sim: &mut Sim) {
     sim.faults(5, 5, 25, 4);
+    sim.power_cut_permille = 3;
     let ids: Vec<u64> = sim.nodes.keys().copied().collect();
     for _ in 0..200 {
         match sim.rng.below(100) {
@@ -1197,17 +1675,8 @@ fn chaos(sim: &mut Sim) {
                 let v = ids[sim.rng.below(ids.len() as u64) as usize];
                 sim.restart(v);
             }
-            49..=50 => {
-                let mut side = BTreeSet::new();
-                for &i in &ids {
-                    if sim.chance(40) {
-                        side.insert(i);
-                    }
-                }
-                sim.heal();
-                sim.partition(&side);
-            }
-            51..=53 => sim.heal(),
+            49..=51 => sim.random_split(40),
+            52..=54 => sim.heal(),
             _ => {}
         }
         sim.tick();
@@ -1220,6 +1689,7 @@ fn chaos(sim: &mut Sim) {
 /// let a node vote twice in a term.
 fn elections(sim: &mut Sim) {
     sim.faults(3, 3, 40, 3);
+    sim.power_cut_permille = 2;
     let ids: Vec<u64> = sim.nodes.keys().copied().collect();
     for _ in 0..200 {
         if sim.chance(30) {
@@ -1235,8 +1705,7 @@ fn elections(sim: &mut Sim) {
             sim.net.queue.retain(|f| f.msg.from != v);
             for id in sim.live() {
                 sim.core(id).peer_unreachable(v);
-                let out = sim.core(id).advance().expect("advance");
-                sim.absorb(id, out);
+                sim.advance(id);
             }
             sim.restart(v);
         }
@@ -1247,14 +1716,7 @@ fn elections(sim: &mut Sim) {
             sim.restart(v);
         }
         if sim.chance(10) {
-            let mut side = BTreeSet::new();
-            for &i in &ids {
-                if sim.chance(50) {
-                    side.insert(i);
-                }
-            }
-            sim.heal();
-            sim.partition(&side);
+            sim.random_split(50);
         } else if sim.chance(5) {
             sim.heal();
         }
@@ -1279,36 +1741,38 @@ fn seeds(default: u64) -> Vec<u64> {
     (1..=n).collect()
 }
 
-fn run(
-    name: &str,
-    default_seeds: u64,
-    nodes: impl Fn(u64) -> u64,
-    snapshot_entries: u64,
-    f: fn(&mut Sim),
-) {
+/// Seeds per scenario when `SKEIN_SIM_SEEDS` is not set.
+const DEFAULT_SEEDS: u64 = 64;
+
+fn run(name: &str, nodes: impl Fn(u64) -> u64, snapshot_entries: u64, f: fn(&mut Sim)) {
     let started = Instant::now();
     let mut total = Stats::default();
-    let list = seeds(default_seeds);
+    let list = seeds(DEFAULT_SEEDS);
     for &seed in &list {
+        let mut sim = None;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut sim = Sim::new(seed, nodes(seed), snapshot_entries);
-            f(&mut sim);
-            if std::env::var_os("SKEIN_SIM_TRACE").is_some() {
-                eprintln!("--- seed {seed} ---\n{}", sim.trace.join("\n"));
-            }
-            sim.stats
+            f(sim.insert(Sim::new(seed, nodes(seed), snapshot_entries)));
         }));
-        match result {
-            Ok(s) => {
-                total.elections_fast.extend(s.elections_fast);
-                total.elections_timeout.extend(s.elections_timeout);
-                total.snapshots += s.snapshots;
-                total.acked += s.acked;
-                total.dropped += s.dropped;
-                total.uncertain += s.uncertain;
-                total.ticks += s.ticks;
+        match (result, sim) {
+            (Ok(()), Some(sim)) => {
+                if std::env::var_os("SKEIN_SIM_TRACE").is_some() {
+                    eprintln!("--- seed {seed} ---\n{}", sim.trace.join("\n"));
+                }
+                total.add(sim.stats);
             }
-            Err(e) => {
+            (result, sim) => {
+                let e = result.err().unwrap_or_else(|| Box::new("no simulation"));
+                let ours = e
+                    .downcast_ref::<String>()
+                    .is_some_and(|m| m.starts_with(INVARIANT));
+                if let (false, Some(sim)) = (ours, sim) {
+                    // A panic in the core or raft-rs: show what led to it.
+                    eprintln!(
+                        "--- seed {seed}, tick {}: last events ---\n{}",
+                        sim.now,
+                        sim.trace_tail()
+                    );
+                }
                 eprintln!(
                     "raft sim `{name}` failed with seed {seed}; replay it with \
                      SKEIN_SIM_SEED={seed} cargo test -p skein-node --lib raft::sim::{name} -- --nocapture"
@@ -1333,13 +1797,19 @@ fn run(
     };
     eprintln!(
         "raft sim {name}: {} seeds, {} ticks, proposals {} applied / {} dropped / {} uncertain, \
-         {} snapshots installed, {:.1?}; new leader after a crash: reported {}; timeout {}",
+         {} snapshots installed, {} crashes ({} at a flush; {} lost {} unflushed writes), {} \
+         membership changes, {:.1?}; new leader after a crash: reported {}; timeout {}",
         list.len(),
         total.ticks,
         total.acked,
         total.dropped,
         total.uncertain,
         total.snapshots,
+        total.crashes,
+        total.flush_cuts,
+        total.power_losses,
+        total.lost_writes,
+        total.conf_changes,
         started.elapsed(),
         summary(&total.elections_fast),
         summary(&total.elections_timeout),
@@ -1355,14 +1825,13 @@ fn three_or_five(seed: u64) -> u64 {
 
 #[test]
 fn steady_state() {
-    run("steady_state", 8, three_or_five, 50, steady);
+    run("steady_state", three_or_five, 50, steady);
 }
 
 #[test]
 fn leader_crash_elects_a_new_leader() {
     run(
         "leader_crash_elects_a_new_leader",
-        8,
         three_or_five,
         50,
         leader_crash,
@@ -1373,7 +1842,6 @@ fn leader_crash_elects_a_new_leader() {
 fn minority_partition_cannot_commit() {
     run(
         "minority_partition_cannot_commit",
-        8,
         |s| if s & 1 == 0 { 5 } else { 3 },
         50,
         partition,
@@ -1382,34 +1850,56 @@ fn minority_partition_cannot_commit() {
 
 #[test]
 fn crash_restart_and_snapshots() {
-    run("crash_restart_and_snapshots", 6, |_| 3, 8, restart);
+    run("crash_restart_and_snapshots", |_| 3, 8, restart);
 }
 
 #[test]
 fn membership_changes() {
-    run("membership_changes", 6, |_| 3, 10, membership);
+    run("membership_changes", |_| 3, 10, membership);
 }
 
 #[test]
 fn election_storms() {
-    run("election_storms", 6, |_| 5, 20, elections);
+    run("election_storms", |_| 5, 20, elections);
+}
+
+#[test]
+fn removed_voter_elected_before_its_removal_commits() {
+    run(
+        "removed_voter_elected_before_its_removal_commits",
+        |_| 3,
+        50,
+        removed_leader,
+    );
+}
+
+#[test]
+fn membership_churn_under_faults() {
+    run(
+        "membership_churn_under_faults",
+        three_or_five,
+        12,
+        membership_churn,
+    );
 }
 
 #[test]
 fn chaos_mix() {
-    run("chaos_mix", 6, three_or_five, 12, chaos);
+    run("chaos_mix", three_or_five, 12, chaos);
 }
 
-/// The same seed gives the same history.
+/// The same seed gives the same history (power losses, drift and membership churn included).
 #[test]
 fn a_seed_replays_exactly() {
-    let trace = |seed| {
+    let trace = |seed, f: fn(&mut Sim)| {
         let mut sim = Sim::new(seed, 3, 10);
-        chaos(&mut sim);
+        f(&mut sim);
         (sim.trace.clone(), sim.committed.clone(), sim.states.clone())
     };
-    let (a, b) = (trace(42), trace(42));
-    assert_eq!(a.0, b.0);
-    assert_eq!(a.1, b.1);
-    assert_eq!(a.2, b.2);
+    for f in [chaos as fn(&mut Sim), membership_churn] {
+        let (a, b) = (trace(42, f), trace(42, f));
+        assert_eq!(a.0, b.0);
+        assert_eq!(a.1, b.1);
+        assert_eq!(a.2, b.2);
+    }
 }

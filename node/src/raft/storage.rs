@@ -39,6 +39,15 @@
 //! ([`SledStorage::take_snapshot_request`]) and answers `SnapshotTemporarilyUnavailable`; the
 //! driver then creates a fresh snapshot and raft-rs retries.
 //!
+//! Simulated power loss ([`WriteJournal`], for tests): dropping a sled handle flushes it, so a
+//! test that "crashes" a node by dropping it would only ever see clean shutdowns. A storage
+//! opened with [`SledStorage::open_journaled`] also records, for every mutator call since the
+//! last [`SledStorage::flush`], the values it overwrote; [`WriteJournal::lose_unflushed`] then
+//! puts them back, so what a restart finds is exactly what was flushed (plus, if asked, a
+//! prefix of the later writes, as sled's log may persist). A cut can also be armed for the next
+//! flush, to lose power in the middle of a `Ready`. Production opens without a journal and pays
+//! one `Option` check per write.
+//!
 //! sled is the only source of truth (nothing is cached), so clones are interchangeable: raft-rs
 //! owns one inside the `RawNode` and the driver writes through another. The clones also share
 //! one atomic slot for the snapshot request above. Mutations are expected
@@ -50,7 +59,7 @@ use std::cmp;
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
@@ -65,6 +74,8 @@ const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// No log keys, for [`SledStorage::remember`].
+const NO_KEYS: [[u8; 8]; 0] = [];
 
 /// Errors of [`SledStorage`]'s own API. Inside the [`raft::Storage`] trait they are wrapped as
 /// `raft::Error::Store(raft::StorageError::Other(..))`.
@@ -218,6 +229,106 @@ pub struct SledStorage {
     meta: sled::Tree,
     /// Raft id of the last peer a snapshot was asked for and not served (0: none).
     snapshot_request: Arc<AtomicU64>,
+    /// Tests only: undo records of the writes since the last flush (simulated power loss).
+    journal: Option<Arc<WriteJournal>>,
+}
+
+/// Which of the two trees a journalled key lives in.
+#[derive(Clone, Copy, Debug)]
+enum TreeId {
+    Log,
+    Meta,
+}
+
+/// One key a mutator wrote, and its value before (`None`: absent).
+type Undo = (TreeId, Vec<u8>, Option<sled::IVec>);
+
+/// Simulated power loss (tests): undo records for the writes a [`SledStorage`] made since its
+/// last successful [`SledStorage::flush`], one group per mutator call, oldest first. Shared
+/// by every clone of the storage it was opened with. See the module header.
+#[derive(Debug, Default)]
+pub struct WriteJournal {
+    inner: Mutex<Journal>,
+}
+
+#[derive(Debug, Default)]
+struct Journal {
+    ops: Vec<Vec<Undo>>,
+    /// The next flush is where the power goes out.
+    armed: bool,
+    /// The power went out at a flush: that flush and the later ones do not count.
+    cut: bool,
+}
+
+impl WriteJournal {
+    /// An empty journal, to pass to [`SledStorage::open_journaled`].
+    pub fn new() -> Arc<WriteJournal> {
+        Arc::new(WriteJournal::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Journal> {
+        // A panic while holding the lock leaves a consistent journal: keep using it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, op: Vec<Undo>) {
+        self.lock().ops.push(op);
+    }
+
+    fn flushed(&self) {
+        let mut j = self.lock();
+        if std::mem::take(&mut j.armed) {
+            j.cut = true;
+        }
+        if !j.cut {
+            j.ops.clear();
+        }
+    }
+
+    /// Mutator calls (each one atomic sled write) since the last successful flush.
+    pub fn unflushed(&self) -> usize {
+        self.lock().ops.len()
+    }
+
+    /// Arms (`true`) or disarms a power cut at the next flush: from then on nothing written
+    /// becomes durable (see [`WriteJournal::is_cut`]) until [`WriteJournal::lose_unflushed`].
+    /// A simulation uses it to crash a node in the middle of handling a `Ready`.
+    pub fn cut_at_next_flush(&self, on: bool) {
+        self.lock().armed = on;
+    }
+
+    /// The armed cut happened: a flush was reached since arming it.
+    pub fn is_cut(&self) -> bool {
+        self.lock().cut
+    }
+
+    /// The power goes out: undoes, newest first, every unflushed mutator call after the first
+    /// `keep` of them, writing the old values straight into `db` (the database the storage
+    /// was opened on; nothing may write through the storage any more), and flushes, so a
+    /// reopened storage finds what was flushed plus those first `keep` calls. Returns how
+    /// many calls were undone.
+    pub fn lose_unflushed(&self, db: &sled::Db, keep: usize) -> Result<usize, StorageError> {
+        let log = db.open_tree(LOG_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
+        let mut j = self.lock();
+        let keep = keep.min(j.ops.len());
+        let lost = j.ops.len() - keep;
+        for op in j.ops.drain(keep..).rev() {
+            for (tree, key, old) in op.into_iter().rev() {
+                let tree = match tree {
+                    TreeId::Log => &log,
+                    TreeId::Meta => &meta,
+                };
+                match old {
+                    Some(v) => tree.insert(key, v)?,
+                    None => tree.remove(key)?,
+                };
+            }
+        }
+        db.flush()?;
+        *j = Journal::default();
+        Ok(lost)
+    }
 }
 
 impl fmt::Debug for SledStorage {
@@ -230,14 +341,47 @@ impl fmt::Debug for SledStorage {
 impl SledStorage {
     /// Opens (or creates empty) the Raft trees in `db` and checks the stored state is coherent.
     pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+        Self::open_inner(db, None)
+    }
+
+    /// Like [`SledStorage::open`], and records every write in `journal` until it is flushed,
+    /// so a test can throw the unflushed ones away ([`WriteJournal::lose_unflushed`]).
+    pub fn open_journaled(db: &sled::Db, journal: Arc<WriteJournal>) -> Result<Self, StorageError> {
+        Self::open_inner(db, Some(journal))
+    }
+
+    fn open_inner(db: &sled::Db, journal: Option<Arc<WriteJournal>>) -> Result<Self, StorageError> {
         let storage = SledStorage {
             db: db.clone(),
             log: db.open_tree(LOG_TREE)?,
             meta: db.open_tree(META_TREE)?,
             snapshot_request: Arc::new(AtomicU64::new(0)),
+            journal,
         };
         storage.check()?;
         Ok(storage)
+    }
+
+    /// With a journal: records the current values of the keys one mutator call is about to
+    /// write (`log` keys in the log tree, `meta` keys in the meta tree). A no-op otherwise.
+    fn remember<K: AsRef<[u8]>>(
+        &self,
+        log: impl IntoIterator<Item = K>,
+        meta: &[&[u8]],
+    ) -> Result<(), StorageError> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let mut op = Vec::new();
+        for key in log {
+            let key = key.as_ref();
+            op.push((TreeId::Log, key.to_vec(), self.log.get(key)?));
+        }
+        for &key in meta {
+            op.push((TreeId::Meta, key.to_vec(), self.meta.get(key)?));
+        }
+        journal.record(op);
+        Ok(())
     }
 
     /// Validates the invariants that are cheap to check (decodability of the metadata, bounds).
@@ -288,6 +432,7 @@ impl SledStorage {
         let mut batch = sled::Batch::default();
         batch.insert(KEY_CONF_STATE, encode(&conf_state, "conf state")?);
         batch.insert(KEY_SNAPSHOT_META, encode(&meta, "snapshot metadata")?);
+        self.remember(NO_KEYS, &[KEY_CONF_STATE, KEY_SNAPSHOT_META])?;
         self.meta.apply_batch(batch)?;
         Ok(())
     }
@@ -331,12 +476,14 @@ impl SledStorage {
         for index in next..=last {
             batch.remove(&log_key(index));
         }
+        self.remember((start..cmp::max(next, last + 1)).map(log_key), &[])?;
         self.log.apply_batch(batch)?;
         Ok(())
     }
 
     /// Persists the hard state (term, vote, commit).
     pub fn set_hard_state(&self, hs: &HardState) -> Result<(), StorageError> {
+        self.remember(NO_KEYS, &[KEY_HARD_STATE])?;
         self.meta
             .insert(KEY_HARD_STATE, encode(hs, "hard state")?)?;
         Ok(())
@@ -351,6 +498,7 @@ impl SledStorage {
 
     /// Persists the current configuration (after `RawNode::apply_conf_change`).
     pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), StorageError> {
+        self.remember(NO_KEYS, &[KEY_CONF_STATE])?;
         self.meta
             .insert(KEY_CONF_STATE, encode(cs, "conf state")?)?;
         Ok(())
@@ -379,10 +527,20 @@ impl SledStorage {
         let cs_bytes = encode(meta.get_conf_state(), "conf state")?;
         let meta_bytes = encode(meta, "snapshot metadata")?;
         let snap_bytes = encode(&snap, "snapshot")?;
+        let keys = self.log.iter().keys().collect::<Result<Vec<_>, _>>()?;
         let mut clear = sled::Batch::default();
-        for key in self.log.iter().keys() {
-            clear.remove(key?);
+        for key in &keys {
+            clear.remove(key);
         }
+        self.remember(
+            &keys,
+            &[
+                KEY_HARD_STATE,
+                KEY_CONF_STATE,
+                KEY_SNAPSHOT_META,
+                KEY_SNAPSHOT,
+            ],
+        )?;
 
         (&self.log, &self.meta)
             .transaction(|(log, m)| {
@@ -447,6 +605,7 @@ impl SledStorage {
             encode(snap.get_metadata(), "snapshot metadata")?,
         );
         batch.insert(KEY_SNAPSHOT, encode(&snap, "snapshot")?);
+        self.remember(NO_KEYS, &[KEY_SNAPSHOT_META, KEY_SNAPSHOT])?;
         self.meta.apply_batch(batch)?;
         Ok(())
     }
@@ -469,6 +628,7 @@ impl SledStorage {
         for i in first..index {
             batch.remove(&log_key(i));
         }
+        self.remember((first..index).map(log_key), &[])?;
         self.log.apply_batch(batch)?;
         Ok(())
     }
@@ -512,6 +672,9 @@ impl SledStorage {
     /// Makes every write so far durable. Call once after the writes of one `Ready`.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
+        if let Some(journal) = &self.journal {
+            journal.flushed();
+        }
         Ok(())
     }
 
@@ -1091,6 +1254,83 @@ mod tests {
         assert_eq!((meta.index, meta.term), (6, 2));
         assert_eq!(meta.get_conf_state(), &voters(&[1]));
         assert_eq!(data, b"state@6");
+    }
+
+    /// A power loss keeps what was flushed (plus the asked-for prefix of later writes) and
+    /// nothing else, whatever the mutators did after the flush.
+    #[test]
+    fn power_loss_keeps_only_flushed_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let hs = |term, commit| HardState {
+            term,
+            vote: 1,
+            commit,
+            ..Default::default()
+        };
+        let state = |s: &SledStorage| {
+            let snap = s.snapshot_metadata().unwrap();
+            (
+                s.hard_state().unwrap(),
+                s.conf_state().unwrap(),
+                (snap.index, snap.term),
+                s.snapshot_data().unwrap().map(|(_, d)| d),
+                all_entries(s),
+            )
+        };
+        let durable;
+        let after_first;
+        {
+            let db = crate::raft::tests::reopen(dir.path());
+            let journal = WriteJournal::new();
+            let s = SledStorage::open_journaled(&db, journal.clone()).unwrap();
+            s.initialize(voters(&[1])).unwrap();
+            s.append(&(1..=6).map(|i| new_entry(i, 1)).collect::<Vec<_>>())
+                .unwrap();
+            s.set_hard_state(&hs(1, 4)).unwrap();
+            assert_eq!(journal.unflushed(), 3);
+            s.flush().unwrap();
+            assert_eq!(journal.unflushed(), 0);
+            durable = state(&s);
+            // Every mutator, after the flush: overwrite a suffix, snapshot, compact, ...
+            s.append(&[new_entry(5, 2), new_entry(6, 2), new_entry(7, 2)])
+                .unwrap();
+            after_first = state(&s);
+            s.set_hard_state(&hs(2, 7)).unwrap();
+            s.set_conf_state(&voters(&[1, 2])).unwrap();
+            s.create_snapshot(6, voters(&[1, 2]), b"sm@6".to_vec())
+                .unwrap();
+            s.compact(5).unwrap();
+            let mut snap = new_snapshot(9, 3, &[1, 2, 3]);
+            snap.data = b"sm@9".to_vec().into();
+            s.apply_snapshot(snap).unwrap();
+            assert_eq!(journal.unflushed(), 6);
+            assert_eq!(journal.lose_unflushed(&db, 1).unwrap(), 5);
+            assert_eq!(journal.unflushed(), 0);
+        }
+        {
+            let db = crate::raft::tests::reopen(dir.path());
+            let journal = WriteJournal::new();
+            let s = SledStorage::open_journaled(&db, journal.clone()).unwrap();
+            assert_eq!(state(&s), after_first);
+            s.set_hard_state(&hs(9, 7)).unwrap();
+            s.compact(3).unwrap_err(); // refused before writing: nothing to undo
+            assert_eq!(journal.unflushed(), 1);
+            // The power goes out at the next flush: it and later ones do not count.
+            journal.cut_at_next_flush(true);
+            assert!(!journal.is_cut());
+            s.set_conf_state(&voters(&[7])).unwrap();
+            s.flush().unwrap();
+            assert!(journal.is_cut());
+            s.set_hard_state(&hs(10, 7)).unwrap();
+            s.flush().unwrap();
+            assert_eq!(journal.unflushed(), 3);
+            // Keeping none: everything written since the reopen goes, cut or not.
+            journal.lose_unflushed(&db, 0).unwrap();
+        }
+        let db = crate::raft::tests::reopen(dir.path());
+        let s = SledStorage::open(&db).unwrap();
+        assert_eq!(state(&s), after_first);
+        assert_ne!(state(&s), durable);
     }
 
     #[test]
