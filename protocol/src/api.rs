@@ -184,5 +184,30 @@ pub struct Info {
     pub role: String,
 }
 
+impl Info {
+    /// What a node that holds no replicated state says of itself (a box
+    /// still forming its cluster, a worker): no leader, no Raft indexes.
+    pub fn local(
+        node_id: &str,
+        node_name: &str,
+        cluster_id: &str,
+        default_runtime: &str,
+        role: &str,
+    ) -> Info {
+        Info {
+            node_id: node_id.to_string(),
+            node_name: node_name.to_string(),
+            cluster_id: cluster_id.to_string(),
+            leader_id: None,
+            term: 0,
+            commit: 0,
+            applied: 0,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            default_runtime: default_runtime.to_string(),
+            role: role.to_string(),
+        }
+    }
+}
+
 /// `GET /v1/tasks/{id}` answers the task itself.
 pub type TaskDetail = Task;

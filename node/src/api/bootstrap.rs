@@ -100,18 +100,13 @@ async fn members(State(st): State<Forming>) -> Json<Snapshot> {
 
 /// No cluster yet: no cluster id, no leader, nothing replicated.
 async fn info(State(st): State<Forming>) -> Json<Info> {
-    Json(Info {
-        node_id: st.node_id.clone(),
-        node_name: st.node_name.clone(),
-        cluster_id: String::new(),
-        leader_id: None,
-        term: 0,
-        commit: 0,
-        applied: 0,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        default_runtime: st.default_runtime.clone(),
-        role: String::new(),
-    })
+    Json(Info::local(
+        &st.node_id,
+        &st.node_name,
+        "",
+        &st.default_runtime,
+        "",
+    ))
 }
 
 #[cfg(test)]

@@ -205,33 +205,12 @@ async fn worker_guard(
 }
 
 /// Why this node's API may not change the cluster (None: it is a manager).
+/// A manager demoted a moment ago answers like a worker until it starts
+/// again as one.
 pub fn worker_refusal(s: &ClusterState, node_id: &str) -> Option<String> {
     let me = s.nodes.get(node_id)?;
-    if me.role != skein_protocol::NodeRole::Worker {
-        return None;
-    }
-    let manager = s
-        .nodes
-        .values()
-        .filter(|n| n.role == skein_protocol::NodeRole::Manager)
-        .min_by_key(|n| {
-            (
-                n.status != skein_protocol::NodeStatus::Ready,
-                n.name.clone(),
-            )
-        });
-    let hint = match manager {
-        Some(m) if !m.api_addr.is_empty() => format!(
-            "run it against a manager, e.g. {} (`skein -H {} ...` on that host)",
-            m.name, m.api_addr
-        ),
-        Some(m) => format!("run it against a manager, e.g. {}", m.name),
-        None => "run it against a manager".to_string(),
-    };
-    Some(format!(
-        "this node ({}) is a worker: it cannot change the cluster or hand out join tokens; {hint}",
-        me.name
-    ))
+    (me.role == skein_protocol::NodeRole::Worker)
+        .then(|| worker::refusal(&me.name, &crate::dispatcher::session_managers(s)))
 }
 
 fn snapshot(st: &AppState) -> Arc<ClusterState> {

@@ -37,14 +37,15 @@ pub fn router(state: WorkerApi) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/leave", post(leave))
         .fallback(|State(st): State<WorkerApi>| async move {
-            ApiError::new(StatusCode::FORBIDDEN, refusal(&st))
+            let managers = st.managers.borrow().clone();
+            ApiError::new(StatusCode::FORBIDDEN, refusal(&st.node_name, &managers))
         })
         .with_state(state)
 }
 
-/// What a worker says when asked for what only a manager has.
-pub fn refusal(st: &WorkerApi) -> String {
-    let managers = st.managers.borrow();
+/// What a worker says when asked for what only a manager has, naming a
+/// manager to ask (`managers`: ready ones first).
+pub fn refusal(node_name: &str, managers: &[ManagerInfo]) -> String {
     let hint = match managers.iter().find(|m| !m.api_addr.is_empty()) {
         Some(m) => format!(
             "run it against a manager, e.g. {} (`skein -H {} ...` on that host)",
@@ -53,25 +54,19 @@ pub fn refusal(st: &WorkerApi) -> String {
         None => "run it against a manager".to_string(),
     };
     format!(
-        "this node ({}) is a worker: it holds only its own tasks, not the cluster's state, \
-         and cannot change the cluster or hand out join tokens; {hint}",
-        st.node_name
+        "this node ({node_name}) is a worker: it holds only its own tasks, not the cluster's \
+         state, and cannot change the cluster or hand out join tokens; {hint}"
     )
 }
 
 async fn info(State(st): State<WorkerApi>) -> Json<Info> {
-    Json(Info {
-        node_id: st.node_id.clone(),
-        node_name: st.node_name.clone(),
-        cluster_id: st.cluster_id.clone(),
-        leader_id: None,
-        term: 0,
-        commit: 0,
-        applied: 0,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        default_runtime: st.default_runtime.clone(),
-        role: "worker".into(),
-    })
+    Json(Info::local(
+        &st.node_id,
+        &st.node_name,
+        &st.cluster_id,
+        &st.default_runtime,
+        "worker",
+    ))
 }
 
 async fn members(State(st): State<WorkerApi>) -> Json<Snapshot> {
