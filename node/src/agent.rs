@@ -1021,9 +1021,10 @@ fn lan_ipv4() -> Option<std::net::Ipv4Addr> {
     found
 }
 
-/// Keeps a connection to every member this node may need to reach (their
-/// addresses come from the replicated node table), and refuses the peers of
-/// removed nodes.
+/// Keeps a connection to every other manager and tells the network where
+/// every other node is (addresses from the replicated node table: a worker
+/// is dialled only when a request needs it, its session comes here by
+/// itself), and refuses the peers of removed nodes.
 async fn keep_peers_connected(
     raft: crate::raft::RaftHandle,
     net: NetHandle,
@@ -1031,7 +1032,7 @@ async fn keep_peers_connected(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sub = raft.subscribe();
-    let mut known: std::collections::BTreeMap<String, String> = Default::default();
+    let mut known: std::collections::BTreeMap<String, (String, bool)> = Default::default();
     let mut denied = std::collections::BTreeSet::new();
     loop {
         let p = sub.borrow_and_update().clone();
@@ -1050,17 +1051,18 @@ async fn keep_peers_connected(
             if n.id == self_id || n.peer_id.is_empty() || n.addr.is_empty() {
                 continue;
             }
-            if known.get(&n.peer_id) != Some(&n.addr) {
-                // Managers at once (Raft); other nodes a little later, at a
-                // random time: when many boxes join together, each one
-                // learns of all the others at once.
-                let after = if n.role == skein_protocol::NodeRole::Manager {
-                    Duration::ZERO
+            let manager = n.role == skein_protocol::NodeRole::Manager;
+            if known.get(&n.peer_id) != Some(&(n.addr.clone(), manager)) {
+                // Managers are kept connected (Raft); the other nodes come
+                // to this one (their sessions) and are only dialled when a
+                // request needs them (logs, a probe).
+                if manager {
+                    net.add_peer(&n.peer_id, &n.addr);
                 } else {
-                    crate::membership::dial_spread()
-                };
-                net.add_peer_after(&n.peer_id, &n.addr, after);
-                known.insert(n.peer_id.clone(), n.addr.clone());
+                    net.remove_peer(&n.peer_id);
+                    net.learn(&n.peer_id, &n.addr);
+                }
+                known.insert(n.peer_id.clone(), (n.addr.clone(), manager));
             }
         }
         let gone: Vec<String> = known
