@@ -20,8 +20,9 @@
 use crate::api::{self, AppState};
 use crate::cluster::forward::Proposer;
 use crate::cluster::inbound::Router;
+use crate::cluster::join;
 use crate::cluster::raft_link::{self, PeerBook};
-use crate::cluster::{heartbeat, join};
+use crate::dispatcher::heartbeat;
 use crate::dispatcher::Dispatcher;
 use crate::membership::{self, bootstrap, MembershipConfig, MembershipHandle};
 use crate::net::{self, NetConfig, NetHandle};
@@ -630,7 +631,8 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
         heard_rx,
         Some(membership.events()),
         Some(net.clone()),
-        beat * 3,
+        // Turns come once per `beat`: two and a half missed ones is down.
+        beat * 5 / 2,
         shutdown.clone(),
     ));
 
@@ -649,7 +651,7 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
         let p = raft.current();
         let kept = Kept {
             index: p.applied,
-            managers: crate::dispatcher::session_managers(&p.state),
+            managers: crate::dispatcher::session_managers(&p.state, p.leader_id),
             tasks: crate::dispatcher::assignments_for(&p.state, &identity.node_id),
         };
         kept.save(&cfg.data_dir)
@@ -956,6 +958,7 @@ fn join_managers(accepted: &skein_protocol::wire::JoinAccepted) -> Vec<ManagerIn
             addr: addr.clone(),
             api_addr: String::new(),
             raft_id: *rid,
+            leader: false,
         })
         .collect()
 }
