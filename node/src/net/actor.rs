@@ -777,26 +777,41 @@ impl Actor {
         }
     }
 
-    /// Closes the connections this node dialled to peers nobody keeps once
-    /// no request used them for `idle_close` (see the module header).
+    /// Closes the connections this node dialled that nobody needs (see the
+    /// module header): to a peer nobody keeps, once no request used it for
+    /// `idle_close`; and a second connection to a peer that also dialled
+    /// this node (both sides kept each other and dialled at once), where the
+    /// connection dialled by the smaller peer id stays, so both sides close
+    /// the same one.
     fn close_idle(&mut self) {
         let now = Instant::now();
         let limit = self.tuning.idle_close;
-        let mut ours: HashMap<PeerId, bool> = HashMap::new();
-        for c in self.conns.values() {
-            let all_dialled = ours.entry(c.peer).or_insert(true);
-            *all_dialled &= c.dialer;
+        let me = *self.swarm.local_peer_id();
+        let mut by_peer: HashMap<PeerId, (Vec<ConnectionId>, bool)> = HashMap::new();
+        for (id, c) in &self.conns {
+            let e = by_peer.entry(c.peer).or_default();
+            if c.dialer {
+                e.0.push(*id);
+            } else {
+                e.1 = true;
+            }
         }
-        self.last_used.retain(|p, _| ours.contains_key(p));
-        for (peer, all_dialled) in ours {
+        self.last_used.retain(|p, _| by_peer.contains_key(p));
+        for (peer, (dialled, inbound)) in by_peer {
+            if dialled.is_empty() {
+                continue;
+            }
             let kept = self.known.get(&peer).is_some_and(|k| k.keep != 0);
             let idle = self
                 .last_used
                 .get(&peer)
                 .is_none_or(|t| now.duration_since(*t) >= limit);
-            if all_dialled && !kept && idle {
-                debug!(%peer, "closing an idle connection nobody keeps");
-                let _ = self.swarm.disconnect_peer_id(peer);
+            let duplicate = inbound && me > peer;
+            if (!kept && idle) || duplicate {
+                debug!(%peer, duplicate, "closing a connection this node dialled and nobody needs");
+                for id in dialled {
+                    self.swarm.close_connection(id);
+                }
             }
         }
     }
