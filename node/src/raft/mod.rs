@@ -28,6 +28,7 @@ mod logging;
 mod raft_core;
 #[cfg(test)]
 mod sim;
+pub mod snapshot;
 pub mod storage;
 
 pub use raft_core::{Membership, Output, RaftCore, SplitMix64};
@@ -122,6 +123,8 @@ pub enum RaftError {
     Raft(#[from] raft::Error),
     #[error("state snapshot is unreadable: {0}")]
     Snapshot(#[from] codec::CodecError),
+    #[error("snapshot image: {0}")]
+    Image(#[from] snapshot::ImageError),
 }
 
 type Reply = oneshot::Sender<Result<(), ProposeError>>;
@@ -146,6 +149,7 @@ enum Request {
         peer: u64,
         delivered: bool,
     },
+    SnapshotProgress(u64),
 }
 
 #[derive(Clone)]
@@ -153,6 +157,7 @@ pub struct RaftHandle {
     tx: mpsc::Sender<Request>,
     published: watch::Receiver<Arc<Published>>,
     events: broadcast::Sender<Event>,
+    images: snapshot::SnapshotStore,
 }
 
 impl RaftHandle {
@@ -230,6 +235,17 @@ impl RaftHandle {
                 delivered,
             })
             .await;
+    }
+
+    /// A peer is still reading the image of the snapshot sent to `raft_id` (leader): the
+    /// leader keeps waiting for it instead of deeming the snapshot lost.
+    pub async fn snapshot_progress(&self, raft_id: u64) {
+        let _ = self.tx.send(Request::SnapshotProgress(raft_id)).await;
+    }
+
+    /// This node's snapshot images, for the transport (serve chunks, stage received ones).
+    pub fn images(&self) -> &snapshot::SnapshotStore {
+        &self.images
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
@@ -310,6 +326,7 @@ impl RaftNode {
             tx,
             published: published_rx,
             events: events.clone(),
+            images: snapshot::SnapshotStore::new(core.storage().clone()),
         };
         let node = RaftNode {
             core,
@@ -384,6 +401,10 @@ impl RaftNode {
             }
             Request::ReportSnapshot { peer, delivered } => {
                 self.core.report_snapshot(peer, delivered);
+                return;
+            }
+            Request::SnapshotProgress(peer) => {
+                self.core.snapshot_in_progress(peer);
                 return;
             }
         };

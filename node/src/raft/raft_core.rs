@@ -31,13 +31,14 @@
 //!   every node (logged, answered with an error), never fatal.
 
 use super::logging;
+use super::snapshot::{self, Descriptor, SnapshotStore};
 use super::storage::SledStorage;
 use super::{PeerProgress, ProposeError, Published, RaftError, RaftOptions};
 use crate::store::{ClusterState, Event};
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
-    Entry, EntryType, Message, Snapshot,
+    Entry, EntryType, Message, MessageType, Snapshot,
 };
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole, INVALID_ID};
 use skein_protocol::{codec, Command};
@@ -206,11 +207,7 @@ impl RaftCore {
             tracing::info!(raft_id, "initialized a new single-voter raft log");
         }
         let (state, applied) = match store.snapshot_data()? {
-            Some((meta, data)) if !data.is_empty() => {
-                let state: ClusterState = codec::decode(&data)?;
-                (state, meta.index)
-            }
-            Some((meta, _)) => (ClusterState::default(), meta.index),
+            Some((meta, data)) => (load_state(&store, &data)?, meta.index),
             None => (ClusterState::default(), 0),
         };
         let election_ticks = opts.election_ticks.max(2);
@@ -325,11 +322,28 @@ impl RaftCore {
         self.rejitter();
     }
 
-    /// A message from a peer. Messages for another raft id are ignored.
+    /// A message from a peer. Messages for another raft id are ignored, and so is a
+    /// `MsgSnapshot` whose image the transport has not stored complete (raft-rs would accept
+    /// it and this node could not install it).
     pub fn step(&mut self, msg: Message) {
         if msg.to != self.node.raft.id {
             tracing::debug!(to = msg.to, "ignoring a raft message for another node");
             return;
+        }
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            if let Some(desc) = Descriptor::decode(msg.get_snapshot().get_data()) {
+                let stored = desc
+                    .ok()
+                    .map(|d| SnapshotStore::new(self.store.clone()).is_complete(&d));
+                if !matches!(stored, Some(Ok(true))) {
+                    tracing::warn!(
+                        raft_id = self.node.raft.id,
+                        from = msg.from,
+                        "ignoring a snapshot whose image was not received"
+                    );
+                    return;
+                }
+            }
         }
         if let Err(e) = self.node.step(msg) {
             tracing::debug!(error = %e, "ignoring raft message");
@@ -502,6 +516,14 @@ impl RaftCore {
         self.snapshot_wait.remove(&peer);
     }
 
+    /// Leader: `peer` is still receiving the snapshot's image (it just read a chunk), so the
+    /// wait for its answer starts over: a large image may take longer than the limit.
+    pub fn snapshot_in_progress(&mut self, peer: u64) {
+        if let Some(ticks) = self.snapshot_wait.get_mut(&peer) {
+            *ticks = 0;
+        }
+    }
+
     /// Leader: counts the ticks peers wait in the Snapshot state; past the limit the snapshot
     /// is deemed lost.
     fn watch_snapshots(&mut self) {
@@ -621,7 +643,8 @@ impl RaftCore {
 
     fn install_snapshot(&mut self, snap: Snapshot, out: &mut Output) -> Result<(), RaftError> {
         let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
-        let state: ClusterState = codec::decode(snap.get_data())?;
+        // The image was received and verified before the message was stepped (see `step`).
+        let state = load_state(&self.store, snap.get_data())?;
         self.store.apply_snapshot(snap)?;
         // Everything may have changed: tell watchers about every object, old and new.
         let old = std::mem::replace(&mut self.state, Arc::new(state));
@@ -810,9 +833,18 @@ impl RaftCore {
         if !due || !fresh {
             return Ok(());
         }
-        let data = codec::encode(self.state.as_ref())?;
+        // Streamed from the state into bounded chunks: no size is too large to snapshot.
+        let term = self.node.raft.raft_log.term(self.applied)?;
+        let desc = snapshot::write_image(
+            &self.store,
+            self.node.raft.id,
+            self.applied,
+            term,
+            &self.state,
+        )?;
         let cs = self.node.raft.prs().conf().to_conf_state();
-        self.store.create_snapshot(self.applied, cs, data)?;
+        self.store
+            .create_snapshot(self.applied, cs, desc.encode())?;
         // Keep a margin of log behind the snapshot so a briefly lagging follower catches up
         // from the log rather than with a whole snapshot.
         let keep = self.snapshot_entries / 2;
@@ -970,6 +1002,21 @@ impl RaftCore {
             learners,
             progress,
         }
+    }
+}
+
+/// The state a snapshot's data stands for: the image it names, or (written by an older
+/// version) the whole state encoded at once; empty data is the empty state.
+fn load_state(store: &SledStorage, data: &[u8]) -> Result<ClusterState, RaftError> {
+    if data.is_empty() {
+        return Ok(ClusterState::default());
+    }
+    match Descriptor::decode(data) {
+        Some(Ok(desc)) => Ok(snapshot::restore(store, &desc)?),
+        Some(Err(e)) => Err(RaftError::Storage(super::storage::StorageError::Corrupt(
+            format!("snapshot descriptor: {e}"),
+        ))),
+        None => Ok(codec::decode(data)?),
     }
 }
 
