@@ -10,6 +10,10 @@
 //!   applied, with apply's verdict), feeds peer messages and "peer unreachable" reports from
 //!   the transport, and subscribes to [`Published`] views of the state.
 //!
+//! Snapshots are images in bounded chunks ([`snapshot`]); [`RaftHandle::images`] gives the
+//! transport what it needs to serve and receive them, [`RaftHandle::snapshot_progress`] keeps
+//! the leader waiting while a peer still reads one.
+//!
 //! Invariants of the actor:
 //! - the state containing an applied proposal is published BEFORE the proposal is answered:
 //!   a caller that reads the state after its answer sees its own write;

@@ -27,6 +27,11 @@
 //!   without leadership for two election timeouts);
 //! - once anything is applied a real snapshot (index >= 1) exists, so a peer joining with an
 //!   empty log always starts from a snapshot that carries the whole configuration;
+//! - no state size stops Raft: a snapshot is an image streamed from the in-memory state into
+//!   bounded records and chunks ([`super::snapshot`]), never one encoding of the whole
+//!   state; raft-rs's `Snapshot.data` is only the image's descriptor. A `MsgSnapshot` is
+//!   stepped only once its image is stored complete on this node (the transport fetched and
+//!   verified it): raft-rs never accepts a snapshot this node could not install;
 //! - `apply` is deterministic; a conf change raft-rs refuses at apply time is refused alike on
 //!   every node (logged, answered with an error), never fatal.
 

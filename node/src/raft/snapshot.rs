@@ -167,6 +167,8 @@ enum RecordRef<'a> {
 }
 
 /// One record, owned (reading). Same variants, same order as [`RecordRef`].
+// One lives at a time, moved straight into the state: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]
 enum Record {
     Rest(Box<ClusterState>),
@@ -511,6 +513,11 @@ impl SnapshotStore {
         Ok(self.store.chunk(id, seq)?)
     }
 
+    /// The image the stored snapshot names, if any.
+    pub fn current(&self) -> Result<Option<Descriptor>, ImageError> {
+        Ok(self.store.current_image()?)
+    }
+
     /// Index of the snapshot this node has installed or taken (0: none).
     pub fn installed_index(&self) -> Result<u64, ImageError> {
         Ok(self.store.snapshot_metadata()?.index)
@@ -593,7 +600,7 @@ impl SnapshotStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;

@@ -6,8 +6,12 @@
 //!   key order is log order), value = the protobuf-encoded [`Entry`].
 //! * `raft_meta`: `hard_state` ([`HardState`]), `conf_state` (the current [`ConfState`]),
 //!   `snapshot_meta` (the [`SnapshotMetadata`] of the latest snapshot, small, read on every
-//!   `term` lookup) and `snapshot` (the whole [`Snapshot`], metadata plus the state machine
-//!   image, written together with `snapshot_meta`).
+//!   `term` lookup) and `snapshot` (the [`Snapshot`]: its metadata, and as data the small
+//!   [`Descriptor`] of the state machine image, written together with `snapshot_meta`).
+//! * `raft_snap_images` and `raft_snap_chunks`: snapshot images (format and writers in
+//!   [`super::snapshot`]): one [`ImageEntry`] per image (its descriptor, and whether every
+//!   chunk is in and verified), and the image's chunks (each at most a few MiB, with its
+//!   CRC-32). A state of any size is stored, restored and sent in these bounded pieces.
 //!
 //! Invariants (checked on [`SledStorage::open`] where cheap, kept by every mutator):
 //!
@@ -20,6 +24,13 @@
 //! * Entries at or below the snapshot index are committed and never overwritten: `append`
 //!   refuses them.
 //! * `hard_state.commit <= last_index`, and a snapshot is only taken at an index `<= commit`.
+//! * The stored snapshot names an image that is stored complete (checked on open, and by
+//!   `create_snapshot` / `apply_snapshot` before they switch to it; data that is not a
+//!   descriptor, from older versions and tests, is taken as is). Images are only deleted
+//!   once replaced ([`SledStorage::collect_images`], after the switch): every image but the
+//!   named one whose index is not above the stored snapshot's, unless a peer read it within
+//!   [`PIN_TTL`] ([`SledStorage::pin_image`]); images above it are being received and belong
+//!   to the receiver.
 //! * Every public mutator is atomic: single-tree changes go through one `sled::Batch`,
 //!   cross-tree changes (`apply_snapshot`) through one sled transaction. Durability comes from
 //!   [`SledStorage::flush`], which the driver calls once per `Ready`.

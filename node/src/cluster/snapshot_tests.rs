@@ -1,0 +1,263 @@
+//! A state of any size replicates: real Raft nodes in one process, over the real network
+//! (libp2p on 127.0.0.1, the real [`Router`], [`raft_link`] and snapshot link), a leader
+//! holding a ≥ 200 MB state and a manager that joins late.
+
+#![allow(clippy::unwrap_used)]
+
+use super::forward::Proposer;
+use super::inbound::Router;
+use super::raft_link::{self, PeerBook};
+use super::snapshot_link;
+use crate::dispatcher::Dispatcher;
+use crate::net::{self, NetConfig, NetHandle, MAX_RPC_FRAME};
+use crate::raft::snapshot::{self, CHUNK_SIZE};
+use crate::raft::{Published, RaftCore, RaftError, RaftHandle, RaftNode, RaftOptions};
+use skein_protocol::{Command, ServiceSpec, Task, TaskState, TaskStatus};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+struct TestNode {
+    raft: RaftHandle,
+    net: NetHandle,
+    book: PeerBook,
+    db: sled::Db,
+    stop: watch::Sender<bool>,
+    raft_task: JoinHandle<Result<(), RaftError>>,
+}
+
+fn opts() -> RaftOptions {
+    RaftOptions {
+        tick: Duration::from_millis(50),
+        election_ticks: 10,
+        heartbeat_ticks: 1,
+        snapshot_entries: 20,
+    }
+}
+
+async fn start_node(dir: &Path, name: &str, raft_id: u64, found: bool) -> TestNode {
+    let (stop, shutdown) = watch::channel(false);
+    let mut cfg = NetConfig::new([7; 32], dir.join(format!("{name}.key")));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let (net, inbound) = net::start(cfg, shutdown.clone()).await.unwrap();
+    let db = sled::open(dir.join(name)).unwrap();
+    let (mut node, raft) = if found {
+        RaftNode::open(&db, raft_id, opts()).unwrap()
+    } else {
+        RaftNode::open_joining(&db, raft_id, opts()).unwrap()
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    node.set_outbound(tx);
+    let raft_task = tokio::spawn(node.run(shutdown.clone()));
+    let book = PeerBook::default();
+    tokio::spawn(raft_link::run_outbound(
+        rx,
+        raft.clone(),
+        net.clone(),
+        book.clone(),
+        shutdown.clone(),
+    ));
+    let proposer = Proposer::new(raft.clone(), Some(net.clone()), book.clone());
+    let (_dispatcher, dispatch) = Dispatcher::new(raft.clone(), proposer.clone());
+    let (heard, _) = mpsc::channel(16);
+    tokio::spawn(
+        Router {
+            node_id: name.into(),
+            raft: raft.clone(),
+            net: net.clone(),
+            book: book.clone(),
+            proposer,
+            heard,
+            dispatch,
+        }
+        .run(inbound, shutdown),
+    );
+    TestNode {
+        raft,
+        net,
+        book,
+        db,
+        stop,
+        raft_task,
+    }
+}
+
+/// Each knows the other's raft id, peer id and address (what a join answer gives).
+fn introduce(a: &TestNode, a_id: u64, b: &TestNode, b_id: u64) {
+    a.book.insert(b_id, b.net.peer_id());
+    b.book.insert(a_id, a.net.peer_id());
+    a.net
+        .add_peer(&b.net.peer_id(), &b.net.listen_addr().to_string());
+    b.net
+        .add_peer(&a.net.peer_id(), &a.net.listen_addr().to_string());
+}
+
+async fn until(
+    raft: &RaftHandle,
+    what: &str,
+    limit: Duration,
+    f: impl Fn(&Published) -> bool,
+) -> Arc<Published> {
+    let mut sub = raft.subscribe();
+    let r = tokio::time::timeout(limit, async {
+        loop {
+            let p = sub.borrow_and_update().clone();
+            if f(&p) {
+                return p;
+            }
+            sub.changed().await.expect("raft alive");
+        }
+    })
+    .await;
+    match r {
+        Ok(p) => p,
+        Err(_) => {
+            let p = raft.current();
+            panic!(
+                "timed out waiting for {what}: raft {} applied {} commit {} leader {}",
+                p.raft_id, p.applied, p.commit, p.leader_id
+            )
+        }
+    }
+}
+
+/// A task whose spec carries `pad` bytes (an environment variable), so few objects make a
+/// big state.
+fn task(i: usize, pad: &str) -> Task {
+    let mut spec = ServiceSpec::new("big", "busybox");
+    spec.env.insert("PAD".into(), pad.to_string());
+    spec.env.insert("INDEX".into(), i.to_string());
+    Task {
+        id: format!("task-{i:07}"),
+        service_id: "svc-big".into(),
+        service_name: "big".into(),
+        slot: Some(i as u64),
+        node_id: Some(format!("node-{}", i % 97)),
+        spec_version: 1,
+        spec,
+        desired_state: TaskState::Running,
+        status: TaskStatus {
+            state: TaskState::Running,
+            ..Default::default()
+        },
+        created_at: i as u64,
+        restarts: vec![],
+    }
+}
+
+const TASKS: usize = 50_000;
+const PAD: usize = 4_100;
+const BATCH: usize = 1_000;
+
+/// Issue 13 item 5: a state of ≥ 200 MB (measured: the leader's snapshot image) replicates to
+/// a manager that joins late, through the snapshot link (no frame anywhere near the RPC
+/// limit), survives the new manager's restart, and Raft keeps committing afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_state_replicates_to_a_manager_that_joins_late() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start_node(dir.path(), "n1", 1, true).await;
+    until(&n1.raft, "n1 to lead", Duration::from_secs(10), |p| {
+        p.leader_ready
+    })
+    .await;
+    // A first, small entry: the first (always taken) snapshot stays small.
+    n1.raft
+        .propose(Command::CreateTasks(vec![task(TASKS, "first")]))
+        .await
+        .unwrap();
+
+    // ~215 MB of tasks in 50 entries of ~4 MB, proposed together (few Readies).
+    let pad = "p".repeat(PAD);
+    let mut proposals = Vec::new();
+    for b in 0..TASKS / BATCH {
+        let tasks: Vec<Task> = (b * BATCH..(b + 1) * BATCH)
+            .map(|i| task(i, &pad))
+            .collect();
+        let raft = n1.raft.clone();
+        proposals.push(tokio::spawn(async move {
+            raft.propose(Command::CreateTasks(tasks)).await
+        }));
+    }
+    for p in proposals {
+        p.await.unwrap().unwrap();
+    }
+    let leader = n1.raft.current();
+    assert_eq!(leader.state.tasks.len(), TASKS + 1);
+    eprintln!("{:?}: leader holds {} tasks", t0.elapsed(), TASKS + 1);
+
+    // The manager that joins late: an empty log, added as a learner.
+    let n2 = start_node(dir.path(), "n2", 2, false).await;
+    introduce(&n1, 1, &n2, 2);
+    n1.raft.add_learner(2).await.unwrap();
+    let commit = n1.raft.current().commit;
+    // Generous: a debug build moves a few MB/s through the encrypted transport on a busy
+    // machine (timing goals live in benchmarks).
+    let p2 = until(&n2.raft, "n2 to catch up", Duration::from_secs(400), |p| {
+        p.applied >= commit
+    })
+    .await;
+    eprintln!("{:?}: n2 caught up at {}", t0.elapsed(), p2.applied);
+
+    // It came as a snapshot image of at least 200 MB, in chunks far below the frame limit.
+    let image = n2
+        .raft
+        .images()
+        .current()
+        .unwrap()
+        .expect("n2 installed an image");
+    assert!(image.size >= 200_000_000, "image of {} bytes", image.size);
+    assert!(image.chunks as u64 >= image.size / u64::from(CHUNK_SIZE));
+    assert!(snapshot_link::largest_chunk_served() <= CHUNK_SIZE as usize);
+    assert!(raft_link::largest_message_sent() < 4 * 1024 * 1024);
+    assert!(snapshot::MAX_CHUNK_SIZE as usize * 2 < MAX_RPC_FRAME);
+    eprintln!(
+        "image of {} bytes in {} chunks; largest chunk served {} bytes, largest raft message {} bytes",
+        image.size,
+        image.chunks,
+        snapshot_link::largest_chunk_served(),
+        raft_link::largest_message_sent()
+    );
+
+    // The whole state, identical.
+    let want = n1.raft.current().state.clone();
+    assert_eq!(p2.state.tasks.len(), TASKS + 1);
+    let sample = format!("task-{:07}", TASKS / 2 + 17);
+    assert_eq!(p2.state.tasks.get(&sample), want.tasks.get(&sample));
+    assert!(*p2.state == *want, "n2's state differs from the leader's");
+
+    // Raft keeps committing, on both.
+    n1.raft.add_voter(2).await.unwrap();
+    for i in 0..3 {
+        n1.raft
+            .propose(Command::CreateTasks(vec![task(TASKS + 1 + i, "after")]))
+            .await
+            .unwrap();
+    }
+    until(
+        &n2.raft,
+        "n2 to apply later writes",
+        Duration::from_secs(30),
+        |p| p.state.tasks.len() == TASKS + 4 && p.voters == [1, 2],
+    )
+    .await;
+    eprintln!("{:?}: later writes committed on both", t0.elapsed());
+
+    // The new manager restarts from its stored image (no size limit on restart either).
+    let _ = n2.stop.send(true);
+    n2.raft_task.await.unwrap().unwrap();
+    let mut core = RaftCore::open_joining(&n2.db, 2, &opts()).unwrap();
+    core.start().unwrap();
+    assert_eq!(core.state().tasks.len(), TASKS + 4);
+    assert_eq!(core.state().tasks.get(&sample), want.tasks.get(&sample));
+    eprintln!("{:?}: n2 restarted from its image", t0.elapsed());
+    drop(core);
+    let _ = n1.stop.send(true);
+    n1.raft_task.await.unwrap().unwrap();
+}
