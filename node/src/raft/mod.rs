@@ -322,7 +322,8 @@ impl RaftNode {
         Ok(Self::with_core(core, &opts))
     }
 
-    fn with_core(core: RaftCore, opts: &RaftOptions) -> (RaftNode, RaftHandle) {
+    fn with_core(mut core: RaftCore, opts: &RaftOptions) -> (RaftNode, RaftHandle) {
+        core.set_background_snapshots(true);
         let (tx, rx) = mpsc::channel(1024);
         let (published, published_rx) = watch::channel(Arc::new(core.published()));
         let (events, _) = broadcast::channel(4096);

@@ -29,14 +29,16 @@
 //!   empty log always starts from a snapshot that carries the whole configuration;
 //! - no state size stops Raft: a snapshot is an image streamed from the in-memory state into
 //!   bounded records and chunks ([`super::snapshot`]), never one encoding of the whole
-//!   state; raft-rs's `Snapshot.data` is only the image's descriptor. A `MsgSnapshot` is
+//!   state (with background snapshots, on a thread from the state as of the snapshot index,
+//!   recorded and compacted behind only once written, dropped if a received snapshot
+//!   overtook it); raft-rs's `Snapshot.data` is only the image's descriptor. A `MsgSnapshot` is
 //!   stepped only once its image is stored complete on this node (the transport fetched and
 //!   verified it): raft-rs never accepts a snapshot this node could not install;
 //! - `apply` is deterministic; a conf change raft-rs refuses at apply time is refused alike on
 //!   every node (logged, answered with an error), never fatal.
 
 use super::logging;
-use super::snapshot::{self, Descriptor, SnapshotStore};
+use super::snapshot::{self, Descriptor, ImageError, SnapshotStore};
 use super::storage::SledStorage;
 use super::{PeerProgress, ProposeError, Published, RaftError, RaftOptions};
 use crate::store::{ClusterState, Event};
@@ -163,6 +165,23 @@ pub struct RaftCore {
     /// A voter to send `MsgTimeoutNow` once the current `Ready` is done (see
     /// `step_down_removed`).
     timeout_now: Option<u64>,
+    /// Write snapshot images on a thread instead of inside `advance`.
+    background_snapshots: bool,
+    /// A snapshot whose image a thread is writing, and where its result comes.
+    building: Option<(
+        SnapshotAt,
+        std::sync::mpsc::Receiver<Result<Descriptor, ImageError>>,
+    )>,
+}
+
+/// Where a snapshot is taken: the applied index, its term and configuration, and the peer
+/// that asked for it (if one did).
+#[derive(Debug)]
+struct SnapshotAt {
+    index: u64,
+    term: u64,
+    conf: ConfState,
+    requested: Option<u64>,
 }
 
 impl RaftCore {
@@ -249,6 +268,8 @@ impl RaftCore {
             record: false,
             jitter: None,
             timeout_now: None,
+            background_snapshots: false,
+            building: None,
         })
     }
 
@@ -270,6 +291,17 @@ impl RaftCore {
     pub fn set_deterministic_timeouts(&mut self, seed: u64) {
         self.jitter = Some(SplitMix64::new(seed));
         self.rejitter();
+    }
+
+    /// Writes snapshot images on a thread (the actor does; the deterministic simulation does
+    /// not): a large state's image then never holds up ticks, heartbeats and proposals.
+    pub fn set_background_snapshots(&mut self, on: bool) {
+        self.background_snapshots = on;
+    }
+
+    /// A snapshot image is being written in the background.
+    pub fn snapshot_in_flight(&self) -> bool {
+        self.building.is_some()
     }
 
     /// Records every applied entry in [`Output::entries`].
@@ -579,6 +611,9 @@ impl RaftCore {
         send: &mut dyn FnMut(Vec<Message>),
     ) -> Result<Output, RaftError> {
         let mut out = Output::default();
+        // A background snapshot finished: record it (its compaction and any retry to the
+        // peer that asked go out with this round).
+        self.poll_snapshot()?;
         // Each round consumes what raft produced; applying can produce more (a conf change
         // probing new peers, a snapshot made on request), so loop until quiet.
         for _ in 0..16 {
@@ -828,8 +863,13 @@ impl RaftCore {
     /// Snapshots the state at the applied index and compacts the log behind it, when
     /// `snapshot_entries` entries were applied since the last one, when only the `initialize`
     /// placeholder exists (a joining peer must start from a real snapshot), or when a peer
-    /// asked for a snapshot the stored one cannot serve.
+    /// asked for a snapshot the stored one cannot serve. With background snapshots the image
+    /// is written by a thread from the state as of now (an `Arc`: no copy) while this node
+    /// goes on; [`RaftCore::advance_with`] picks the result up.
     fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
+        if self.building.is_some() {
+            return self.poll_snapshot();
+        }
         let requested = self.store.take_snapshot_request();
         let fresh = self.applied > self.last_snapshot;
         let due = self.applied >= self.last_snapshot + self.snapshot_entries
@@ -838,33 +878,85 @@ impl RaftCore {
         if !due || !fresh {
             return Ok(());
         }
-        // Streamed from the state into bounded chunks: no size is too large to snapshot.
-        let term = self.node.raft.raft_log.term(self.applied)?;
-        let desc = snapshot::write_image(
-            &self.store,
-            self.node.raft.id,
-            self.applied,
-            term,
-            &self.state,
-        )?;
-        let cs = self.node.raft.prs().conf().to_conf_state();
+        let at = SnapshotAt {
+            index: self.applied,
+            term: self.node.raft.raft_log.term(self.applied)?,
+            conf: self.node.raft.prs().conf().to_conf_state(),
+            requested,
+        };
+        let raft_id = self.node.raft.id;
+        if !self.background_snapshots {
+            // Streamed from the state into bounded chunks: no size is too large to snapshot.
+            let desc = snapshot::write_image(&self.store, raft_id, at.index, at.term, &self.state)?;
+            return self.take_snapshot(at, desc);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (store, state) = (self.store.clone(), self.state.clone());
+        let (index, term) = (at.index, at.term);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let _ = tx.send(snapshot::write_image(&store, raft_id, index, term, &state));
+            });
+        match spawned {
+            Ok(_) => self.building = Some((at, rx)),
+            Err(e) => tracing::warn!(error = %e, "cannot start a snapshot thread: retrying later"),
+        }
+        Ok(())
+    }
+
+    /// Picks up a background snapshot once its image is written.
+    fn poll_snapshot(&mut self) -> Result<(), RaftError> {
+        let Some((_, rx)) = &self.building else {
+            return Ok(());
+        };
+        let result = match rx.try_recv() {
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            Ok(r) => r,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(ImageError::Bad {
+                id: 0,
+                why: "the snapshot thread died".into(),
+            }),
+        };
+        let Some((at, _)) = self.building.take() else {
+            return Ok(());
+        };
+        match result {
+            Ok(desc) if at.index > self.last_snapshot => self.take_snapshot(at, desc),
+            Ok(desc) => {
+                // A newer snapshot (one received from the leader) came first.
+                self.store.delete_image(desc.id)?;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(raft_id = self.node.raft.id, index = at.index, error = %e, "snapshot image not written: retrying later");
+                let id = snapshot::image_id(self.node.raft.id, at.index, at.term);
+                self.store.delete_image(id)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Records the snapshot whose image `desc` was written at `at`, compacts behind it.
+    fn take_snapshot(&mut self, at: SnapshotAt, desc: Descriptor) -> Result<(), RaftError> {
         self.store
-            .create_snapshot(self.applied, cs, desc.encode())?;
+            .create_snapshot(at.index, at.conf, desc.encode())?;
         // Keep a margin of log behind the snapshot so a briefly lagging follower catches up
         // from the log rather than with a whole snapshot.
         let keep = self.snapshot_entries / 2;
-        let compact_to = self.applied.saturating_sub(keep);
+        let compact_to = at.index.saturating_sub(keep);
         if compact_to > 1 {
             self.store.compact(compact_to)?;
         }
         self.store.flush()?;
-        self.last_snapshot = self.applied;
+        self.last_snapshot = at.index;
         tracing::debug!(
             raft_id = self.node.raft.id,
-            index = self.applied,
+            index = at.index,
+            bytes = desc.size,
             "snapshot taken, log compacted behind it"
         );
-        if let Some(peer) = requested {
+        if let Some(peer) = at.requested {
             if self.is_leader() && self.node.raft.prs().get(peer).is_some() {
                 // Retry now instead of at the next heartbeat response.
                 self.node.raft.send_append(peer);
