@@ -24,12 +24,13 @@ pub const CHUNK: usize = 4 * 1024 * 1024;
 /// Most chunked messages being reassembled at once (per link).
 const MAX_PARTIAL: usize = 8;
 
-/// Largest encoded raft message this process sent (tests check snapshots stay small).
-static LARGEST_SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Largest encoded `MsgSnapshot` this process sent (tests check it stays small).
+static LARGEST_SNAPSHOT_SENT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
-/// The largest encoded raft message any node in this process sent, in bytes.
-pub fn largest_message_sent() -> usize {
-    LARGEST_SENT.load(std::sync::atomic::Ordering::Relaxed)
+/// The largest encoded `MsgSnapshot` any node in this process sent, in bytes.
+pub fn largest_snapshot_message_sent() -> usize {
+    LARGEST_SNAPSHOT_SENT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// raft id -> peer id, for members the replicated state does not list yet.
@@ -102,7 +103,9 @@ pub async fn run_outbound(
                 continue;
             }
         };
-        LARGEST_SENT.fetch_max(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            LARGEST_SNAPSHOT_SENT.fetch_max(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+        }
         if bytes.len() <= CHUNK {
             net.send(&peer, WireMessage::Raft(bytes));
             continue;

@@ -372,6 +372,10 @@ impl RaftNode {
                     None => return Ok(()),
                 },
                 _ = shutdown.changed() => {
+                    // Bounded: an image of hundreds of MB is written in about a second.
+                    if let Err(e) = self.core.finish_snapshot(Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, "snapshot not recorded at shutdown");
+                    }
                     self.core.storage().flush()?;
                     for (_, reply) in self.replies.drain() {
                         let _ = reply.send(Err(ProposeError::Stopped));

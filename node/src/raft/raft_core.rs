@@ -29,9 +29,10 @@
 //!   empty log always starts from a snapshot that carries the whole configuration;
 //! - no state size stops Raft: a snapshot is an image streamed from the in-memory state into
 //!   bounded records and chunks ([`super::snapshot`]), never one encoding of the whole
-//!   state (with background snapshots, on a thread from the state as of the snapshot index,
-//!   recorded and compacted behind only once written, dropped if a received snapshot
-//!   overtook it); raft-rs's `Snapshot.data` is only the image's descriptor. A `MsgSnapshot` is
+//!   state (with background snapshots and a large state: on a thread, from the state as of
+//!   the snapshot index, recorded and compacted behind only once written, dropped if a
+//!   received snapshot overtook it); raft-rs's `Snapshot.data` is only the image's
+//!   descriptor. A `MsgSnapshot` is
 //!   stepped only once its image is stored complete on this node (the transport fetched and
 //!   verified it): raft-rs never accepts a snapshot this node could not install;
 //! - `apply` is deterministic; a conf change raft-rs refuses at apply time is refused alike on
@@ -57,6 +58,10 @@ use std::sync::Arc;
 /// message, a transport that does not report), the leader gives up after this many election
 /// timeouts and sends a new one, so a follower is never stranded.
 const SNAPSHOT_WAIT_TIMEOUTS: usize = 10;
+
+/// States with at least this many objects (nodes, services, tasks) are snapshotted on a
+/// thread when background snapshots are on; smaller ones take milliseconds in line.
+const BACKGROUND_OBJECTS: usize = 10_000;
 
 /// A membership change, proposed through [`RaftCore::propose_membership`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,8 +298,9 @@ impl RaftCore {
         self.rejitter();
     }
 
-    /// Writes snapshot images on a thread (the actor does; the deterministic simulation does
-    /// not): a large state's image then never holds up ticks, heartbeats and proposals.
+    /// Writes snapshot images of large states on a thread (the actor does; the deterministic
+    /// simulation does not): a large state's image then never holds up ticks, heartbeats
+    /// and proposals.
     pub fn set_background_snapshots(&mut self, on: bool) {
         self.background_snapshots = on;
     }
@@ -885,7 +891,12 @@ impl RaftCore {
             requested,
         };
         let raft_id = self.node.raft.id;
-        if !self.background_snapshots {
+        // In line when it is quick (a small state), and always for the first real snapshot:
+        // until it exists the log starts at index 1, and a joining peer would be sent entries
+        // without the founding configuration instead of a snapshot.
+        let st = &self.state;
+        let small = st.tasks.len() + st.services.len() + st.nodes.len() < BACKGROUND_OBJECTS;
+        if !self.background_snapshots || self.last_snapshot == 0 || small {
             // Streamed from the state into bounded chunks: no size is too large to snapshot.
             let desc = snapshot::write_image(&self.store, raft_id, at.index, at.term, &self.state)?;
             return self.take_snapshot(at, desc);
@@ -905,15 +916,26 @@ impl RaftCore {
         Ok(())
     }
 
+    /// Shutdown: waits (at most `limit`) for a background snapshot's image and records it,
+    /// so a restart replays less of the log.
+    pub fn finish_snapshot(&mut self, limit: std::time::Duration) -> Result<(), RaftError> {
+        self.poll_snapshot_within(limit)
+    }
+
     /// Picks up a background snapshot once its image is written.
     fn poll_snapshot(&mut self) -> Result<(), RaftError> {
+        self.poll_snapshot_within(std::time::Duration::ZERO)
+    }
+
+    fn poll_snapshot_within(&mut self, limit: std::time::Duration) -> Result<(), RaftError> {
+        use std::sync::mpsc::RecvTimeoutError;
         let Some((_, rx)) = &self.building else {
             return Ok(());
         };
-        let result = match rx.try_recv() {
-            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+        let result = match rx.recv_timeout(limit) {
+            Err(RecvTimeoutError::Timeout) => return Ok(()),
             Ok(r) => r,
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(ImageError::Bad {
+            Err(RecvTimeoutError::Disconnected) => Err(ImageError::Bad {
                 id: 0,
                 why: "the snapshot thread died".into(),
             }),
@@ -939,6 +961,11 @@ impl RaftCore {
 
     /// Records the snapshot whose image `desc` was written at `at`, compacts behind it.
     fn take_snapshot(&mut self, at: SnapshotAt, desc: Descriptor) -> Result<(), RaftError> {
+        let c = &at.conf;
+        let listed: Vec<u64> = (c.voters.iter().chain(&c.learners))
+            .chain(c.voters_outgoing.iter().chain(&c.learners_next))
+            .copied()
+            .collect();
         self.store
             .create_snapshot(at.index, at.conf, desc.encode())?;
         // Keep a margin of log behind the snapshot so a briefly lagging follower catches up
@@ -956,8 +983,13 @@ impl RaftCore {
             bytes = desc.size,
             "snapshot taken, log compacted behind it"
         );
-        if let Some(peer) = at.requested {
-            if self.is_leader() && self.node.raft.prs().get(peer).is_some() {
+        // A peer that asked while the image was being written may be served by it: no
+        // second image for it then (only if the new one does not list it).
+        let during = self.store.take_snapshot_request();
+        for peer in at.requested.into_iter().chain(during) {
+            if !listed.contains(&peer) {
+                self.store.request_snapshot(peer);
+            } else if self.is_leader() && self.node.raft.prs().get(peer).is_some() {
                 // Retry now instead of at the next heartbeat response.
                 self.node.raft.send_append(peer);
             }

@@ -894,6 +894,12 @@ impl SledStorage {
         }
     }
 
+    /// Records that `peer` needs a snapshot the stored one cannot serve (as
+    /// [`raft::Storage::snapshot`] does), for [`SledStorage::take_snapshot_request`].
+    pub(crate) fn request_snapshot(&self, peer: u64) {
+        self.snapshot_request.store(peer.max(1), Ordering::Relaxed);
+    }
+
     /// Makes every write so far durable. Call once after the writes of one `Ready`.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
@@ -1057,7 +1063,7 @@ impl raft::Storage for SledStorage {
                 return Ok(snap);
             }
         }
-        self.snapshot_request.store(to.max(1), Ordering::Relaxed);
+        self.request_snapshot(to);
         Err(raft::Error::Store(
             raft::StorageError::SnapshotTemporarilyUnavailable,
         ))
