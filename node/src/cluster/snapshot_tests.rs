@@ -261,3 +261,74 @@ async fn a_200_mb_state_replicates_to_a_manager_that_joins_late() {
     let _ = n1.stop.send(true);
     n1.raft_task.await.unwrap().unwrap();
 }
+
+/// Chunk requests and transfer reports are Raft traffic: only from the peer bound to the
+/// raft id they name; an image the node no longer has is answered as gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_messages_are_taken_only_from_the_raft_ids_owner() {
+    use skein_protocol::wire::{SnapshotChunkRequest, SnapshotStatus, WireMessage, WireReply};
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start_node(dir.path(), "n1", 1, true).await;
+    until(&n1.raft, "n1 to lead", Duration::from_secs(10), |p| {
+        p.leader_ready
+    })
+    .await;
+    n1.raft
+        .propose(Command::CreateTasks(vec![task(1, "x")]))
+        .await
+        .unwrap();
+    let image = n1.raft.images().current().unwrap().expect("an image");
+    // n2 is admitted as raft node 2; the stranger is bound to nothing.
+    let n2 = start_node(dir.path(), "n2", 2, false).await;
+    introduce(&n1, 1, &n2, 2);
+    let stranger = start_node(dir.path(), "s", 9, false).await;
+    stranger
+        .net
+        .add_peer(&n1.net.peer_id(), &n1.net.listen_addr().to_string());
+    let ask = |from, snapshot, seq| {
+        WireMessage::SnapshotChunk(SnapshotChunkRequest {
+            from,
+            snapshot,
+            seq,
+        })
+    };
+    let leader = n1.net.peer_id();
+    for (who, from) in [(&stranger, 9), (&stranger, 2), (&n2, 3)] {
+        let r = who
+            .net
+            .request(&leader, ask(from, image.id, 0))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r, WireReply::Error(e) if e.starts_with("refused")),
+            "chunk for raft id {from}: {r:?}"
+        );
+        let status = WireMessage::SnapshotStatus(SnapshotStatus {
+            from,
+            snapshot: image.id,
+            delivered: false,
+        });
+        let r = who.net.request(&leader, status).await.unwrap();
+        assert!(
+            matches!(&r, WireReply::Error(e) if e.starts_with("refused")),
+            "{r:?}"
+        );
+    }
+    // The owner gets the chunk, checksummed; an unknown image is gone.
+    match n2.net.request(&leader, ask(2, image.id, 0)).await.unwrap() {
+        WireReply::SnapshotChunk(c) => {
+            assert_eq!((c.snapshot, c.seq), (image.id, 0));
+            assert_eq!(c.bytes.len(), image.chunk_len(0));
+            assert_eq!(crc32fast::hash(&c.bytes), c.crc);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        n2.net.request(&leader, ask(2, 12345, 0)).await.unwrap(),
+        WireReply::SnapshotGone { snapshot: 12345 }
+    );
+    for n in [n1, n2, stranger] {
+        let _ = n.stop.send(true);
+        n.raft_task.await.unwrap().unwrap();
+    }
+}
