@@ -119,6 +119,10 @@ pub struct ImageEntry {
     pub desc: Descriptor,
     /// Every chunk is stored and the whole image verified.
     pub complete: bool,
+    /// Received from a peer ([`SnapshotStore::begin`]), not written by this node: only such
+    /// unfinished images are dropped when another transfer starts (never an image a
+    /// background snapshot is still writing).
+    pub received: bool,
 }
 
 impl ImageEntry {
@@ -267,6 +271,7 @@ pub fn write_image(
     store.put_image_entry(&ImageEntry {
         desc: placeholder,
         complete: false,
+        received: false,
     })?;
     let mut w = Writer {
         store,
@@ -318,6 +323,7 @@ pub fn write_image(
     store.put_image_entry(&ImageEntry {
         desc,
         complete: true,
+        received: false,
     })?;
     Ok(desc)
 }
@@ -537,24 +543,28 @@ impl SnapshotStore {
         desc.check().map_err(|e| bad(desc.id, e))?;
         let installed = self.installed_index()?;
         for e in self.store.image_entries()? {
-            if e.desc.id != desc.id && !e.complete && e.desc.index > installed {
+            if e.desc.id != desc.id && e.received && !e.complete && e.desc.index > installed {
                 self.store.delete_image(e.desc.id)?;
             }
         }
+        let staging = ImageEntry {
+            desc: *desc,
+            complete: false,
+            received: true,
+        };
         match self.store.image_entry(desc.id)? {
             Some(e) if e.desc == *desc && e.complete => return Ok(Vec::new()),
-            Some(e) if e.desc == *desc => {}
+            Some(e) if e.desc == *desc && e.received => {}
+            Some(e) if !e.received => {
+                // This node's own image under that id (it cannot be the same snapshot from
+                // another leader): leave it alone.
+                return Err(bad(desc.id, "the id of an image this node is writing"));
+            }
             Some(_) => {
                 self.store.delete_image(desc.id)?;
-                self.store.put_image_entry(&ImageEntry {
-                    desc: *desc,
-                    complete: false,
-                })?;
+                self.store.put_image_entry(&staging)?;
             }
-            None => self.store.put_image_entry(&ImageEntry {
-                desc: *desc,
-                complete: false,
-            })?,
+            None => self.store.put_image_entry(&staging)?,
         }
         let mut missing = Vec::new();
         for seq in 0..desc.chunks {
@@ -586,6 +596,7 @@ impl SnapshotStore {
         self.store.put_image_entry(&ImageEntry {
             desc: *desc,
             complete: true,
+            received: true,
         })?;
         Ok(())
     }
@@ -750,5 +761,52 @@ pub(crate) mod tests {
         gone.id = 99;
         assert!(!copy_image(&from, &to, &gone).unwrap());
         assert!(copy_image(&from, &to, &desc2).unwrap());
+    }
+
+    #[test]
+    fn receiving_never_drops_an_image_this_node_is_writing_and_strays_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::raft::tests::reopen(dir.path());
+        let s = SledStorage::open(&db).unwrap();
+        let sink = SnapshotStore::new(s.clone());
+        // A background snapshot in progress (recorded incomplete), above the installed index.
+        let own = Descriptor {
+            id: image_id(1, 50, 2),
+            index: 50,
+            term: 2,
+            size: 10,
+            chunks: 1,
+            chunk_size: CHUNK_SIZE,
+            crc: 0,
+            records: 0,
+        };
+        s.put_image_entry(&ImageEntry {
+            desc: own,
+            complete: false,
+            received: false,
+        })
+        .unwrap();
+        s.put_chunk(own.id, 0, b"0123456789").unwrap();
+        // A transfer of another snapshot starts, then a newer one replaces it.
+        let (_d2, from) = open();
+        let a = write_image(&from, 2, 60, 2, &state(5, 5)).unwrap();
+        let b = write_image(&from, 2, 70, 2, &state(6, 5)).unwrap();
+        assert_eq!(sink.begin(&a).unwrap(), vec![0]);
+        assert_eq!(sink.begin(&b).unwrap(), vec![0]);
+        assert!(
+            s.image_entry(a.id).unwrap().is_none(),
+            "the abandoned transfer is dropped"
+        );
+        assert!(
+            s.image_entry(own.id).unwrap().is_some(),
+            "the local build is kept"
+        );
+        assert!(s.has_chunk(own.id, 0).unwrap());
+        // Chunks with no record (a transfer cut off mid-write) go at the next open.
+        s.put_chunk(a.id, 3, b"stray").unwrap();
+        drop((sink, s));
+        let s = SledStorage::open(&db).unwrap();
+        assert!(!s.has_chunk(a.id, 3).unwrap());
+        assert!(s.has_chunk(own.id, 0).unwrap());
     }
 }

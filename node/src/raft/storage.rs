@@ -402,7 +402,29 @@ impl SledStorage {
             journal,
         };
         storage.check()?;
+        storage.sweep_chunks()?;
         Ok(storage)
+    }
+
+    /// Deletes chunks whose image has no record (a transfer cut off between dropping an
+    /// image and a late chunk write, or a crash part-way through). One seek per image id,
+    /// not one read per chunk.
+    fn sweep_chunks(&self) -> Result<(), StorageError> {
+        let mut from = [0u8; 8];
+        loop {
+            let Some((key, _)) = self.chunks.range(from..).next().transpose()? else {
+                return Ok(());
+            };
+            let id = decode_index(key.get(..8).unwrap_or_default())?;
+            if self.images.get(id.to_be_bytes())?.is_none() {
+                tracing::info!(image = %format_args!("{id:x}"), "dropping chunks of an unrecorded snapshot image");
+                self.delete_image(id)?;
+            }
+            match id.checked_add(1) {
+                Some(next) => from = next.to_be_bytes(),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// With a journal: records the current values of the keys one mutator call is about to
