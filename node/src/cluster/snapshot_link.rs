@@ -3,9 +3,11 @@
 //! leader that sent it, stores them, verifies the whole, and only then steps the message
 //! into Raft.
 //!
-//! Receiver ([`Fetcher`]): one transfer at a time. Chunks are asked for with
-//! [`WireMessage::SnapshotChunk`], at most [`WINDOW`] in flight (flow control: nothing is
-//! pushed, the receiver asks for the next chunk only once one is stored). A failed request
+//! Receiver ([`Fetcher`]): one transfer at a time (a snapshot from another leader replaces
+//! the one in progress; the same or an older one from the same leader is ignored while it
+//! runs). Chunks are asked for with [`WireMessage::SnapshotChunk`], at most [`WINDOW`] in
+//! flight (flow control: nothing is pushed, the receiver asks for the next chunk only once
+//! one is stored). A failed request
 //! (connection dropped, timeout) is retried with a backoff, for as long as some chunk arrived
 //! within [`STALL`]; chunks already stored are never asked again, also when the leader sends
 //! the same snapshot again after the transfer was given up or the node restarted (staged
@@ -245,6 +247,8 @@ impl Fetcher {
 }
 
 struct Active {
+    /// The leader that sent it.
+    from: u64,
     desc: Descriptor,
     task: JoinHandle<()>,
 }
@@ -275,17 +279,19 @@ async fn run(
             Some(Ok(d)) => d,
         };
         if let Some(a) = &active {
-            if !a.task.is_finished() && a.desc.index >= desc.index {
-                // The same (or a newer) snapshot is already coming.
+            if !a.task.is_finished() && a.from == msg.from && a.desc.index >= desc.index {
+                // The same (or a newer) snapshot is already coming from that leader. One
+                // from another leader replaces it (the old one may be gone).
                 continue;
             }
         }
         if let Some(a) = active.take() {
             a.task.abort();
         }
+        let from = msg.from;
         let (raft, net, book) = (raft.clone(), net.clone(), book.clone());
         let task = tokio::spawn(async move { receive(raft, net, book, msg, desc).await });
-        active = Some(Active { desc, task });
+        active = Some(Active { from, desc, task });
     }
     if let Some(a) = active {
         a.task.abort();
