@@ -6,7 +6,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 /// Current format version; bump it when a change is not backward compatible.
 pub const VERSION: u8 = 1;
-/// Largest frame accepted or produced: 64 MiB (snapshots are chunked below it).
+/// Largest frame accepted or produced: 64 MiB. No frame holds a whole state: snapshots
+/// are images of per-object records moved in chunks of a few MiB (`skein-node`'s
+/// `raft::snapshot` and `cluster::snapshot_link`).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

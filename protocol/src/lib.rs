@@ -8,6 +8,7 @@
 //!   which carries a version byte and refuses oversized or corrupt input.
 
 pub mod api;
+pub mod bytes;
 pub mod codec;
 pub mod command;
 pub mod duration;

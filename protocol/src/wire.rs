@@ -87,7 +87,7 @@ pub fn task_digest(task: &Task) -> u64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WireMessage {
     /// A raft-rs `eraftpb::Message`, protobuf-encoded.
-    Raft(Vec<u8>),
+    Raft(#[serde(with = "crate::bytes")] Vec<u8>),
     Assignments(Assignments),
     Status(StatusReport),
     Heartbeat {
@@ -107,6 +107,41 @@ pub enum WireMessage {
     HandOverLeadership,
     /// A worker's session turn (heartbeat and assignments).
     Session(Box<SessionRequest>),
+    /// A node receiving a snapshot asks the leader that sent it for one chunk of its image
+    /// (pull: the receiver keeps a bounded number of requests in flight).
+    SnapshotChunk(SnapshotChunkRequest),
+    /// A node that received a snapshot tells the leader that sent it how the transfer ended.
+    SnapshotStatus(SnapshotStatus),
+}
+
+/// One chunk of a snapshot image, asked by the receiving raft node `from`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunkRequest {
+    /// The asking node's raft id (Raft traffic is taken only from its owner).
+    pub from: u64,
+    /// The image id the snapshot's descriptor names.
+    pub snapshot: u64,
+    pub seq: u32,
+}
+
+/// The end of a snapshot transfer, as the receiving raft node `from` saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStatus {
+    pub from: u64,
+    pub snapshot: u64,
+    /// Every chunk received, verified and handed to Raft (false: the leader sends again).
+    pub delivered: bool,
+}
+
+/// The answer to a [`SnapshotChunkRequest`]: at most a few MiB (the image's chunk size).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub snapshot: u64,
+    pub seq: u32,
+    /// CRC-32 (IEEE) of `bytes`.
+    pub crc: u32,
+    #[serde(with = "crate::bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// The answer to every [`WireMessage`].
@@ -129,6 +164,12 @@ pub enum WireReply {
     Joined(Box<JoinAccepted>),
     Gossip(Box<crate::gossip::GossipReply>),
     Session(Box<SessionReply>),
+    SnapshotChunk(SnapshotChunk),
+    /// This node no longer has that snapshot image (a newer snapshot replaced it): the
+    /// receiver gives up and the leader sends the newer one.
+    SnapshotGone {
+        snapshot: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -157,5 +198,6 @@ pub struct RaftChunk {
     pub id: u64,
     pub index: u32,
     pub total: u32,
+    #[serde(with = "crate::bytes")]
     pub bytes: Vec<u8>,
 }

@@ -2,13 +2,19 @@
 //! [`super::authority`] allowed it: a peer may ask only what the node it is
 //! bound to may (refusals are answered with the reason and logged, at most
 //! once a minute per peer and kind). Never blocks the network actor: slow
-//! work (proposals, joins) runs in its own task and answers through the
-//! request's reply channel.
+//! work (proposals, joins, reading snapshot chunks) runs in its own task and
+//! answers through the request's reply channel.
+//!
+//! Snapshots: an authorised `MsgSnapshot` is not stepped here but handed to
+//! the [`Fetcher`], which steps it once its image is stored and verified.
+//! Snapshot chunk requests and transfer reports are Raft traffic: taken only
+//! from the peer bound to the raft id they name, like raft messages.
 
 use super::authority::{self, Caller, PeerIndex, Refusal};
 use super::forward::{serve_propose, Proposer};
 use super::join::serve_join;
 use super::raft_link::{decode, PeerBook, Reassembly};
+use super::snapshot_link::{serve_chunk, Fetcher};
 use crate::net::{Inbound, NetHandle};
 use crate::raft::RaftHandle;
 use crate::store::ClusterState;
@@ -79,6 +85,20 @@ impl Router {
     pub async fn run(self, mut rx: mpsc::Receiver<Inbound>, mut shutdown: watch::Receiver<bool>) {
         let mut chunks = Reassembly::default();
         let mut callers = Callers::default();
+        let fetcher = Fetcher::start(
+            self.raft.clone(),
+            self.net.clone(),
+            self.book.clone(),
+            shutdown.clone(),
+        );
+        // A MsgSnapshot waits for its image; everything else goes to Raft at once.
+        let step = |m: raft::eraftpb::Message| async {
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                fetcher.offer(m);
+            } else {
+                self.raft.step(m).await;
+            }
+        };
         loop {
             let inbound = tokio::select! {
                 m = rx.recv() => match m { Some(m) => m, None => return },
@@ -95,7 +115,7 @@ impl Router {
                     match authority::check_raft(&caller, m.from) {
                         Ok(()) => {
                             let _ = reply.send(WireReply::Ack);
-                            self.raft.step(m).await;
+                            step(m).await;
                         }
                         Err(r) => {
                             let _ = reply.send(callers.refused(&peer, "raft", &r));
@@ -112,7 +132,7 @@ impl Router {
                         continue;
                     };
                     match authority::check_raft(&caller, m.from) {
-                        Ok(()) => self.raft.step(m).await,
+                        Ok(()) => step(m).await,
                         Err(r) => {
                             callers.refused(&peer, "raft", &r);
                         }
@@ -252,6 +272,30 @@ impl Router {
                         };
                         let _ = reply.send(r);
                     });
+                }
+                WireMessage::SnapshotChunk(req) => {
+                    if let Err(r) = authority::check_raft(&caller, req.from) {
+                        let _ = reply.send(callers.refused(&peer, "snapshot", &r));
+                        continue;
+                    }
+                    let raft = self.raft.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(serve_chunk(&raft, req).await);
+                    });
+                }
+                WireMessage::SnapshotStatus(s) => {
+                    if let Err(r) = authority::check_raft(&caller, s.from) {
+                        let _ = reply.send(callers.refused(&peer, "snapshot", &r));
+                        continue;
+                    }
+                    let _ = reply.send(WireReply::Ack);
+                    if !s.delivered {
+                        tracing::info!(
+                            peer = s.from,
+                            "a peer could not receive the snapshot: sending again"
+                        );
+                    }
+                    self.raft.report_snapshot(s.from, s.delivered).await;
                 }
                 WireMessage::Assignments(_) => {
                     let _ = reply.send(WireReply::Error(

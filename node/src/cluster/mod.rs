@@ -3,6 +3,8 @@
 //! ([`crate::raft`]) and the node's other actors:
 //! - [`raft_link`]: Raft messages to and from peers (chunked when large),
 //!   and a fast election when the connection to the leader drops;
+//! - [`snapshot_link`]: snapshot images pulled chunk by chunk from the leader
+//!   (flow-controlled, resumable, verified) before raft-rs sees the snapshot;
 //! - [`forward`]: writes sent to any node reach the leader;
 //! - [`inbound`]: routes every request a peer sends to its owner, once
 //!   [`authority`] allowed it (a peer may ask only what its node's role may);
@@ -21,4 +23,7 @@ pub mod inbound;
 pub mod join;
 pub mod membership;
 pub mod raft_link;
+pub mod snapshot_link;
+#[cfg(test)]
+mod snapshot_tests;
 pub mod voters;

@@ -1,11 +1,14 @@
 //! Raft messages over the network. Outbound: each message raft-rs emits is
 //! protobuf-encoded and sent fire-and-forget to the peer that holds the
 //! target raft id (found in the replicated node table, or in a local table
-//! for nodes still joining); a message larger than [`CHUNK`] (a snapshot) is
-//! split into [`RaftChunk`]s. Inbound: messages (and reassembled chunks) are
-//! stepped into the local node. When the connection to the current leader
-//! drops, Raft is told at once so a follower can start an election instead
-//! of waiting out the timeout.
+//! for nodes still joining); a message larger than [`CHUNK`] (an append
+//! carrying a large entry) is split into [`RaftChunk`]s. A `MsgSnapshot` is
+//! small: it carries only the image's descriptor, and the image follows out
+//! of band ([`super::snapshot_link`]), so no state size makes a message
+//! large. Inbound: messages (and reassembled chunks) are stepped into the
+//! local node. When the connection to the current leader drops, Raft is told
+//! at once so a follower can start an election instead of waiting out the
+//! timeout.
 
 use crate::net::{NetEvent, NetHandle};
 use crate::raft::RaftHandle;
@@ -20,6 +23,15 @@ use tokio::sync::{mpsc, watch};
 pub const CHUNK: usize = 4 * 1024 * 1024;
 /// Most chunked messages being reassembled at once (per link).
 const MAX_PARTIAL: usize = 8;
+
+/// Largest encoded `MsgSnapshot` this process sent (tests check it stays small).
+static LARGEST_SNAPSHOT_SENT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// The largest encoded `MsgSnapshot` any node in this process sent, in bytes.
+pub fn largest_snapshot_message_sent() -> usize {
+    LARGEST_SNAPSHOT_SENT.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// raft id -> peer id, for members the replicated state does not list yet.
 #[derive(Clone, Default)]
@@ -91,6 +103,9 @@ pub async fn run_outbound(
                 continue;
             }
         };
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            LARGEST_SNAPSHOT_SENT.fetch_max(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+        }
         if bytes.len() <= CHUNK {
             net.send(&peer, WireMessage::Raft(bytes));
             continue;

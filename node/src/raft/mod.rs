@@ -10,6 +10,10 @@
 //!   applied, with apply's verdict), feeds peer messages and "peer unreachable" reports from
 //!   the transport, and subscribes to [`Published`] views of the state.
 //!
+//! Snapshots are images in bounded chunks ([`snapshot`]); [`RaftHandle::images`] gives the
+//! transport what it needs to serve and receive them, [`RaftHandle::snapshot_progress`] keeps
+//! the leader waiting while a peer still reads one.
+//!
 //! Invariants of the actor:
 //! - the state containing an applied proposal is published BEFORE the proposal is answered:
 //!   a caller that reads the state after its answer sees its own write;
@@ -28,6 +32,7 @@ mod logging;
 mod raft_core;
 #[cfg(test)]
 mod sim;
+pub mod snapshot;
 pub mod storage;
 
 pub use raft_core::{Membership, Output, RaftCore, SplitMix64};
@@ -122,6 +127,8 @@ pub enum RaftError {
     Raft(#[from] raft::Error),
     #[error("state snapshot is unreadable: {0}")]
     Snapshot(#[from] codec::CodecError),
+    #[error("snapshot image: {0}")]
+    Image(#[from] snapshot::ImageError),
 }
 
 type Reply = oneshot::Sender<Result<(), ProposeError>>;
@@ -146,6 +153,7 @@ enum Request {
         peer: u64,
         delivered: bool,
     },
+    SnapshotProgress(u64),
 }
 
 #[derive(Clone)]
@@ -153,6 +161,7 @@ pub struct RaftHandle {
     tx: mpsc::Sender<Request>,
     published: watch::Receiver<Arc<Published>>,
     events: broadcast::Sender<Event>,
+    images: snapshot::SnapshotStore,
 }
 
 impl RaftHandle {
@@ -232,6 +241,17 @@ impl RaftHandle {
             .await;
     }
 
+    /// A peer is still reading the image of the snapshot sent to `raft_id` (leader): the
+    /// leader keeps waiting for it instead of deeming the snapshot lost.
+    pub async fn snapshot_progress(&self, raft_id: u64) {
+        let _ = self.tx.send(Request::SnapshotProgress(raft_id)).await;
+    }
+
+    /// This node's snapshot images, for the transport (serve chunks, stage received ones).
+    pub fn images(&self) -> &snapshot::SnapshotStore {
+        &self.images
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
         self.published.clone()
     }
@@ -302,7 +322,8 @@ impl RaftNode {
         Ok(Self::with_core(core, &opts))
     }
 
-    fn with_core(core: RaftCore, opts: &RaftOptions) -> (RaftNode, RaftHandle) {
+    fn with_core(mut core: RaftCore, opts: &RaftOptions) -> (RaftNode, RaftHandle) {
+        core.set_background_snapshots(true);
         let (tx, rx) = mpsc::channel(1024);
         let (published, published_rx) = watch::channel(Arc::new(core.published()));
         let (events, _) = broadcast::channel(4096);
@@ -310,6 +331,7 @@ impl RaftNode {
             tx,
             published: published_rx,
             events: events.clone(),
+            images: snapshot::SnapshotStore::new(core.storage().clone()),
         };
         let node = RaftNode {
             core,
@@ -350,6 +372,10 @@ impl RaftNode {
                     None => return Ok(()),
                 },
                 _ = shutdown.changed() => {
+                    // Bounded: an image of hundreds of MB is written in about a second.
+                    if let Err(e) = self.core.finish_snapshot(Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, "snapshot not recorded at shutdown");
+                    }
                     self.core.storage().flush()?;
                     for (_, reply) in self.replies.drain() {
                         let _ = reply.send(Err(ProposeError::Stopped));
@@ -384,6 +410,10 @@ impl RaftNode {
             }
             Request::ReportSnapshot { peer, delivered } => {
                 self.core.report_snapshot(peer, delivered);
+                return;
+            }
+            Request::SnapshotProgress(peer) => {
+                self.core.snapshot_in_progress(peer);
                 return;
             }
         };

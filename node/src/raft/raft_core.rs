@@ -27,17 +27,26 @@
 //!   without leadership for two election timeouts);
 //! - once anything is applied a real snapshot (index >= 1) exists, so a peer joining with an
 //!   empty log always starts from a snapshot that carries the whole configuration;
+//! - no state size stops Raft: a snapshot is an image streamed from the in-memory state into
+//!   bounded records and chunks ([`super::snapshot`]), never one encoding of the whole
+//!   state (with background snapshots and a large state: on a thread, from the state as of
+//!   the snapshot index, recorded and compacted behind only once written, dropped if a
+//!   received snapshot overtook it); raft-rs's `Snapshot.data` is only the image's
+//!   descriptor. A `MsgSnapshot` is
+//!   stepped only once its image is stored complete on this node (the transport fetched and
+//!   verified it): raft-rs never accepts a snapshot this node could not install;
 //! - `apply` is deterministic; a conf change raft-rs refuses at apply time is refused alike on
 //!   every node (logged, answered with an error), never fatal.
 
 use super::logging;
+use super::snapshot::{self, Descriptor, ImageError, SnapshotStore};
 use super::storage::SledStorage;
 use super::{PeerProgress, ProposeError, Published, RaftError, RaftOptions};
 use crate::store::{ClusterState, Event};
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
-    Entry, EntryType, Message, Snapshot,
+    Entry, EntryType, Message, MessageType, Snapshot,
 };
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole, INVALID_ID};
 use skein_protocol::{codec, Command};
@@ -49,6 +58,10 @@ use std::sync::Arc;
 /// message, a transport that does not report), the leader gives up after this many election
 /// timeouts and sends a new one, so a follower is never stranded.
 const SNAPSHOT_WAIT_TIMEOUTS: usize = 10;
+
+/// States with at least this many objects (nodes, services, tasks) are snapshotted on a
+/// thread when background snapshots are on; smaller ones take milliseconds in line.
+const BACKGROUND_OBJECTS: usize = 10_000;
 
 /// A membership change, proposed through [`RaftCore::propose_membership`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +170,23 @@ pub struct RaftCore {
     /// A voter to send `MsgTimeoutNow` once the current `Ready` is done (see
     /// `step_down_removed`).
     timeout_now: Option<u64>,
+    /// Write snapshot images on a thread instead of inside `advance`.
+    background_snapshots: bool,
+    /// A snapshot whose image a thread is writing, and where its result comes.
+    building: Option<(
+        SnapshotAt,
+        std::sync::mpsc::Receiver<Result<Descriptor, ImageError>>,
+    )>,
+}
+
+/// Where a snapshot is taken: the applied index, its term and configuration, and the peer
+/// that asked for it (if one did).
+#[derive(Debug)]
+struct SnapshotAt {
+    index: u64,
+    term: u64,
+    conf: ConfState,
+    requested: Option<u64>,
 }
 
 impl RaftCore {
@@ -206,11 +236,7 @@ impl RaftCore {
             tracing::info!(raft_id, "initialized a new single-voter raft log");
         }
         let (state, applied) = match store.snapshot_data()? {
-            Some((meta, data)) if !data.is_empty() => {
-                let state: ClusterState = codec::decode(&data)?;
-                (state, meta.index)
-            }
-            Some((meta, _)) => (ClusterState::default(), meta.index),
+            Some((meta, data)) => (load_state(&store, &data)?, meta.index),
             None => (ClusterState::default(), 0),
         };
         let election_ticks = opts.election_ticks.max(2);
@@ -247,6 +273,8 @@ impl RaftCore {
             record: false,
             jitter: None,
             timeout_now: None,
+            background_snapshots: false,
+            building: None,
         })
     }
 
@@ -268,6 +296,18 @@ impl RaftCore {
     pub fn set_deterministic_timeouts(&mut self, seed: u64) {
         self.jitter = Some(SplitMix64::new(seed));
         self.rejitter();
+    }
+
+    /// Writes snapshot images of large states on a thread (the actor does; the deterministic
+    /// simulation does not): a large state's image then never holds up ticks, heartbeats
+    /// and proposals.
+    pub fn set_background_snapshots(&mut self, on: bool) {
+        self.background_snapshots = on;
+    }
+
+    /// A snapshot image is being written in the background.
+    pub fn snapshot_in_flight(&self) -> bool {
+        self.building.is_some()
     }
 
     /// Records every applied entry in [`Output::entries`].
@@ -325,11 +365,28 @@ impl RaftCore {
         self.rejitter();
     }
 
-    /// A message from a peer. Messages for another raft id are ignored.
+    /// A message from a peer. Messages for another raft id are ignored, and so is a
+    /// `MsgSnapshot` whose image the transport has not stored complete (raft-rs would accept
+    /// it and this node could not install it).
     pub fn step(&mut self, msg: Message) {
         if msg.to != self.node.raft.id {
             tracing::debug!(to = msg.to, "ignoring a raft message for another node");
             return;
+        }
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            if let Some(desc) = Descriptor::decode(msg.get_snapshot().get_data()) {
+                let stored = desc
+                    .ok()
+                    .map(|d| SnapshotStore::new(self.store.clone()).is_complete(&d));
+                if !matches!(stored, Some(Ok(true))) {
+                    tracing::warn!(
+                        raft_id = self.node.raft.id,
+                        from = msg.from,
+                        "ignoring a snapshot whose image was not received"
+                    );
+                    return;
+                }
+            }
         }
         if let Err(e) = self.node.step(msg) {
             tracing::debug!(error = %e, "ignoring raft message");
@@ -502,6 +559,14 @@ impl RaftCore {
         self.snapshot_wait.remove(&peer);
     }
 
+    /// Leader: `peer` is still receiving the snapshot's image (it just read a chunk), so the
+    /// wait for its answer starts over: a large image may take longer than the limit.
+    pub fn snapshot_in_progress(&mut self, peer: u64) {
+        if let Some(ticks) = self.snapshot_wait.get_mut(&peer) {
+            *ticks = 0;
+        }
+    }
+
     /// Leader: counts the ticks peers wait in the Snapshot state; past the limit the snapshot
     /// is deemed lost.
     fn watch_snapshots(&mut self) {
@@ -552,6 +617,9 @@ impl RaftCore {
         send: &mut dyn FnMut(Vec<Message>),
     ) -> Result<Output, RaftError> {
         let mut out = Output::default();
+        // A background snapshot finished: record it (its compaction and any retry to the
+        // peer that asked go out with this round).
+        self.poll_snapshot()?;
         // Each round consumes what raft produced; applying can produce more (a conf change
         // probing new peers, a snapshot made on request), so loop until quiet.
         for _ in 0..16 {
@@ -621,7 +689,8 @@ impl RaftCore {
 
     fn install_snapshot(&mut self, snap: Snapshot, out: &mut Output) -> Result<(), RaftError> {
         let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
-        let state: ClusterState = codec::decode(snap.get_data())?;
+        // The image was received and verified before the message was stepped (see `step`).
+        let state = load_state(&self.store, snap.get_data())?;
         self.store.apply_snapshot(snap)?;
         // Everything may have changed: tell watchers about every object, old and new.
         let old = std::mem::replace(&mut self.state, Arc::new(state));
@@ -800,8 +869,13 @@ impl RaftCore {
     /// Snapshots the state at the applied index and compacts the log behind it, when
     /// `snapshot_entries` entries were applied since the last one, when only the `initialize`
     /// placeholder exists (a joining peer must start from a real snapshot), or when a peer
-    /// asked for a snapshot the stored one cannot serve.
+    /// asked for a snapshot the stored one cannot serve. With background snapshots the image
+    /// is written by a thread from the state as of now (an `Arc`: no copy) while this node
+    /// goes on; [`RaftCore::advance_with`] picks the result up.
     fn maybe_snapshot(&mut self) -> Result<(), RaftError> {
+        if self.building.is_some() {
+            return self.poll_snapshot();
+        }
         let requested = self.store.take_snapshot_request();
         let fresh = self.applied > self.last_snapshot;
         let due = self.applied >= self.last_snapshot + self.snapshot_entries
@@ -810,25 +884,112 @@ impl RaftCore {
         if !due || !fresh {
             return Ok(());
         }
-        let data = codec::encode(self.state.as_ref())?;
-        let cs = self.node.raft.prs().conf().to_conf_state();
-        self.store.create_snapshot(self.applied, cs, data)?;
+        let at = SnapshotAt {
+            index: self.applied,
+            term: self.node.raft.raft_log.term(self.applied)?,
+            conf: self.node.raft.prs().conf().to_conf_state(),
+            requested,
+        };
+        let raft_id = self.node.raft.id;
+        // In line when it is quick (a small state), and always for the first real snapshot:
+        // until it exists the log starts at index 1, and a joining peer would be sent entries
+        // without the founding configuration instead of a snapshot.
+        let st = &self.state;
+        let small = st.tasks.len() + st.services.len() + st.nodes.len() < BACKGROUND_OBJECTS;
+        if !self.background_snapshots || self.last_snapshot == 0 || small {
+            // Streamed from the state into bounded chunks: no size is too large to snapshot.
+            let desc = snapshot::write_image(&self.store, raft_id, at.index, at.term, &self.state)?;
+            return self.take_snapshot(at, desc);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (store, state) = (self.store.clone(), self.state.clone());
+        let (index, term) = (at.index, at.term);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let _ = tx.send(snapshot::write_image(&store, raft_id, index, term, &state));
+            });
+        match spawned {
+            Ok(_) => self.building = Some((at, rx)),
+            Err(e) => tracing::warn!(error = %e, "cannot start a snapshot thread: retrying later"),
+        }
+        Ok(())
+    }
+
+    /// Shutdown: waits (at most `limit`) for a background snapshot's image and records it,
+    /// so a restart replays less of the log.
+    pub fn finish_snapshot(&mut self, limit: std::time::Duration) -> Result<(), RaftError> {
+        self.poll_snapshot_within(limit)
+    }
+
+    /// Picks up a background snapshot once its image is written.
+    fn poll_snapshot(&mut self) -> Result<(), RaftError> {
+        self.poll_snapshot_within(std::time::Duration::ZERO)
+    }
+
+    fn poll_snapshot_within(&mut self, limit: std::time::Duration) -> Result<(), RaftError> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let Some((_, rx)) = &self.building else {
+            return Ok(());
+        };
+        let result = match rx.recv_timeout(limit) {
+            Err(RecvTimeoutError::Timeout) => return Ok(()),
+            Ok(r) => r,
+            Err(RecvTimeoutError::Disconnected) => Err(ImageError::Bad {
+                id: 0,
+                why: "the snapshot thread died".into(),
+            }),
+        };
+        let Some((at, _)) = self.building.take() else {
+            return Ok(());
+        };
+        match result {
+            Ok(desc) if at.index > self.last_snapshot => self.take_snapshot(at, desc),
+            Ok(desc) => {
+                // A newer snapshot (one received from the leader) came first.
+                self.store.delete_image(desc.id)?;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(raft_id = self.node.raft.id, index = at.index, error = %e, "snapshot image not written: retrying later");
+                let id = snapshot::image_id(self.node.raft.id, at.index, at.term);
+                self.store.delete_image(id)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Records the snapshot whose image `desc` was written at `at`, compacts behind it.
+    fn take_snapshot(&mut self, at: SnapshotAt, desc: Descriptor) -> Result<(), RaftError> {
+        let c = &at.conf;
+        let listed: Vec<u64> = (c.voters.iter().chain(&c.learners))
+            .chain(c.voters_outgoing.iter().chain(&c.learners_next))
+            .copied()
+            .collect();
+        self.store
+            .create_snapshot(at.index, at.conf, desc.encode())?;
         // Keep a margin of log behind the snapshot so a briefly lagging follower catches up
         // from the log rather than with a whole snapshot.
         let keep = self.snapshot_entries / 2;
-        let compact_to = self.applied.saturating_sub(keep);
+        let compact_to = at.index.saturating_sub(keep);
         if compact_to > 1 {
             self.store.compact(compact_to)?;
         }
         self.store.flush()?;
-        self.last_snapshot = self.applied;
+        self.last_snapshot = at.index;
         tracing::debug!(
             raft_id = self.node.raft.id,
-            index = self.applied,
+            index = at.index,
+            bytes = desc.size,
             "snapshot taken, log compacted behind it"
         );
-        if let Some(peer) = requested {
-            if self.is_leader() && self.node.raft.prs().get(peer).is_some() {
+        // A peer that asked while the image was being written may be served by it: no
+        // second image for it then (only if the new one does not list it).
+        let during = self.store.take_snapshot_request();
+        for peer in at.requested.into_iter().chain(during) {
+            if !listed.contains(&peer) {
+                self.store.request_snapshot(peer);
+            } else if self.is_leader() && self.node.raft.prs().get(peer).is_some() {
                 // Retry now instead of at the next heartbeat response.
                 self.node.raft.send_append(peer);
             }
@@ -970,6 +1131,21 @@ impl RaftCore {
             learners,
             progress,
         }
+    }
+}
+
+/// The state a snapshot's data stands for: the image it names, or (written by an older
+/// version) the whole state encoded at once; empty data is the empty state.
+fn load_state(store: &SledStorage, data: &[u8]) -> Result<ClusterState, RaftError> {
+    if data.is_empty() {
+        return Ok(ClusterState::default());
+    }
+    match Descriptor::decode(data) {
+        Some(Ok(desc)) => Ok(snapshot::restore(store, &desc)?),
+        Some(Err(e)) => Err(RaftError::Storage(super::storage::StorageError::Corrupt(
+            format!("snapshot descriptor: {e}"),
+        ))),
+        None => Ok(codec::decode(data)?),
     }
 }
 

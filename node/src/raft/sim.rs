@@ -34,6 +34,7 @@
 //! raft::sim::partition -- --nocapture`. `SKEIN_SIM_TRACE=1` prints the event trace.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use super::snapshot::{copy_image, Descriptor};
 use super::storage::WriteJournal;
 use super::{Membership, Output, ProposeError, RaftCore, RaftOptions, SplitMix64};
 use crate::store::ClusterState;
@@ -486,10 +487,34 @@ impl Sim {
             if self.net.cut.contains(&(from, to)) {
                 continue;
             }
+            if msg.get_msg_type() == MessageType::MsgSnapshot && !self.carry_image(&msg) {
+                // The sender no longer has that image (or is down): the transfer fails.
+                if self.is_live(from) {
+                    self.core(from).report_snapshot(to, false);
+                }
+                continue;
+            }
             self.core(to).step(msg);
             self.advance(to);
         }
         self.fail("message storm: 100000 deliveries in one tick".into());
+    }
+
+    /// The out-of-band part of a snapshot: copies the image `msg` names from the sender's
+    /// storage into the receiver's (as the network fetcher would), false if it cannot.
+    fn carry_image(&mut self, msg: &Message) -> bool {
+        let Some(Ok(desc)) = Descriptor::decode(msg.get_snapshot().get_data()) else {
+            return true;
+        };
+        if !self.is_live(msg.from) {
+            return false;
+        }
+        let from = self.core(msg.from).storage().clone();
+        let to = self.core(msg.to).storage().clone();
+        match copy_image(&from, &to, &desc) {
+            Ok(copied) => copied,
+            Err(e) => self.fail(format!("n{}: copying image {:x}: {e}", msg.to, desc.id)),
+        }
     }
 
     fn partition(&mut self, side: &BTreeSet<u64>) {

@@ -6,8 +6,12 @@
 //!   key order is log order), value = the protobuf-encoded [`Entry`].
 //! * `raft_meta`: `hard_state` ([`HardState`]), `conf_state` (the current [`ConfState`]),
 //!   `snapshot_meta` (the [`SnapshotMetadata`] of the latest snapshot, small, read on every
-//!   `term` lookup) and `snapshot` (the whole [`Snapshot`], metadata plus the state machine
-//!   image, written together with `snapshot_meta`).
+//!   `term` lookup) and `snapshot` (the [`Snapshot`]: its metadata, and as data the small
+//!   [`Descriptor`] of the state machine image, written together with `snapshot_meta`).
+//! * `raft_snap_images` and `raft_snap_chunks`: snapshot images (format and writers in
+//!   [`super::snapshot`]): one [`ImageEntry`] per image (its descriptor, and whether every
+//!   chunk is in and verified), and the image's chunks (each at most a few MiB, with its
+//!   CRC-32). A state of any size is stored, restored and sent in these bounded pieces.
 //!
 //! Invariants (checked on [`SledStorage::open`] where cheap, kept by every mutator):
 //!
@@ -20,6 +24,13 @@
 //! * Entries at or below the snapshot index are committed and never overwritten: `append`
 //!   refuses them.
 //! * `hard_state.commit <= last_index`, and a snapshot is only taken at an index `<= commit`.
+//! * The stored snapshot names an image that is stored complete (checked on open, and by
+//!   `create_snapshot` / `apply_snapshot` before they switch to it; data that is not a
+//!   descriptor, from older versions and tests, is taken as is). Images are only deleted
+//!   once replaced ([`SledStorage::collect_images`], after the switch): every image but the
+//!   named one whose index is not above the stored snapshot's, unless a peer read it within
+//!   [`PIN_TTL`] ([`SledStorage::pin_image`]); images above it are being received and belong
+//!   to the receiver.
 //! * Every public mutator is atomic: single-tree changes go through one `sled::Batch`,
 //!   cross-tree changes (`apply_snapshot`) through one sled transaction. Durability comes from
 //!   [`SledStorage::flush`], which the driver calls once per `Ready`.
@@ -56,10 +67,14 @@
 //! [`raft::Storage`] trait, as `raft::Error::Store(raft::StorageError::Other(..))`).
 
 use std::cmp;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::snapshot::{Descriptor, ImageEntry};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
@@ -69,6 +84,14 @@ use sled::transaction::{TransactionError, Transactional};
 pub const LOG_TREE: &str = "raft_log";
 /// Tree holding hard state, conf state and the latest snapshot.
 pub const META_TREE: &str = "raft_meta";
+/// Tree holding the chunks of snapshot images: key = image id (BE u64) + chunk number (BE u32),
+/// value = CRC-32 of the chunk (BE u32) + the chunk's bytes.
+pub const CHUNK_TREE: &str = "raft_snap_chunks";
+/// Tree holding one small record per snapshot image: key = image id (BE u64), value = the
+/// codec-encoded [`ImageEntry`].
+pub const IMAGE_TREE: &str = "raft_snap_images";
+/// How long an image a peer is reading ([`SledStorage::pin_image`]) outlives its replacement.
+pub const PIN_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
@@ -187,6 +210,13 @@ fn from_tx(e: TransactionError<Infallible>) -> StorageError {
     }
 }
 
+fn chunk_key(id: u64, seq: u32) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..8].copy_from_slice(&id.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
 fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -227,6 +257,10 @@ pub struct SledStorage {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    chunks: sled::Tree,
+    images: sled::Tree,
+    /// Images peers are reading (image id -> last read), kept past their replacement.
+    pins: Arc<Mutex<HashMap<u64, Instant>>>,
     /// Raft id of the last peer a snapshot was asked for and not served (0: none).
     snapshot_request: Arc<AtomicU64>,
     /// Tests only: undo records of the writes since the last flush (simulated power loss).
@@ -238,6 +272,8 @@ pub struct SledStorage {
 enum TreeId {
     Log,
     Meta,
+    Chunks,
+    Images,
 }
 
 /// One key a mutator wrote, and its value before (`None`: absent).
@@ -310,6 +346,8 @@ impl WriteJournal {
     pub fn lose_unflushed(&self, db: &sled::Db, keep: usize) -> Result<usize, StorageError> {
         let log = db.open_tree(LOG_TREE)?;
         let meta = db.open_tree(META_TREE)?;
+        let chunks = db.open_tree(CHUNK_TREE)?;
+        let images = db.open_tree(IMAGE_TREE)?;
         let mut j = self.lock();
         let keep = keep.min(j.ops.len());
         let lost = j.ops.len() - keep;
@@ -318,6 +356,8 @@ impl WriteJournal {
                 let tree = match tree {
                     TreeId::Log => &log,
                     TreeId::Meta => &meta,
+                    TreeId::Chunks => &chunks,
+                    TreeId::Images => &images,
                 };
                 match old {
                     Some(v) => tree.insert(key, v)?,
@@ -355,11 +395,36 @@ impl SledStorage {
             db: db.clone(),
             log: db.open_tree(LOG_TREE)?,
             meta: db.open_tree(META_TREE)?,
+            chunks: db.open_tree(CHUNK_TREE)?,
+            images: db.open_tree(IMAGE_TREE)?,
+            pins: Arc::new(Mutex::new(HashMap::new())),
             snapshot_request: Arc::new(AtomicU64::new(0)),
             journal,
         };
         storage.check()?;
+        storage.sweep_chunks()?;
         Ok(storage)
+    }
+
+    /// Deletes chunks whose image has no record (a transfer cut off between dropping an
+    /// image and a late chunk write, or a crash part-way through). One seek per image id,
+    /// not one read per chunk.
+    fn sweep_chunks(&self) -> Result<(), StorageError> {
+        let mut from = [0u8; 8];
+        loop {
+            let Some((key, _)) = self.chunks.range(from..).next().transpose()? else {
+                return Ok(());
+            };
+            let id = decode_index(key.get(..8).unwrap_or_default())?;
+            if self.images.get(id.to_be_bytes())?.is_none() {
+                tracing::info!(image = %format_args!("{id:x}"), "dropping chunks of an unrecorded snapshot image");
+                self.delete_image(id)?;
+            }
+            match id.checked_add(1) {
+                Some(next) => from = next.to_be_bytes(),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// With a journal: records the current values of the keys one mutator call is about to
@@ -382,6 +447,180 @@ impl SledStorage {
         }
         journal.record(op);
         Ok(())
+    }
+
+    /// With a journal: records the current values of `keys` in `tree` (one mutator call).
+    fn remember_keys(&self, tree: TreeId, keys: &[Vec<u8>]) -> Result<(), StorageError> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let t = self.tree(tree);
+        let mut op = Vec::with_capacity(keys.len());
+        for key in keys {
+            op.push((tree, key.clone(), t.get(key)?));
+        }
+        journal.record(op);
+        Ok(())
+    }
+
+    fn tree(&self, tree: TreeId) -> &sled::Tree {
+        match tree {
+            TreeId::Log => &self.log,
+            TreeId::Meta => &self.meta,
+            TreeId::Chunks => &self.chunks,
+            TreeId::Images => &self.images,
+        }
+    }
+
+    // ---- snapshot images (format: super::snapshot) ----
+
+    /// The record of image `id`, if any.
+    pub(crate) fn image_entry(&self, id: u64) -> Result<Option<ImageEntry>, StorageError> {
+        match self.images.get(id.to_be_bytes())? {
+            Some(v) => Ok(Some(ImageEntry::decode(&v).map_err(StorageError::Corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every image record (a few: the current image, one being received, pinned old ones).
+    pub(crate) fn image_entries(&self) -> Result<Vec<ImageEntry>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.images.iter() {
+            let (_, v) = item?;
+            out.push(ImageEntry::decode(&v).map_err(StorageError::Corrupt)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes (or overwrites) the record of an image.
+    pub(crate) fn put_image_entry(&self, entry: &ImageEntry) -> Result<(), StorageError> {
+        let key = entry.desc.id.to_be_bytes();
+        self.remember_keys(TreeId::Images, &[key.to_vec()])?;
+        self.images.insert(key, entry.encode())?;
+        Ok(())
+    }
+
+    /// Stores chunk `seq` of image `id`, with its CRC-32.
+    pub(crate) fn put_chunk(&self, id: u64, seq: u32, data: &[u8]) -> Result<(), StorageError> {
+        let key = chunk_key(id, seq);
+        let mut value = Vec::with_capacity(4 + data.len());
+        value.extend_from_slice(&crc32fast::hash(data).to_be_bytes());
+        value.extend_from_slice(data);
+        self.remember_keys(TreeId::Chunks, &[key.to_vec()])?;
+        self.chunks.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Whether chunk `seq` of image `id` is stored.
+    pub(crate) fn has_chunk(&self, id: u64, seq: u32) -> Result<bool, StorageError> {
+        Ok(self.chunks.contains_key(chunk_key(id, seq))?)
+    }
+
+    /// Chunk `seq` of image `id` (checked against its stored CRC-32), `None` if absent.
+    pub(crate) fn chunk(&self, id: u64, seq: u32) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(v) = self.chunks.get(chunk_key(id, seq))? else {
+            return Ok(None);
+        };
+        let (crc, data) = v
+            .split_first_chunk::<4>()
+            .ok_or_else(|| StorageError::Corrupt(format!("image {id:x} chunk {seq}: truncated")))?;
+        if crc32fast::hash(data) != u32::from_be_bytes(*crc) {
+            return Err(StorageError::Corrupt(format!(
+                "image {id:x} chunk {seq}: checksum mismatch"
+            )));
+        }
+        Ok(Some(data.to_vec()))
+    }
+
+    /// Deletes image `id` (its chunks and its record) in one transaction.
+    pub(crate) fn delete_image(&self, id: u64) -> Result<(), StorageError> {
+        let prefix = id.to_be_bytes();
+        let keys = self
+            .chunks
+            .scan_prefix(prefix)
+            .keys()
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.journal.is_some() {
+            let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+            self.remember_keys(TreeId::Chunks, &keys)?;
+            self.remember_keys(TreeId::Images, &[prefix.to_vec()])?;
+        }
+        let mut batch = sled::Batch::default();
+        for key in &keys {
+            batch.remove(key);
+        }
+        (&self.chunks, &self.images)
+            .transaction(|(chunks, images)| {
+                chunks.apply_batch(&batch)?;
+                images.remove(&prefix[..])?;
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    /// A peer is reading image `id`: keep it for [`PIN_TTL`] after this read even if a newer
+    /// snapshot replaces it, so a long transfer is not cut off by the next snapshot.
+    pub fn pin_image(&self, id: u64) {
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.insert(id, Instant::now());
+        }
+    }
+
+    /// The descriptor of the image the stored snapshot names (`None`: no snapshot, or a
+    /// snapshot whose data is not an image, e.g. written by an older version).
+    pub(crate) fn current_image(&self) -> Result<Option<Descriptor>, StorageError> {
+        let Some(snap) = self.stored_snapshot()? else {
+            return Ok(None);
+        };
+        match Descriptor::decode(snap.get_data()) {
+            Some(Ok(d)) => Ok(Some(d)),
+            Some(Err(e)) => Err(StorageError::Corrupt(format!("snapshot descriptor: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes the images nobody needs: every image other than the current one whose index
+    /// is not above the current snapshot's, unless pinned. Images above it are being received
+    /// (or were, and wait for raft-rs to install them) and are left to their owner.
+    pub(crate) fn collect_images(&self) -> Result<(), StorageError> {
+        let current = self.current_image()?;
+        let snap_index = self.snapshot_metadata()?.index;
+        let now = Instant::now();
+        let pinned: Vec<u64> = match self.pins.lock() {
+            Ok(mut pins) => {
+                pins.retain(|_, at| now.duration_since(*at) < PIN_TTL);
+                pins.keys().copied().collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for entry in self.image_entries()? {
+            let id = entry.desc.id;
+            if current.is_some_and(|c| c.id == id)
+                || pinned.contains(&id)
+                || entry.desc.index > snap_index
+            {
+                continue;
+            }
+            self.delete_image(id)?;
+        }
+        Ok(())
+    }
+
+    /// `data` names an image (see [`Descriptor`]): it must be stored, complete and be the
+    /// image of snapshot `index`. Other data (tests, older versions) is taken as is.
+    fn check_image(&self, data: &[u8], index: u64) -> Result<(), StorageError> {
+        let desc = match Descriptor::decode(data) {
+            None => return Ok(()),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => return Err(StorageError::Corrupt(format!("snapshot descriptor: {e}"))),
+        };
+        match self.image_entry(desc.id)? {
+            Some(e) if e.complete && e.desc == desc && desc.index == index => Ok(()),
+            _ => Err(StorageError::Corrupt(format!(
+                "snapshot {index} names image {:x}, which is not stored complete",
+                desc.id
+            ))),
+        }
     }
 
     /// Validates the invariants that are cheap to check (decodability of the metadata, bounds).
@@ -407,6 +646,9 @@ impl SledStorage {
                 "commit {} beyond last index {last}",
                 hs.commit
             )));
+        }
+        if let Some(snap) = self.stored_snapshot()? {
+            self.check_image(snap.get_data(), snap.get_metadata().index)?;
         }
         Ok(())
     }
@@ -519,6 +761,7 @@ impl SledStorage {
                 first_index: first,
             });
         }
+        self.check_image(snap.get_data(), meta.index)?;
         let mut hs = self.hard_state()?;
         hs.term = cmp::max(hs.term, meta.term);
         hs.commit = meta.index;
@@ -551,7 +794,9 @@ impl SledStorage {
                 m.insert(KEY_SNAPSHOT, snap_bytes.as_slice())?;
                 Ok(())
             })
-            .map_err(from_tx)
+            .map_err(from_tx)?;
+        // The image replaced, and received ones this snapshot makes obsolete.
+        self.collect_images()
     }
 
     /// Records a snapshot of the state machine taken by the caller at applied index `index`
@@ -592,6 +837,7 @@ impl SledStorage {
             self.entry_term(index)?
         };
 
+        self.check_image(&data, index)?;
         let mut snap = Snapshot::default();
         snap.set_data(data.into());
         let meta = snap.mut_metadata();
@@ -607,7 +853,8 @@ impl SledStorage {
         batch.insert(KEY_SNAPSHOT, encode(&snap, "snapshot")?);
         self.remember(NO_KEYS, &[KEY_SNAPSHOT_META, KEY_SNAPSHOT])?;
         self.meta.apply_batch(batch)?;
-        Ok(())
+        // The image replaced (after the switch: a crash in between keeps both).
+        self.collect_images()
     }
 
     /// Drops the entries before `index`, so `first_index` becomes `index`. A no-op if they are
@@ -667,6 +914,12 @@ impl SledStorage {
             0 => None,
             peer => Some(peer),
         }
+    }
+
+    /// Records that `peer` needs a snapshot the stored one cannot serve (as
+    /// [`raft::Storage::snapshot`] does), for [`SledStorage::take_snapshot_request`].
+    pub(crate) fn request_snapshot(&self, peer: u64) {
+        self.snapshot_request.store(peer.max(1), Ordering::Relaxed);
     }
 
     /// Makes every write so far durable. Call once after the writes of one `Ready`.
@@ -832,7 +1085,7 @@ impl raft::Storage for SledStorage {
                 return Ok(snap);
             }
         }
-        self.snapshot_request.store(to.max(1), Ordering::Relaxed);
+        self.request_snapshot(to);
         Err(raft::Error::Store(
             raft::StorageError::SnapshotTemporarilyUnavailable,
         ))

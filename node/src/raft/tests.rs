@@ -161,6 +161,26 @@ fn cluster_opts() -> RaftOptions {
     }
 }
 
+/// The out-of-band part of a `MsgSnapshot`, in memory: copies the image it names from the
+/// sender's storage to the receiver's. False if the sender no longer has it.
+fn carry_image(from: &RaftHandle, to: &RaftHandle, m: &Message) -> bool {
+    if m.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+        return true;
+    }
+    let Some(Ok(desc)) = snapshot::Descriptor::decode(m.get_snapshot().get_data()) else {
+        return true;
+    };
+    let sink = to.images();
+    for seq in sink.begin(&desc).expect("stage") {
+        match from.images().serve(desc.id, seq).expect("serve") {
+            Some(bytes) => sink.put(&desc, seq, &bytes).expect("put"),
+            None => return false,
+        }
+    }
+    sink.finish(&desc).expect("verified");
+    true
+}
+
 impl Cluster {
     /// Node 1 founds the cluster; `joiners` open empty logs to join it. Every node's
     /// outbound messages are routed to the addressee's `step`.
@@ -188,9 +208,14 @@ impl Cluster {
             let peers = handles.clone();
             tokio::spawn(async move {
                 while let Some(m) = out_rx.recv().await {
-                    if let Some(h) = peers.get(&m.to) {
-                        h.step(m).await;
+                    let (Some(from), Some(h)) = (peers.get(&m.from), peers.get(&m.to)) else {
+                        continue;
+                    };
+                    if !carry_image(from, h, &m) {
+                        from.report_snapshot(m.to, false).await;
+                        continue;
                     }
+                    h.step(m).await;
                 }
             });
             let (stop, rx) = watch::channel(false);
