@@ -676,6 +676,8 @@ fn identity_phase(cfg: &AgentConfig) -> anyhow::Result<Start> {
             identity.cluster_id = t.cluster_id.clone();
             identity.cluster_key = skein_protocol::token::hex(&t.cluster_key);
             identity.founder = false;
+            // Announced from the start: gossip keeps managers connected.
+            identity.role = t.role;
             Some(t)
         }
         (Some(_), false) => {

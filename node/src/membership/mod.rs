@@ -218,9 +218,13 @@ struct Actor {
     swim: Swim,
     me: Announce,
     announces: BTreeMap<String, Announce>,
-    /// Peers handed to the network to keep connected (ring neighbours and
-    /// managers).
+    /// Peers handed to the network to keep connected: the managers, and the
+    /// ring neighbours with a larger peer id (of two neighbours, the smaller
+    /// id dials: one connection per pair, not two dialled at once).
     added: HashSet<String>,
+    /// The ring neighbours and the managers (whom this node syncs with when
+    /// a connection comes up).
+    near: HashSet<String>,
     /// The member set changed: recompute which peers to keep.
     rewire_due: bool,
     /// mDNS / seed dials recently tried (peer or address -> when).
@@ -265,6 +269,7 @@ pub fn start(
         me,
         announces: BTreeMap::new(),
         added: HashSet::new(),
+        near: HashSet::new(),
         rewire_due: false,
         tried: HashMap::new(),
         queue: BTreeMap::new(),
@@ -395,16 +400,20 @@ impl Actor {
     /// those (the network closes the others when idle).
     fn rewire(&mut self) {
         self.rewire_due = false;
-        let mut wanted: HashSet<String> = self.swim.neighbours().iter().cloned().collect();
-        wanted.extend(
-            self.announces
-                .iter()
-                .filter(|(p, a)| {
-                    a.role == skein_protocol::NodeRole::Manager
-                        && self.swim.state_of(p) != Some(MemberState::Dead)
-                })
-                .map(|(p, _)| p.clone()),
-        );
+        let me = self.me.peer.clone();
+        let neighbours: Vec<String> = self.swim.neighbours().to_vec();
+        let managers: Vec<String> = self
+            .announces
+            .iter()
+            .filter(|(p, a)| {
+                a.role == skein_protocol::NodeRole::Manager
+                    && self.swim.state_of(p) != Some(MemberState::Dead)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.near = neighbours.iter().chain(&managers).cloned().collect();
+        let mut wanted: HashSet<String> = neighbours.into_iter().filter(|p| *p > me).collect();
+        wanted.extend(managers);
         let lonely = self.net.connected().is_empty();
         for p in wanted.difference(&self.added) {
             if let Some(addr) = self.announces.get(p).and_then(|a| a.addrs.first()) {
@@ -695,13 +704,12 @@ impl Actor {
                 if let Some(addr) = a.addrs.first() {
                     // Known by address: dialled when a request needs it;
                     // kept connected only as a neighbour or a manager.
-                    let moved = held_addr.as_ref() != Some(addr);
-                    if moved {
+                    // (A kept peer's address is updated in place.)
+                    if held_addr.as_ref() != Some(addr) {
                         self.net.learn(&a.peer, addr);
                     }
-                    let role_changed = held_role != Some(a.role);
-                    if role_changed || (moved && self.added.contains(&a.peer)) {
-                        self.added.remove(&a.peer);
+                    // Managers are kept: a role change rewires.
+                    if held_role != Some(a.role) {
                         self.rewire_due = true;
                     }
                 }
@@ -780,7 +788,7 @@ impl Actor {
                 if self.me.peer > peer && known {
                     return;
                 }
-                if known && !self.added.contains(&peer) {
+                if known && !self.near.contains(&peer) {
                     return;
                 }
                 let batch = self.full_batch();

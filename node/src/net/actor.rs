@@ -777,39 +777,30 @@ impl Actor {
         }
     }
 
-    /// Closes the connections this node dialled that nobody needs (see the
-    /// module header): to a peer nobody keeps, once no request used it for
-    /// `idle_close`; and a second connection to a peer that also dialled
-    /// this node (both sides kept each other and dialled at once), where the
-    /// connection dialled by the smaller peer id stays, so both sides close
-    /// the same one.
+    /// Closes the connections this node dialled to peers nobody keeps once
+    /// no request went either way for `idle_close` (see the module header).
+    /// Only this node's own dials: a connection the peer dialled is the
+    /// peer's to close. Never one in use: closing fails the requests on it.
     fn close_idle(&mut self) {
         let now = Instant::now();
         let limit = self.tuning.idle_close;
-        let me = *self.swarm.local_peer_id();
-        let mut by_peer: HashMap<PeerId, (Vec<ConnectionId>, bool)> = HashMap::new();
+        let mut dialled: HashMap<PeerId, Vec<ConnectionId>> = HashMap::new();
         for (id, c) in &self.conns {
-            let e = by_peer.entry(c.peer).or_default();
+            let e = dialled.entry(c.peer).or_default();
             if c.dialer {
-                e.0.push(*id);
-            } else {
-                e.1 = true;
+                e.push(*id);
             }
         }
-        self.last_used.retain(|p, _| by_peer.contains_key(p));
-        for (peer, (dialled, inbound)) in by_peer {
-            if dialled.is_empty() {
-                continue;
-            }
+        self.last_used.retain(|p, _| dialled.contains_key(p));
+        for (peer, ids) in dialled {
             let kept = self.known.get(&peer).is_some_and(|k| k.keep != 0);
             let idle = self
                 .last_used
                 .get(&peer)
                 .is_none_or(|t| now.duration_since(*t) >= limit);
-            let duplicate = inbound && me > peer;
-            if (!kept && idle) || duplicate {
-                debug!(%peer, duplicate, "closing a connection this node dialled and nobody needs");
-                for id in dialled {
+            if !ids.is_empty() && !kept && idle {
+                debug!(%peer, "closing an idle connection nobody keeps");
+                for id in ids {
                     self.swarm.close_connection(id);
                 }
             }

@@ -57,8 +57,8 @@ pub const DEFAULT_PORT: u16 = 7946;
 pub const RPC_PROTOCOL: &str = "/skein/rpc/1";
 /// The identify protocol version we announce.
 pub const IDENTIFY_PROTOCOL: &str = "/skein/id/1";
-/// Largest request or reply frame sent or accepted. Snapshots are sent in
-/// chunks below it ([`skein_protocol::wire::RaftChunk`]).
+/// Largest request or reply frame sent or accepted. Snapshot images move
+/// in 1 MiB chunks well below it (see `cluster::snapshot_link`).
 pub const MAX_RPC_FRAME: usize = 16 * 1024 * 1024;
 /// The gossipsub topic membership is spread on. Only nodes holding the
 /// cluster key can connect at all, so one topic name serves every cluster.
@@ -201,7 +201,7 @@ impl Default for Tuning {
         Tuning {
             handshake_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(24 * 3600),
-            idle_close: Duration::from_secs(30),
+            idle_close: Duration::from_secs(10),
             max_rpc_frame: MAX_RPC_FRAME,
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(10),
