@@ -218,9 +218,8 @@ struct Actor {
     swim: Swim,
     me: Announce,
     announces: BTreeMap<String, Announce>,
-    /// Peers handed to the network to keep connected: the managers, and the
-    /// ring neighbours with a larger peer id (of two neighbours, the smaller
-    /// id dials: one connection per pair, not two dialled at once).
+    /// Peers handed to the network to keep connected: the ring neighbours
+    /// and the managers.
     added: HashSet<String>,
     /// The ring neighbours and the managers (whom this node syncs with when
     /// a connection comes up).
@@ -310,6 +309,9 @@ pub fn dial_spread() -> Duration {
 }
 
 const DIAL_SPREAD_MIN_MS: u64 = 300;
+/// How much later the larger peer id of two neighbours dials (see
+/// [`Actor::rewire`]).
+const SECOND_DIAL: Duration = Duration::from_secs(4);
 const DIAL_SPREAD_MS: u64 = 2_700;
 
 /// How long a claim or a newcomer's announce waits for others to share
@@ -412,17 +414,20 @@ impl Actor {
             .map(|(p, _)| p.clone())
             .collect();
         self.near = neighbours.iter().chain(&managers).cloned().collect();
-        let mut wanted: HashSet<String> = neighbours.into_iter().filter(|p| *p > me).collect();
-        wanted.extend(managers);
+        let wanted: HashSet<String> = self.near.clone();
         let lonely = self.net.connected().is_empty();
         for p in wanted.difference(&self.added) {
             if let Some(addr) = self.announces.get(p).and_then(|a| a.addrs.first()) {
                 // Spread over the next seconds: a newcomer's neighbours all
-                // learn of it at once.
+                // learn of it at once. Of two neighbours the smaller id
+                // dials first; the other only if no connection came by then
+                // (both dialling at once would leave two connections).
                 let after = if lonely {
                     Duration::ZERO
-                } else {
+                } else if *p > me || managers.contains(p) {
                     dial_spread()
+                } else {
+                    SECOND_DIAL + dial_spread()
                 };
                 self.net.keep(p, addr, after, Keeper::Gossip);
             }
