@@ -271,10 +271,14 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
         _ = stop.changed() => {}
     }
     let _ = shutdown_tx.send(true);
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), agg).await;
+    // Bounded: every worker closes its network at once.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = agg.await;
+    })
+    .await;
     Ok(())
 }
 
