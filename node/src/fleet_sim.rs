@@ -19,7 +19,7 @@
 //!   silent cut-off as the managers see it); `move PEER` (from now, report
 //!   when every live session held with manager PEER has been answered by
 //!   another manager and every live worker is online; sent just before that
-//!   manager is killed); `quit`.
+//!   manager is killed); `silence-all`; `quit`.
 //!
 //! Joins go through a semaphore (`--join-concurrency`) so thousands of
 //! joins queue here instead of at the leader. Ends on SIGINT/SIGTERM, `quit`
@@ -597,6 +597,16 @@ async fn aggregate(
                             None => emit(serde_json::json!({"event": "error", "error": format!("no worker {idx}")})),
                         }
                     }
+                    (Some("silence-all"), _) => {
+                        let mut count = 0;
+                        for s in w.iter_mut() {
+                            if let Some(tx) = s.silence.take() {
+                                let _ = tx.send(());
+                                count += 1;
+                            }
+                        }
+                        emit(serde_json::json!({"event": "silenced_all", "count": count, "at_ms": crate::util::now_ms()}));
+                    }
                     (Some("move"), Some(peer)) => {
                         let pending: HashSet<usize> = w.iter().enumerate()
                             .filter(|(_, s)| s.joined && !s.silenced && s.serving == peer)
@@ -607,7 +617,7 @@ async fn aggregate(
                         emit(serde_json::json!({"event": "move_armed", "peer": peer, "sessions": moving.as_ref().map_or(0, |m| m.count), "t0_ms": now}));
                         check_moved(&w, &mut moving);
                     }
-                    _ => emit(serde_json::json!({"event": "error", "error": format!("unknown command {line:?}: status | silence I | move PEER | quit")})),
+                    _ => emit(serde_json::json!({"event": "error", "error": format!("unknown command {line:?}: status | silence I | silence-all | move PEER | quit")})),
                 }
             }
             _ = tick.tick() => {

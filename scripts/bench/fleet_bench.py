@@ -16,8 +16,13 @@ Per N, on a fresh cluster:
 - time for every session to be back after `kill -9` of the manager serving
   the most sessions: until each session it held was answered by another
   manager and every live simulated worker is online (the simulator times
-  both); the killed manager is restarted between samples.
-Every row is the median of the samples with min..max (n says how many).
+  both); the killed manager is restarted between samples;
+- last, every session stopped at once (connections kept): the managers' and
+  the simulator's CPU for the connections alone, to split the idle cost.
+A measurement that fails or times out is reported as such and the next one
+runs. Every row is the median of the samples with min..max (n says how many).
+The simulated workers' directories go on /dev/shm (each fsyncs its kept
+assignments, as on a disk of its own).
 
 Usage: fleet_bench.py SKEIN_BIN WORKDIR
 """
@@ -42,7 +47,7 @@ SAMPLES = int(os.environ.get("FLEET_SAMPLES", "5"))
 WINDOW = float(os.environ.get("FLEET_IDLE_WINDOW", "20"))
 SETTLE = float(os.environ.get("FLEET_SETTLE", "10"))
 JOIN_CONC = int(os.environ.get("FLEET_JOIN_CONCURRENCY", "32"))
-JOIN_TIMEOUT = float(os.environ.get("FLEET_JOIN_TIMEOUT", "900"))
+JOIN_TIMEOUT = float(os.environ.get("FLEET_JOIN_TIMEOUT", "600"))
 OP_TIMEOUT = float(os.environ.get("FLEET_OP_TIMEOUT", "120"))
 TICK = os.sysconf("SC_CLK_TCK")
 GOALS = {"cpu": 20.0, "rss": 300.0, "global": 10.0, "back": 3.0, "down": 3.0}
@@ -172,8 +177,11 @@ class Sim:
         self.errlog = open(os.path.join(WORK, f"sim-{n}.log"), "w")
         argv = [BIN, "fleet-sim", "--join", ",".join(join), "--token", token, "--workers", str(n),
                 "--dir", d, "--join-concurrency", str(JOIN_CONC), "--status-ms", "250", "--exit-on-eof"]
+        env = dict(os.environ)
+        if os.environ.get("FLEET_SIM_RUST_LOG"):
+            env["RUST_LOG"] = os.environ["FLEET_SIM_RUST_LOG"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.errlog, text=True, bufsize=1)
+                                     stderr=self.errlog, text=True, bufsize=1, env=env)
         record_pid(self.proc.pid)
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -267,76 +275,93 @@ def run_n(n, shm_root, out):
     base = os.path.join(WORK, f"n{n}")
     ms = [Manager(f"m{i}", os.path.join(base, f"m{i}"), used) for i in (1, 2, 3)]
     sim = None
-    lines = []
     notes = []
-    try:
+    r = {"cpu": {}, "conn_cpu": {}, "rss_idle": {}, "glob": [], "glob_sim": [], "down": [], "back": [],
+         "moved": [], "killed": [], "live": n, "idle_lead": None}
+    peak = {m.name: 0.0 for m in ms}
+
+    def note_peak(m):
+        if m.alive():
+            peak[m.name] = max(peak[m.name], mem_mb(m.proc.pid, "VmHWM:"))
+
+    def phase(name, fn):
+        """Runs one measurement; a failure is reported and the next one runs."""
+        try:
+            fn()
+            return True
+        except Exception as e:  # noqa: BLE001 - any failure is reported, not hidden
+            notes.append(f"{name}: FAILED: {e}")
+            print(f"   {name} failed: {e}", file=sys.stderr)
+            return False
+
+    def start_cluster():
         print(f"==> N={n}: starting 3 managers", file=sys.stderr)
         ms[0].start()
         wait_until("m1's API", 60, lambda: cli(ms[0].api, "node", "ls").returncode == 0)
         mtoken = cli(ms[0].api, "join-token", "manager", "-q").stdout.strip()
-        wtoken = cli(ms[0].api, "join-token", "worker", "-q").stdout.strip()
+        r["wtoken"] = cli(ms[0].api, "join-token", "worker", "-q").stdout.strip()
         for m in ms[1:]:
             m.extra = ["--join", ms[0].listen, "--token", mtoken]
             m.start()
         for m in ms:
             wait_until(f"3 ready managers seen by {m.name}", 120, lambda m=m: cluster_ready(m, 3), every=0.5)
+
+    def start_sim():
+        nonlocal sim
         print(f"==> N={n}: starting the simulator ({JOIN_CONC} joins at a time)", file=sys.stderr)
-        sim_dir = os.path.join(shm_root, f"n{n}")
         t0 = time.time()
-        sim = Sim(n, [m.listen for m in ms], wtoken, sim_dir)
+        sim = Sim(n, [m.listen for m in ms], r["wtoken"], os.path.join(shm_root, f"n{n}"))
         joined = sim.wait_event("all_joined", JOIN_TIMEOUT)
-        join_s = time.time() - t0
+        r["join_s"] = time.time() - t0
         if joined.get("failed"):
             notes.append(f"{joined['failed']} of {n} simulated workers failed to join (see the simulator's log)")
-        live = n - int(joined.get("failed", 0))
+        r["live"] = live = n - int(joined.get("failed", 0))
         wait_until("every simulated session online", OP_TIMEOUT,
                    lambda: sim.latest().get("online", 0) >= live, every=0.25)
-        online_s = time.time() - t0
-        wait_until(f"{live + 3} ready nodes", OP_TIMEOUT,
-                   lambda: cluster_ready(ms[0], live + 3), every=1.0)
-        ready_s = time.time() - t0
-        print(f"   {live} joined in {join_s:.1f} s, online at {online_s:.1f} s, all ready at {ready_s:.1f} s",
-              file=sys.stderr)
+        r["online_s"] = time.time() - t0
+        wait_until(f"{live + 3} ready nodes", OP_TIMEOUT, lambda: cluster_ready(ms[0], live + 3), every=1.0)
+        r["ready_s"] = time.time() - t0
+        print(f"   {live} joined in {r['join_s']:.1f} s, online at {r['online_s']:.1f} s, "
+              f"all ready at {r['ready_s']:.1f} s", file=sys.stderr)
         time.sleep(SETTLE)
 
-        # Idle CPU and RSS.
-        lead = idle_lead = leader_of(ms)
-        print(f"==> N={n}: idle CPU, {SAMPLES} windows of {WINDOW:.0f} s (leader {lead.name if lead else '?'})",
+    def idle(key, label):
+        lead = leader_of(ms)
+        if key == "cpu":
+            r["idle_lead"] = lead.name if lead else None
+        print(f"==> N={n}: {label}, {SAMPLES} windows of {WINDOW:.0f} s (leader {lead.name if lead else '?'})",
               file=sys.stderr)
         procs = {m.name: m.proc.pid for m in ms}
         procs["sim"] = sim.proc.pid
-        cpu = {k: [] for k in procs}
+        cpu = r[key] = {k: [] for k in procs}
         for _ in range(SAMPLES):
             a = {k: cpu_ticks(p) for k, p in procs.items()}
             time.sleep(WINDOW)
             b = {k: cpu_ticks(p) for k, p in procs.items()}
             for k in procs:
                 cpu[k].append(100.0 * (b[k] - a[k]) / TICK / WINDOW)
-        rss_idle = {k: mem_mb(p) for k, p in procs.items()}
-        mark = lambda m: f"{m.name}{' (leader)' if idle_lead and m.name == idle_lead.name else ''}"
-        peak = {m.name: 0.0 for m in ms}
+        if key == "cpu":
+            r["rss_idle"] = {k: mem_mb(p) for k, p in procs.items()}
+            r["load"] = os.getloadavg()[0]
 
-        def note_peak(m):
-            if m.alive():
-                peak[m.name] = max(peak[m.name], mem_mb(m.proc.pid, "VmHWM:"))
-
-        # Global service: create -> running everywhere.
+    def global_service():
         print(f"==> N={n}: global service, {SAMPLES} samples", file=sys.stderr)
-        glob, glob_sim = [], []
+        live = r["live"]
         for s in range(SAMPLES):
             api = (leader_of(ms) or ms[0]).api
             name = f"fleet{s}"
             t0 = time.time()
-            r = cli(api, "service", "create", "--name", name, "--mode", "global", "--detach",
+            c = cli(api, "service", "create", "--name", name, "--mode", "global", "--detach",
                     "sleep", "3601", timeout=OP_TIMEOUT)
-            if r.returncode != 0:
-                raise RuntimeError(f"service create failed: {r.stderr.strip()}")
+            if c.returncode != 0:
+                raise RuntimeError(f"service create failed: {c.stderr.strip()}")
             sim_done = None
             deadline = time.time() + OP_TIMEOUT
             while True:
                 now = time.time()
                 if now > deadline:
-                    raise TimeoutError(f"global service {name}: not all {live + 3} running in {OP_TIMEOUT:.0f} s")
+                    raise TimeoutError(f"global service {name}: not all {live + 3} running in {OP_TIMEOUT:.0f} s "
+                                       f"(simulator: {sim.latest().get('running')} running)")
                 if sim_done is None and sim.latest().get("running", 0) >= live:
                     sim_done = now - t0
                 rows = http(api, "GET", "/v1/services")
@@ -344,43 +369,42 @@ def run_n(n, shm_root, out):
                 if svc and svc["running"] >= live + 3:
                     break
                 time.sleep(0.1)
-            glob.append(time.time() - t0)
-            glob_sim.append(sim_done if sim_done is not None else time.time() - t0)
-            print(f"   sample {s + 1}: {glob[-1]:.2f} s to {live + 3} running", file=sys.stderr)
-            r = cli(api, "service", "rm", name, timeout=OP_TIMEOUT)
-            if r.returncode != 0:
-                raise RuntimeError(f"service rm failed: {r.stderr.strip()}")
+            r["glob"].append(time.time() - t0)
+            r["glob_sim"].append(sim_done if sim_done is not None else time.time() - t0)
+            print(f"   sample {s + 1}: {r['glob'][-1]:.2f} s to {live + 3} running", file=sys.stderr)
+            c = cli(api, "service", "rm", name, timeout=OP_TIMEOUT)
+            if c.returncode != 0:
+                raise RuntimeError(f"service rm failed: {c.stderr.strip()}")
             wait_until("the service's tasks gone from the simulated workers", OP_TIMEOUT,
                        lambda: sim.latest().get("running", 1) == 0, every=0.25)
             time.sleep(2)
 
-        # Silent simulated workers marked down.
+    def silent():
         print(f"==> N={n}: silent worker -> down, {SAMPLES} samples", file=sys.stderr)
-        down = []
         for s in range(SAMPLES):
             idx = (s * 7919 + 1) % n
             sim.send(f"silence {idx}")
             ev = sim.wait_event("silenced", 30, lambda e: e.get("index") == idx)
+            r["silenced"] = r.get("silenced", 0) + 1
             api = (leader_of(ms) or ms[0]).api
             node = ev["node_id"]
             t_down = wait_until(f"{ev['name']} marked down", OP_TIMEOUT,
                                 lambda: time.time() if http(api, "GET", f"/v1/nodes/{node}")["status"] == "down"
                                 else None, every=0.05)
-            down.append(t_down - ev["at_ms"] / 1000.0)
-            print(f"   sample {s + 1}: {ev['name']} down {down[-1]:.2f} s after its session stopped", file=sys.stderr)
-        silenced = SAMPLES
+            r["down"].append(t_down - ev["at_ms"] / 1000.0)
+            print(f"   sample {s + 1}: {ev['name']} down {r['down'][-1]:.2f} s after its session stopped",
+                  file=sys.stderr)
 
-        # kill -9 of the manager serving the most sessions.
+    def kills():
         print(f"==> N={n}: kill -9 of the busiest manager, {SAMPLES} samples", file=sys.stderr)
-        back, moved, killed_names = [], [], []
         for s in range(SAMPLES):
             peers = {}
             rows = http(ms[0].api, "GET", "/v1/nodes")
             for m in ms:
-                mid = next(r["id"] for r in rows if r["name"] == m.name)
+                mid = next(x["id"] for x in rows if x["name"] == m.name)
                 peers[http(ms[0].api, "GET", f"/v1/nodes/{mid}")["peer_id"]] = m
             by = sim.latest().get("by_manager", {})
-            peer, count = max(((p, by.get(p, 0)) for p in peers), key=lambda x: x[1])
+            peer, _ = max(((p, by.get(p, 0)) for p in peers), key=lambda x: x[1])
             victim = peers[peer]
             lead = leader_of(ms)
             was_leader = lead is not None and lead.name == victim.name
@@ -391,71 +415,100 @@ def run_n(n, shm_root, out):
             victim.proc.kill()
             victim.proc.wait()
             ev = sim.wait_event("moved", OP_TIMEOUT, lambda e: e.get("peer") == peer)
-            back.append(ev["all_online_ms"] / 1000.0 - t_kill)
-            moved.append(max(ev["last_move_ms"] / 1000.0 - t_kill, 0.0))
-            killed_names.append(f"{victim.name}{' (leader)' if was_leader else ''}: {armed['sessions']}")
-            print(f"   sample {s + 1}: killed {victim.name}{' (leader)' if was_leader else ''} holding "
-                  f"{armed['sessions']} sessions; moved {moved[-1]:.2f} s, all online {back[-1]:.2f} s",
-                  file=sys.stderr)
+            r["back"].append(ev["all_online_ms"] / 1000.0 - t_kill)
+            r["moved"].append(max(ev["last_move_ms"] / 1000.0 - t_kill, 0.0))
+            who = f"{victim.name}{' (leader)' if was_leader else ''}"
+            r["killed"].append(f"{who}: {armed['sessions']}")
+            print(f"   sample {s + 1}: killed {who} holding {armed['sessions']} sessions; moved "
+                  f"{r['moved'][-1]:.2f} s, all online {r['back'][-1]:.2f} s", file=sys.stderr)
             # Back in the cluster before the next sample.
             victim.start()
             other = next(m for m in ms if m is not victim)
             wait_until(f"{victim.name} back", OP_TIMEOUT, lambda: any(
-                r["name"] == victim.name and r["status"] == "ready" and r.get("reachability", "reachable") == "reachable"
-                for r in http(other.api, "GET", "/v1/nodes")) and leader_of(ms) is not None, every=0.5)
+                x["name"] == victim.name and x["status"] == "ready" and x.get("reachability", "reachable") == "reachable"
+                for x in http(other.api, "GET", "/v1/nodes")) and leader_of(ms) is not None, every=0.5)
             wait_until("every simulated session online", OP_TIMEOUT,
-                       lambda: sim.latest().get("online", 0) >= live - silenced, every=0.25)
+                       lambda: sim.latest().get("online", 0) >= r["live"] - r.get("silenced", 0), every=0.25)
             time.sleep(3)
+
+    def connections_only():
+        # Every session stops; the connections stay: what the managers pay
+        # for the connections alone (and for judging the nodes down).
+        sim.send("silence-all")
+        sim.wait_event("silenced_all", 60)
+        wait_until("every simulated worker down", OP_TIMEOUT,
+                   lambda: sum(1 for x in http(ms[0].api, "GET", "/v1/nodes") if x["status"] == "down") >= r["live"],
+                   every=1.0)
+        time.sleep(SETTLE)
+        idle("conn_cpu", "idle CPU with every session stopped (connections only)")
+
+    try:
+        ok = phase("cluster start", start_cluster) and phase("simulator start", start_sim)
+        if ok:
+            phase("idle CPU", lambda: idle("cpu", "idle CPU"))
+            phase("global service", global_service)
+            phase("silent worker", silent)
+            phase("kill -9", kills)
+            phase("connections only", connections_only)
         for m in ms:
             note_peak(m)
-
-        # The report.
-        lines.append(f"### N = {n} simulated workers + 3 managers")
-        lines.append("")
-        lines.append(f"{live} joined in {join_s:.1f} s ({JOIN_CONC} joins at a time), every session online "
-                     f"{online_s:.1f} s after the simulator started, all {live + 3} nodes ready in `node ls` at "
-                     f"{ready_s:.1f} s.")
-        lines.append("")
-        lines.append("| what | median | min..max | n | goal at 5,000 |")
-        lines.append("|---|---|---|---|---|")
-        for m in ms:
-            lines.append(row(f"{mark(m)} idle CPU (% of one core, {WINDOW:.0f} s windows)", cpu[m.name], " %",
-                             GOALS["cpu"] if idle_lead and m.name == idle_lead.name else None))
-        lines.append(row(f"the simulator ({live} workers) idle CPU", cpu["sim"], " %"))
-        for m in ms:
-            lines.append(f"| {m.name} RSS idle / peak (VmHWM, over its processes) | {rss_idle[m.name]:.0f} MB / "
-                         f"{peak.get(m.name, 0):.0f} MB | | 1 | ≤ {GOALS['rss']:g} MB: "
-                         f"{'met' if max(rss_idle[m.name], peak.get(m.name, 0)) <= GOALS['rss'] else 'MISSED'} |")
-        lines.append(f"| the simulator RSS idle | {rss_idle['sim']:.0f} MB | | 1 | |")
-        lines.append(row(f"`service create --mode global` to {live + 3} tasks running (API)", glob, " s",
-                         GOALS["global"], "{:.2f}"))
-        lines.append(row(f"... to {live} running on the simulated workers (simulator, 250 ms status)", glob_sim,
-                         " s", None, "{:.2f}"))
-        lines.append(row("`kill -9` of the busiest manager to every session back online", back, " s",
-                         GOALS["back"], "{:.2f}"))
-        lines.append(row("... to the last of its sessions answered by another manager", moved, " s", None,
-                         "{:.2f}"))
-        lines.append(row("silent simulated worker (session stopped, connections open) to down in the API",
-                         down, " s", GOALS["down"], "{:.2f}"))
-        lines.append("")
-        lines.append("Killed (sessions held): " + "; ".join(killed_names) + ".")
-        for x in notes:
-            lines.append("")
-            lines.append(x)
-        lines.append("")
-    except Exception as e:  # report what was measured, then the failure
-        lines.append(f"### N = {n}: FAILED: {e}")
-        lines.append("")
-        print(f"   N={n} failed: {e}", file=sys.stderr)
     finally:
         if sim:
             sim.stop()
         for m in ms:
             m.stop()
         shutil.rmtree(os.path.join(shm_root, f"n{n}"), ignore_errors=True)
+    lines = report(n, r, peak, ms, notes)
     out.extend(lines)
     print("\n".join(lines))
     sys.stdout.flush()
+
+
+def report(n, r, peak, ms, notes):
+    live, lead = r["live"], r["idle_lead"]
+    mark = lambda name: f"{name}{' (leader)' if name == lead else ''}"
+    lines = [f"### N = {n} simulated workers + 3 managers", ""]
+    if "join_s" in r:
+        lines.append(f"{live} joined in {r['join_s']:.1f} s ({JOIN_CONC} joins at a time)"
+                     + (f", every session online {r['online_s']:.1f} s after the simulator started" if "online_s" in r else "")
+                     + (f", all {live + 3} nodes ready in `node ls` at {r['ready_s']:.1f} s" if "ready_s" in r else "")
+                     + (f"; 1-minute load average during the idle windows {r['load']:.1f}" if "load" in r else "")
+                     + ".")
+        lines.append("")
+    lines.append("| what | median | min..max | n | goal at 5,000 |")
+    lines.append("|---|---|---|---|---|")
+    for m in ms:
+        lines.append(row(f"{mark(m.name)} idle CPU (% of one core, {WINDOW:.0f} s windows)", r["cpu"].get(m.name), " %",
+                         GOALS["cpu"] if m.name == lead else None))
+    lines.append(row(f"the simulator ({live} workers) idle CPU", r["cpu"].get("sim"), " %"))
+    for m in ms:
+        idle_rss = r["rss_idle"].get(m.name, 0)
+        worst = max(idle_rss, peak.get(m.name, 0))
+        lines.append(f"| {m.name} RSS idle / peak (VmHWM, over its processes) | {idle_rss:.0f} MB / "
+                     f"{peak.get(m.name, 0):.0f} MB | | 1 | ≤ {GOALS['rss']:g} MB: {'met' if worst <= GOALS['rss'] else 'MISSED'} |")
+    if "sim" in r["rss_idle"]:
+        lines.append(f"| the simulator RSS idle | {r['rss_idle']['sim']:.0f} MB | | 1 | |")
+    lines.append(row(f"`service create --mode global` to {live + 3} tasks running (API)", r["glob"], " s",
+                     GOALS["global"], "{:.2f}"))
+    lines.append(row(f"... to {live} running on the simulated workers (simulator, 250 ms status)", r["glob_sim"],
+                     " s", None, "{:.2f}"))
+    lines.append(row("`kill -9` of the busiest manager to every session back online", r["back"], " s",
+                     GOALS["back"], "{:.2f}"))
+    lines.append(row("... to the last of its sessions answered by another manager", r["moved"], " s", None, "{:.2f}"))
+    lines.append(row("silent simulated worker (session stopped, connections open) to down in the API",
+                     r["down"], " s", GOALS["down"], "{:.2f}"))
+    for m in ms:
+        lines.append(row(f"{m.name} CPU with every session stopped, connections open", r["conn_cpu"].get(m.name),
+                         " %"))
+    lines.append(row("the simulator CPU with every session stopped", r["conn_cpu"].get("sim"), " %"))
+    lines.append("")
+    if r["killed"]:
+        lines.append("Killed (sessions held): " + "; ".join(r["killed"]) + ".")
+        lines.append("")
+    for x in notes:
+        lines.append(x)
+        lines.append("")
+    return lines
 
 
 def main():
