@@ -42,7 +42,8 @@
 #   SIM_NODES=1000 SIM_IDLE_S=600          gossip mode: the simulation
 #   IDLE_WORKERS=40 IDLE_WINDOW=20 IDLE_SAMPLES=5   idle mode
 #   FLEET_NS=100,1000,5000 FLEET_SAMPLES=5 FLEET_IDLE_WINDOW=20   fleet mode;
-#   FLEET_JOIN_CONCURRENCY=32 (simulated joins in flight), FLEET_SETTLE=10
+#   FLEET_JOIN_CONCURRENCY=32 (simulated joins in flight), FLEET_SETTLE=10,
+#   FLEET_HEARTBEAT_MS (managers' heartbeat_ms; default the agent's 1000)
 #
 # Everything started here (agents, etcd, namespaces, iptables rules, temp dirs,
 # task processes) is stopped and removed on exit, Ctrl-C included. Traffic

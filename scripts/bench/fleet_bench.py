@@ -49,6 +49,9 @@ SETTLE = float(os.environ.get("FLEET_SETTLE", "10"))
 JOIN_CONC = int(os.environ.get("FLEET_JOIN_CONCURRENCY", "32"))
 JOIN_TIMEOUT = float(os.environ.get("FLEET_JOIN_TIMEOUT", "600"))
 OP_TIMEOUT = float(os.environ.get("FLEET_OP_TIMEOUT", "120"))
+# The managers' heartbeat period (the sessions' turn period; a node is down
+# after 3 missed): the agent's default (1 s) unless set.
+HEARTBEAT_MS = os.environ.get("FLEET_HEARTBEAT_MS", "")
 TICK = os.sysconf("SC_CLK_TCK")
 GOALS = {"cpu": 20.0, "rss": 300.0, "global": 10.0, "back": 3.0, "down": 3.0}
 
@@ -150,6 +153,11 @@ class Manager:
         log = open(os.path.join(self.dir, "agent.log"), "a")
         argv = [BIN, "agent", "--data-dir", os.path.join(self.dir, "data"), "--name", self.name,
                 "--api", self.api, "--listen", self.listen, "--runtime", "process"] + self.extra
+        if HEARTBEAT_MS:
+            conf = os.path.join(self.dir, "agent.toml")
+            with open(conf, "w") as f:
+                f.write(f"heartbeat_ms = {int(HEARTBEAT_MS)}\n")
+            argv += ["--config", conf]
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         record_pid(self.proc.pid)
 
@@ -467,7 +475,8 @@ def run_n(n, shm_root, out):
 def report(n, r, peak, ms, notes):
     live, lead = r["live"], r["idle_lead"]
     mark = lambda name: f"{name}{' (leader)' if name == lead else ''}"
-    lines = [f"### N = {n} simulated workers + 3 managers", ""]
+    hb = f", heartbeat_ms = {HEARTBEAT_MS}" if HEARTBEAT_MS else ""
+    lines = [f"### N = {n} simulated workers + 3 managers{hb}", ""]
     if "join_s" in r:
         lines.append(f"{live} joined in {r['join_s']:.1f} s ({JOIN_CONC} joins at a time)"
                      + (f", every session online {r['online_s']:.1f} s after the simulator started" if "online_s" in r else "")
