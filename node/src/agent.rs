@@ -10,6 +10,11 @@
 //! listener (see [`crate::api::bootstrap`]). Shutdown stops the API and the
 //! actors but leaves tasks running: a restarted agent adopts them.
 //!
+//! A run goes through named phases: identity ([`identity_phase`]), network
+//! and membership ([`network_phase`]), bootstrap or join, Raft, actors. Every
+//! actor a run spawns is owned by one [`TaskSet`]: the run ends by stopping
+//! them all within [`STOP_BOUND`] (stragglers aborted), then the network.
+//!
 //! A node runs in its role: a manager runs Raft, the dispatcher and the
 //! leader's loops, and its own worker in-process; a worker ([`run_worker`])
 //! runs no Raft: a session with a manager, its worker, and a worker's API.
@@ -20,8 +25,9 @@
 use crate::api::{self, AppState};
 use crate::cluster::forward::Proposer;
 use crate::cluster::inbound::Router;
+use crate::cluster::join;
 use crate::cluster::raft_link::{self, PeerBook};
-use crate::cluster::{heartbeat, join};
+use crate::dispatcher::heartbeat;
 use crate::dispatcher::Dispatcher;
 use crate::membership::{self, bootstrap, MembershipConfig, MembershipHandle};
 use crate::net::{self, NetConfig, NetHandle};
@@ -29,6 +35,7 @@ use crate::orchestrator::Orchestrator;
 use crate::raft::{RaftNode, RaftOptions};
 use crate::runtime::docker;
 use crate::runtime::process::ProcessRuntime;
+use crate::taskset::TaskSet;
 use crate::worker::session::{Kept, SessionClient};
 use crate::worker::{Runtimes, Worker};
 use anyhow::{bail, Context};
@@ -181,6 +188,9 @@ async fn build_runtimes(cfg: &AgentConfig, node_id: &str) -> anyhow::Result<Runt
 }
 
 /// How one run of the node's actors ended.
+/// How long stopping a run's actors (then the network) may take.
+const STOP_BOUND: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 enum Ended {
     /// SIGINT/SIGTERM: the agent stops (tasks keep running).
@@ -251,122 +261,31 @@ struct Api {
 }
 
 async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let (api_switch, status_tx, status_rx) =
-        (&api_.switch, &api_.status_tx, api_.status_rx.clone());
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
-        format!(
-            "cannot create data dir {}: pick another with --data-dir",
-            cfg.data_dir.display()
-        )
-    })?;
-    let (mut identity, fresh) = Identity::load_or_new(&cfg.data_dir)?;
-    let token = match (&cfg.token, fresh) {
-        (Some(t), true) => {
-            let t: JoinToken = t
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--token: {e}"))?;
-            identity.cluster_id = t.cluster_id.clone();
-            identity.cluster_key = skein_protocol::token::hex(&t.cluster_key);
-            identity.founder = false;
-            Some(t)
-        }
-        (Some(_), false) => {
-            tracing::info!("this node is already a cluster member: --join/--token ignored");
-            None
-        }
-        (None, _) => None,
-    };
-    // Zero-touch bootstrap: the key derives from --cluster-key; a fresh box
-    // finds its cluster (or forms it) below, before Raft starts.
-    let mut bootstrapping = false;
-    if let Some(k) = &cfg.cluster_key {
-        let psk = skein_protocol::token::hex(&bootstrap::derive_psk(k));
-        if fresh {
-            identity.cluster_key = psk;
-            identity.founder = false;
-            bootstrapping = true;
-        } else if identity.cluster_key != psk {
-            tracing::warn!(
-                "this data dir belongs to a cluster with another key: --cluster-key is ignored \
-                 (start with an empty --data-dir to form or join the cluster of that key)"
-            );
-        }
-    }
+    // Every actor of this run is spawned in `tasks` and stopped with it.
+    let mut tasks = TaskSet::new();
+    let shutdown = tasks.stop_signal();
+    let (api_switch, status_tx) = (&api_.switch, &api_.status_tx);
+    // Phase 1: who this node is (node.json, a join token, a cluster key).
+    let Start {
+        mut identity,
+        fresh,
+        token,
+        bootstrapping,
+    } = identity_phase(cfg)?;
     let runtimes = build_runtimes(cfg, &identity.node_id).await?;
 
-    let cluster_key = skein_protocol::token::unhex32(&identity.cluster_key).ok_or_else(|| {
-        anyhow::anyhow!(
-            "node.json holds no valid cluster key: restore it or start with an empty --data-dir"
-        )
-    })?;
-    let listen: std::net::SocketAddr = cfg
-        .listen
-        .parse()
-        .with_context(|| format!("--listen {}: write IP:PORT", cfg.listen))?;
-    let mut net_cfg = NetConfig::new(cluster_key, cfg.data_dir.join("peer.key"));
-    net_cfg.listen = listen;
-    net_cfg.advertise = cfg.advertise.clone();
-    // mDNS never answers on loopback: a node listening there keeps quiet.
-    net_cfg.mdns = cfg.mdns && !listen.ip().is_loopback();
-    if cfg.mdns && !net_cfg.mdns {
-        tracing::info!("listening on loopback: mDNS discovery off");
-    }
-    let (net, mut inbound) = net::start(net_cfg, shutdown.clone())
-        .await
-        .with_context(|| format!("cannot start the cluster transport on {}", cfg.listen))?;
-    let advertise = advertised(cfg, net.listen_addr());
-
-    // Membership runs from the start: bootstrap needs it before Raft.
-    let mut announce = self_announce(cfg, &identity, &runtimes, &advertise, &net.peer_id());
-    if bootstrapping {
-        announce.cluster_id.clear();
-    }
-    let membership = membership::start(
-        net.clone(),
-        announce.clone(),
-        MembershipConfig {
-            // Also with a token: membership connects while the join runs.
-            seeds: cfg.join.clone(),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    );
-    if bootstrapping {
-        status_tx.send_replace(format!(
-            "{} is still forming its cluster (--bootstrap-expect {}): looking for boxes with the same cluster key",
-            cfg.name, cfg.bootstrap_expect
-        ));
-    }
-    api_switch.serve(api::bootstrap::forming(api::bootstrap::Forming {
-        node_id: identity.node_id.clone(),
-        node_name: cfg.name.clone(),
-        default_runtime: runtimes.default_kind().to_string(),
-        membership: membership.clone(),
-        status: status_rx,
-    }));
-    // Membership requests go to the membership actor, the rest to the router.
-    let (router_tx, router_rx) = tokio::sync::mpsc::channel(1024);
-    {
-        let membership = membership.clone();
-        tokio::spawn(async move {
-            while let Some(inb) = inbound.recv().await {
-                let net::Inbound { peer, msg, reply } = inb;
-                match msg {
-                    WireMessage::Gossip(req) => membership.serve(peer, *req, reply),
-                    msg => {
-                        if router_tx
-                            .send(net::Inbound { peer, msg, reply })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-    }
+    // Phase 2: the network and gossip membership (bootstrap needs them
+    // before Raft).
+    let Wired {
+        net,
+        advertise,
+        announce,
+        membership,
+        router_rx,
+    } = network_phase(cfg, &identity, &runtimes, bootstrapping, api_, &mut tasks).await?;
+    // Phase 3: a box formed by itself finds or founds its cluster (a token
+    // join is done below: a manager's once its Raft node runs, a worker's
+    // in run_worker).
     let mut token = token;
     let mut join_addrs = cfg.join.clone();
     let mut founding_set = Vec::new();
@@ -375,8 +294,8 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
         let outcome = tokio::select! {
             r = bootstrap_phase(cfg, &net, &membership, announce.clone(), status_tx) => r?,
             _ = wait_for_signal() => {
-                let _ = shutdown_tx.send(true);
-                let _ = tokio::time::timeout(Duration::from_secs(2), net.stopped()).await;
+                tasks.shutdown(STOP_BOUND).await;
+                let _ = tokio::time::timeout(STOP_BOUND, net.stopped()).await;
                 return Ok(Ended::Stopped);
             }
         };
@@ -430,13 +349,13 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
             announce,
             advertise,
             api_switch,
-            shutdown_tx,
-            shutdown,
+            tasks,
             inbound: router_rx,
         })
         .await;
     }
 
+    // Phase 4: Raft (the log, the node, its links), then the join.
     let db_path = cfg.data_dir.join("raft");
     // The Raft log is created before node.json is first written: a node
     // identity without it means the log was lost (a deleted directory, a
@@ -507,25 +426,39 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
     }
     let (raft_out_tx, raft_out_rx) = tokio::sync::mpsc::unbounded_channel();
     raft_node.set_outbound(raft_out_tx);
-    let mut raft_task = tokio::spawn(raft_node.run(shutdown.clone()));
-    tokio::spawn(raft_link::run_outbound(
-        raft_out_rx,
-        raft.clone(),
-        net.clone(),
-        book.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(raft_link::watch_disconnects(
-        net.clone(),
-        raft.clone(),
-        shutdown.clone(),
-    ));
+    // How the raft node ended, if it did (the log is the only source of
+    // truth: without it this node must not go on).
+    let (raft_end_tx, mut raft_end) = tokio::sync::oneshot::channel();
+    {
+        let stop = shutdown.clone();
+        tasks.spawn("raft", async move {
+            let _ = raft_end_tx.send(raft_node.run(stop).await);
+        });
+    }
+    tasks.spawn(
+        "raft-outbound",
+        raft_link::run_outbound(
+            raft_out_rx,
+            raft.clone(),
+            net.clone(),
+            book.clone(),
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "raft-disconnects",
+        raft_link::watch_disconnects(net.clone(), raft.clone(), shutdown.clone()),
+    );
     let proposer = Proposer::new(raft.clone(), Some(net.clone()), book.clone());
     let (heard_tx, heard_rx) = tokio::sync::mpsc::channel(1024);
     let beat = Duration::from_millis(cfg.heartbeat_ms.max(50));
     let (dispatcher, dispatch) = Dispatcher::new(raft.clone(), proposer.clone());
-    let dispatcher_task = tokio::spawn(dispatcher.with_hold(beat).run(shutdown.clone()));
-    tokio::spawn(
+    tasks.spawn(
+        "dispatcher",
+        dispatcher.with_hold(beat).run(shutdown.clone()),
+    );
+    tasks.spawn(
+        "router",
         Router {
             node_id: identity.node_id.clone(),
             dispatch: dispatch.clone(),
@@ -537,12 +470,15 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
         }
         .run(router_rx, shutdown.clone()),
     );
-    tokio::spawn(keep_peers_connected(
-        raft.clone(),
-        net.clone(),
-        identity.node_id.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "keep-peers",
+        keep_peers_connected(
+            raft.clone(),
+            net.clone(),
+            identity.node_id.clone(),
+            shutdown.clone(),
+        ),
+    );
 
     // The API serves reads from the local state at once (also while there
     // is no quorum); writes answer 503 until a leader is known.
@@ -599,57 +535,80 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
         founding_set,
         register: (!registered).then_some(me),
         cluster_key: cfg.cluster_key.clone(),
-        shutdown: shutdown.clone(),
     };
-    introduce.run(Some(Duration::from_secs(30))).await?;
+    introduce
+        .run(&mut tasks, Some(Duration::from_secs(30)))
+        .await?;
 
-    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
-    let orchestrator_task = tokio::spawn(Orchestrator::new(raft.clone(), shutdown.clone()).run());
-    tokio::spawn(crate::cluster::membership::run(
-        raft.clone(),
-        shutdown.clone(),
-    ));
+    // Phase 5: the manager's actors; then run until a signal, a role change
+    // or the Raft node's end.
+    tasks.spawn("worker", worker.run(shutdown.clone()));
+    tasks.spawn(
+        "orchestrator",
+        Orchestrator::new(raft.clone(), shutdown.clone()).run(),
+    );
+    tasks.spawn(
+        "raft-membership",
+        crate::cluster::membership::run(raft.clone(), shutdown.clone()),
+    );
     if cfg.cluster_key.is_some() && cfg.voters > 0 {
-        tokio::spawn(crate::cluster::voters::run(
-            raft.clone(),
-            cfg.voters as usize,
-            shutdown.clone(),
-        ));
+        tasks.spawn(
+            "voters",
+            crate::cluster::voters::run(raft.clone(), cfg.voters as usize, shutdown.clone()),
+        );
     }
-    tokio::spawn(heartbeat::run_sender(
-        identity.node_id.clone(),
-        raft.clone(),
-        net.clone(),
-        book.clone(),
-        beat,
-        shutdown.clone(),
-    ));
-    tokio::spawn(heartbeat::run_monitor(
-        identity.node_id.clone(),
-        proposer.clone(),
-        heard_rx,
-        Some(membership.events()),
-        Some(net.clone()),
-        beat * 3,
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "heartbeat",
+        heartbeat::run_sender(
+            identity.node_id.clone(),
+            raft.clone(),
+            net.clone(),
+            book.clone(),
+            beat,
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "liveness",
+        heartbeat::run_monitor(
+            identity.node_id.clone(),
+            proposer.clone(),
+            heard_rx,
+            Some(membership.events()),
+            Some(net.clone()),
+            // Turns come once per `beat`: two and a half missed ones is down.
+            beat * 5 / 2,
+            shutdown.clone(),
+        ),
+    );
 
     let mut demoted = false;
-    let raft_died = tokio::select! {
-        _ = wait_for_signal() => None,
-        r = &mut raft_task => Some(r),
-        () = demotion(&raft, &identity.node_id) => {
-            demoted = true;
-            None
+    let mut demoted_f = Box::pin(demotion(raft.clone(), identity.node_id.clone()));
+    let raft_died = loop {
+        tokio::select! {
+            _ = wait_for_signal() => break false,
+            ended = tasks.next_ended() => match ended {
+                Ok("raft") => break true,
+                Ok(name) => tracing::debug!(task = name, "task ended"),
+                Err(e) => {
+                    tasks.shutdown(STOP_BOUND).await;
+                    bail!("an agent task crashed: {e}");
+                }
+            },
+            () = &mut demoted_f => {
+                demoted = true;
+                break false;
+            }
         }
     };
+    drop(demoted_f);
     if demoted {
         // Leave Raft for a session: keep what the worker needs to go on
         // (its tasks, whom to ask), stop every actor, drop the log.
         let p = raft.current();
         let kept = Kept {
             index: p.applied,
-            managers: crate::dispatcher::session_managers(&p.state),
+            managers: crate::dispatcher::session_managers(&p.state, p.leader_id),
             tasks: crate::dispatcher::assignments_for(&p.state, &identity.node_id),
         };
         kept.save(&cfg.data_dir)
@@ -658,13 +617,8 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
         identity.founder = false;
         identity.persist(&cfg.data_dir)?;
         tracing::info!("this node was demoted and left raft: going on as a worker");
-        let _ = shutdown_tx.send(true);
-        let bounded = Duration::from_secs(5);
-        let _ = tokio::time::timeout(bounded, orchestrator_task).await;
-        let _ = tokio::time::timeout(bounded, worker_task).await;
-        let _ = tokio::time::timeout(bounded, dispatcher_task).await;
-        let _ = tokio::time::timeout(bounded, raft_task).await;
-        let _ = tokio::time::timeout(bounded, net.stopped()).await;
+        tasks.shutdown(STOP_BOUND).await;
+        let _ = tokio::time::timeout(STOP_BOUND, net.stopped()).await;
         drop(raft);
         drop(proposer);
         db.flush()?;
@@ -674,33 +628,196 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
         }
         return Ok(Ended::RoleChanged(NodeRole::Worker));
     }
-    if let Some(r) = raft_died {
+    if raft_died {
         // The log is the only source of truth: without it this node must not go on.
-        let _ = shutdown_tx.send(true);
-        return match r {
+        tasks.shutdown(STOP_BOUND).await;
+        return match raft_end.try_recv() {
             Ok(Ok(())) => Err(anyhow::anyhow!("the raft node stopped unexpectedly")),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the raft node failed")),
-            Err(e) => Err(anyhow::anyhow!("the raft node crashed: {e}")),
+            Err(_) => Err(anyhow::anyhow!("the raft node crashed")),
         };
     }
     tracing::info!("shutting down (tasks keep running)");
-    let _ = shutdown_tx.send(true);
-    let bounded = Duration::from_secs(5);
-    let _ = tokio::time::timeout(bounded, orchestrator_task).await;
-    let _ = tokio::time::timeout(bounded, worker_task).await;
-    let _ = tokio::time::timeout(bounded, dispatcher_task).await;
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(bounded, raft_task).await {
+    tasks.shutdown(STOP_BOUND).await;
+    if let Ok(Err(e)) = raft_end.try_recv() {
         return Err(e.into());
     }
-    let _ = tokio::time::timeout(bounded, net.stopped()).await;
+    let _ = tokio::time::timeout(STOP_BOUND, net.stopped()).await;
     db.flush()?;
     Ok(Ended::Stopped)
+}
+
+/// What the identity phase found.
+struct Start {
+    identity: Identity,
+    /// No node.json before this start.
+    fresh: bool,
+    /// The join token to use (a fresh node started with --token).
+    token: Option<JoinToken>,
+    /// A fresh node with --cluster-key: it forms or finds its cluster.
+    bootstrapping: bool,
+}
+
+/// Phase 1: this node's identity, from its data dir (created), or new, with
+/// what --token / --cluster-key say about the cluster it belongs to.
+fn identity_phase(cfg: &AgentConfig) -> anyhow::Result<Start> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create data dir {}: pick another with --data-dir",
+            cfg.data_dir.display()
+        )
+    })?;
+    let (mut identity, fresh) = Identity::load_or_new(&cfg.data_dir)?;
+    let token = match (&cfg.token, fresh) {
+        (Some(t), true) => {
+            let t: JoinToken = t
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--token: {e}"))?;
+            identity.cluster_id = t.cluster_id.clone();
+            identity.cluster_key = skein_protocol::token::hex(&t.cluster_key);
+            identity.founder = false;
+            Some(t)
+        }
+        (Some(_), false) => {
+            tracing::info!("this node is already a cluster member: --join/--token ignored");
+            None
+        }
+        (None, _) => None,
+    };
+    // Zero-touch bootstrap: the key derives from --cluster-key; a fresh box
+    // finds its cluster (or forms it) below, before Raft starts.
+    let mut bootstrapping = false;
+    if let Some(k) = &cfg.cluster_key {
+        let psk = skein_protocol::token::hex(&bootstrap::derive_psk(k));
+        if fresh {
+            identity.cluster_key = psk;
+            identity.founder = false;
+            bootstrapping = true;
+        } else if identity.cluster_key != psk {
+            tracing::warn!(
+                "this data dir belongs to a cluster with another key: --cluster-key is ignored \
+                 (start with an empty --data-dir to form or join the cluster of that key)"
+            );
+        }
+    }
+    Ok(Start {
+        identity,
+        fresh,
+        token,
+        bootstrapping,
+    })
+}
+
+/// What the network phase started.
+struct Wired {
+    net: NetHandle,
+    /// The address other nodes dial.
+    advertise: String,
+    /// This node's first gossip announce.
+    announce: Announce,
+    membership: MembershipHandle,
+    /// Requests from peers other than membership's (Raft, joins, sessions).
+    router_rx: tokio::sync::mpsc::Receiver<net::Inbound>,
+}
+
+/// Phase 2: the cluster transport and gossip membership; the API says the
+/// node is forming or joining its cluster until the next phases replace it.
+async fn network_phase(
+    cfg: &AgentConfig,
+    identity: &Identity,
+    runtimes: &Runtimes,
+    bootstrapping: bool,
+    api_: &Api,
+    tasks: &mut TaskSet,
+) -> anyhow::Result<Wired> {
+    let shutdown = tasks.stop_signal();
+    let (api_switch, status_tx, status_rx) =
+        (&api_.switch, &api_.status_tx, api_.status_rx.clone());
+    let cluster_key = skein_protocol::token::unhex32(&identity.cluster_key).ok_or_else(|| {
+        anyhow::anyhow!(
+            "node.json holds no valid cluster key: restore it or start with an empty --data-dir"
+        )
+    })?;
+    let listen: std::net::SocketAddr = cfg
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {}: write IP:PORT", cfg.listen))?;
+    let mut net_cfg = NetConfig::new(cluster_key, cfg.data_dir.join("peer.key"));
+    net_cfg.listen = listen;
+    net_cfg.advertise = cfg.advertise.clone();
+    // mDNS never answers on loopback: a node listening there keeps quiet.
+    net_cfg.mdns = cfg.mdns && !listen.ip().is_loopback();
+    if cfg.mdns && !net_cfg.mdns {
+        tracing::info!("listening on loopback: mDNS discovery off");
+    }
+    let (net, mut inbound) = net::start(net_cfg, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot start the cluster transport on {}", cfg.listen))?;
+    let advertise = advertised(cfg, net.listen_addr());
+
+    // Membership runs from the start: bootstrap needs it before Raft.
+    let mut announce = self_announce(cfg, identity, runtimes, &advertise, &net.peer_id());
+    if bootstrapping {
+        announce.cluster_id.clear();
+    }
+    let membership = membership::start(
+        net.clone(),
+        announce.clone(),
+        MembershipConfig {
+            // Also with a token: membership connects while the join runs.
+            seeds: cfg.join.clone(),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    );
+    if bootstrapping {
+        status_tx.send_replace(format!(
+            "{} is still forming its cluster (--bootstrap-expect {}): looking for boxes with the same cluster key",
+            cfg.name, cfg.bootstrap_expect
+        ));
+    }
+    api_switch.serve(api::bootstrap::forming(api::bootstrap::Forming {
+        node_id: identity.node_id.clone(),
+        node_name: cfg.name.clone(),
+        default_runtime: runtimes.default_kind().to_string(),
+        membership: membership.clone(),
+        status: status_rx,
+    }));
+    // Membership requests go to the membership actor, the rest to the router.
+    let (router_tx, router_rx) = tokio::sync::mpsc::channel(1024);
+    {
+        let membership = membership.clone();
+        tasks.spawn("inbound", async move {
+            while let Some(inb) = inbound.recv().await {
+                let net::Inbound { peer, msg, reply } = inb;
+                match msg {
+                    WireMessage::Gossip(req) => membership.serve(peer, *req, reply),
+                    msg => {
+                        if router_tx
+                            .send(net::Inbound { peer, msg, reply })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Ok(Wired {
+        net,
+        advertise,
+        announce,
+        membership,
+        router_rx,
+    })
 }
 
 /// Resolves once this manager was demoted and has left Raft: its own node
 /// is a worker in the state and its raft id is no longer a member (or 10 s
 /// after the demotion, if it never learns of its removal).
-async fn demotion(raft: &crate::raft::RaftHandle, node_id: &str) {
+async fn demotion(raft: crate::raft::RaftHandle, node_id: String) {
     let mut sub = raft.subscribe();
     let mut since: Option<tokio::time::Instant> = None;
     loop {
@@ -709,7 +826,7 @@ async fn demotion(raft: &crate::raft::RaftHandle, node_id: &str) {
             let worker = p
                 .state
                 .nodes
-                .get(node_id)
+                .get(&node_id)
                 .is_some_and(|n| n.role == NodeRole::Worker);
             let member = p.voters.contains(&p.raft_id) || p.learners.contains(&p.raft_id);
             (worker, member)
@@ -742,8 +859,7 @@ struct WorkerStart<'a> {
     announce: Announce,
     advertise: String,
     api_switch: &'a api::bootstrap::Switch,
-    shutdown_tx: watch::Sender<bool>,
-    shutdown: watch::Receiver<bool>,
+    tasks: TaskSet,
     inbound: tokio::sync::mpsc::Receiver<net::Inbound>,
 }
 
@@ -765,10 +881,10 @@ async fn run_worker(w: WorkerStart<'_>) -> anyhow::Result<Ended> {
         mut announce,
         advertise,
         api_switch,
-        shutdown_tx,
-        shutdown,
+        mut tasks,
         inbound,
     } = w;
+    let shutdown = tasks.stop_signal();
     let me = self_node(
         cfg,
         &identity,
@@ -804,7 +920,7 @@ async fn run_worker(w: WorkerStart<'_>) -> anyhow::Result<Ended> {
         assign_tx,
         report_rx,
     );
-    let session_task = tokio::spawn(client.run(shutdown.clone()));
+    tasks.spawn("session", client.run(shutdown.clone()));
     let worker = Worker::new(
         identity.node_id.clone(),
         runtimes.clone(),
@@ -812,8 +928,8 @@ async fn run_worker(w: WorkerStart<'_>) -> anyhow::Result<Ended> {
         report_tx,
     )
     .with_online(session.online.clone(), &cfg.data_dir);
-    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
-    tokio::spawn(refuse_inbound(inbound, shutdown.clone()));
+    tasks.spawn("worker", worker.run(shutdown.clone()));
+    tasks.spawn("refuse-inbound", refuse_inbound(inbound, shutdown.clone()));
     api_switch.serve(api::worker::router(api::worker::WorkerApi {
         node_id: identity.node_id.clone(),
         node_name: cfg.name.clone(),
@@ -834,7 +950,7 @@ async fn run_worker(w: WorkerStart<'_>) -> anyhow::Result<Ended> {
         // runtimes) may have changed. A manager may not be up yet.
         let (net, mut managers, origin) = (net.clone(), session.managers.clone(), identity.raft_id);
         let mut stop = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn("register", async move {
             loop {
                 let list = managers.borrow_and_update().clone();
                 match crate::worker::session::propose_via(
@@ -861,6 +977,13 @@ async fn run_worker(w: WorkerStart<'_>) -> anyhow::Result<Ended> {
     let ended = loop {
         tokio::select! {
             _ = wait_for_signal() => break Ended::Stopped,
+            ended = tasks.next_ended() => match ended {
+                Ok(name) => tracing::debug!(task = name, "task ended"),
+                Err(e) => {
+                    tasks.shutdown(STOP_BOUND).await;
+                    bail!("an agent task crashed: {e}");
+                }
+            },
             r = role.changed() => {
                 if r.is_err() {
                     break Ended::Stopped;
@@ -881,11 +1004,8 @@ async fn run_worker(w: WorkerStart<'_>) -> anyhow::Result<Ended> {
     } else {
         tracing::info!("shutting down (tasks keep running)");
     }
-    let _ = shutdown_tx.send(true);
-    let bounded = Duration::from_secs(5);
-    let _ = tokio::time::timeout(bounded, worker_task).await;
-    let _ = tokio::time::timeout(bounded, session_task).await;
-    let _ = tokio::time::timeout(bounded, net.stopped()).await;
+    tasks.shutdown(STOP_BOUND).await;
+    let _ = tokio::time::timeout(STOP_BOUND, net.stopped()).await;
     Ok(ended)
 }
 
@@ -956,6 +1076,7 @@ fn join_managers(accepted: &skein_protocol::wire::JoinAccepted) -> Vec<ManagerIn
             addr: addr.clone(),
             api_addr: String::new(),
             raft_id: *rid,
+            leader: false,
         })
         .collect()
 }
@@ -1021,9 +1142,10 @@ fn lan_ipv4() -> Option<std::net::Ipv4Addr> {
     found
 }
 
-/// Keeps a connection to every member this node may need to reach (their
-/// addresses come from the replicated node table), and refuses the peers of
-/// removed nodes.
+/// Keeps a connection to every other manager and tells the network where
+/// every other node is (addresses from the replicated node table: a worker
+/// is dialled only when a request needs it, its session comes here by
+/// itself), and refuses the peers of removed nodes.
 async fn keep_peers_connected(
     raft: crate::raft::RaftHandle,
     net: NetHandle,
@@ -1031,7 +1153,7 @@ async fn keep_peers_connected(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sub = raft.subscribe();
-    let mut known: std::collections::BTreeMap<String, String> = Default::default();
+    let mut known: std::collections::BTreeMap<String, (String, bool)> = Default::default();
     let mut denied = std::collections::BTreeSet::new();
     loop {
         let p = sub.borrow_and_update().clone();
@@ -1050,17 +1172,18 @@ async fn keep_peers_connected(
             if n.id == self_id || n.peer_id.is_empty() || n.addr.is_empty() {
                 continue;
             }
-            if known.get(&n.peer_id) != Some(&n.addr) {
-                // Managers at once (Raft); other nodes a little later, at a
-                // random time: when many boxes join together, each one
-                // learns of all the others at once.
-                let after = if n.role == skein_protocol::NodeRole::Manager {
-                    Duration::ZERO
+            let manager = n.role == skein_protocol::NodeRole::Manager;
+            if known.get(&n.peer_id) != Some(&(n.addr.clone(), manager)) {
+                // Managers are kept connected (Raft); the other nodes come
+                // to this one (their sessions) and are only dialled when a
+                // request needs them (logs, a probe).
+                if manager {
+                    net.add_peer(&n.peer_id, &n.addr);
                 } else {
-                    crate::membership::dial_spread()
-                };
-                net.add_peer_after(&n.peer_id, &n.addr, after);
-                known.insert(n.peer_id.clone(), n.addr.clone());
+                    net.remove_peer(&n.peer_id);
+                    net.learn(&n.peer_id, &n.addr);
+                }
+                known.insert(n.peer_id.clone(), (n.addr.clone(), manager));
             }
         }
         let gone: Vec<String> = known
@@ -1138,12 +1261,11 @@ struct Introduce {
     founding_set: Vec<String>,
     register: Option<Node>,
     cluster_key: Option<String>,
-    shutdown: watch::Receiver<bool>,
 }
 
 impl Introduce {
     /// Waits for a leader (at most `deadline`, else for as long as it takes).
-    async fn run(self, deadline: Option<Duration>) -> anyhow::Result<()> {
+    async fn run(self, tasks: &mut TaskSet, deadline: Option<Duration>) -> anyhow::Result<()> {
         let raft = self.proposer.raft().clone();
         wait_for_leader(&raft, deadline).await?;
         if self.identity.founder {
@@ -1154,13 +1276,17 @@ impl Introduce {
         announce.role = self.identity.role;
         announce.proposal = self.founding_set;
         self.membership.set_self(announce.clone()).await;
-        tokio::spawn(announce_role(
-            raft.clone(),
-            self.membership.clone(),
-            self.identity.node_id.clone(),
-            announce,
-            self.shutdown.clone(),
-        ));
+        let stop = tasks.stop_signal();
+        tasks.spawn(
+            "announce-role",
+            announce_role(
+                raft.clone(),
+                self.membership.clone(),
+                self.identity.node_id.clone(),
+                announce,
+                stop,
+            ),
+        );
         if let Some(me) = self.register {
             let name = me.name.clone();
             // A worker keeps trying: it may have started with no manager up.

@@ -505,6 +505,7 @@ fn join_managers(accepted: &JoinAccepted) -> Vec<ManagerInfo> {
             addr: addr.clone(),
             api_addr: String::new(),
             raft_id: *rid,
+            leader: false,
         })
         .collect()
 }

@@ -13,5 +13,6 @@ pub mod orchestrator;
 pub mod raft;
 pub mod runtime;
 pub mod store;
+pub mod taskset;
 pub mod util;
 pub mod worker;

@@ -67,6 +67,9 @@ pub struct ManagerInfo {
     pub addr: String,
     pub api_addr: String,
     pub raft_id: u64,
+    /// The Raft leader when the list was made: sessions go to the other
+    /// managers when there are any (the leader's time is for Raft).
+    pub leader: bool,
 }
 
 /// A digest of one task as encoded on the wire: equal tasks, equal digests

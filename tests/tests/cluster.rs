@@ -98,8 +98,22 @@ fn five_nodes_one_leader_and_replicas_spread() {
             via.name
         );
     }
-    let on = running_nodes(&c.managers[1], "web");
-    assert_eq!(on.len(), 6);
+    let on = running_nodes(follower, "web");
+    assert_eq!(
+        on.len(),
+        6,
+        "{}\n{}",
+        String::from_utf8_lossy(&follower.cli(&["service", "ps", "web"]).stdout),
+        c.all()
+            .map(|a| a
+                .log()
+                .lines()
+                .filter(|l| l.contains("status changes") || l.contains("down"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let mut distinct = on.clone();
     distinct.dedup();
     assert!(distinct.len() >= 4, "spread over at least 4 nodes: {on:?}");

@@ -210,7 +210,7 @@ async fn worker_guard(
 pub fn worker_refusal(s: &ClusterState, node_id: &str) -> Option<String> {
     let me = s.nodes.get(node_id)?;
     (me.role == skein_protocol::NodeRole::Worker)
-        .then(|| worker::refusal(&me.name, &crate::dispatcher::session_managers(s)))
+        .then(|| worker::refusal(&me.name, &crate::dispatcher::session_managers(s, 0)))
 }
 
 fn snapshot(st: &AppState) -> Arc<ClusterState> {

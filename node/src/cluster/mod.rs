@@ -7,8 +7,6 @@
 //! - [`inbound`]: routes every request a peer sends to its owner, once
 //!   [`authority`] allowed it (a peer may ask only what its node's role may);
 //! - [`join`]: a new node asking in, and a manager letting it in;
-//! - [`heartbeat`]: nodes tell the leader they are alive; the leader marks
-//!   silent nodes down (the decision is [`crate::dispatcher::liveness`]);
 //! - [`voters`]: a self-formed cluster keeps an odd number of managers.
 //!
 //! Only managers are Raft members (voters; a joining or promoted manager is
@@ -19,7 +17,6 @@
 
 pub mod authority;
 pub mod forward;
-pub mod heartbeat;
 pub mod inbound;
 pub mod join;
 pub mod membership;

@@ -10,7 +10,10 @@
 //!   something does, else after holding the turn up to the heartbeat period.
 //!   A reconnect, to this manager or another, so sends only what changed;
 //! - status reports from every worker are batched into few Raft proposals
-//!   (forwarded to the leader by the [`Proposer`]), one in flight at a time.
+//!   (forwarded to the leader by the [`Proposer`]), one in flight at a time;
+//! - [`heartbeat`] hears nodes (session turns, managers' heartbeats, gossip
+//!   verdicts) and proposes the [`liveness`] verdicts of the nodes this
+//!   manager judges.
 //!
 //! Invariants: assignments come only from committed state; a status report
 //! is proposed as is (apply drops anything that would move a task
@@ -20,6 +23,7 @@
 //! events (rebuilt from the state when events were missed), so a state
 //! change costs the sessions it touches, not every session.
 
+pub mod heartbeat;
 pub mod liveness;
 
 use crate::cluster::forward::Proposer;
@@ -206,8 +210,9 @@ impl TaskIndex {
     }
 }
 
-/// The managers a worker may hold a session with, ready ones first.
-pub fn session_managers(state: &ClusterState) -> Vec<ManagerInfo> {
+/// The managers a worker may hold a session with, ready ones first;
+/// `leader`: the leader's raft id (0: unknown).
+pub fn session_managers(state: &ClusterState, leader: u64) -> Vec<ManagerInfo> {
     let mut m: Vec<&skein_protocol::Node> = state
         .nodes
         .values()
@@ -222,6 +227,7 @@ pub fn session_managers(state: &ClusterState) -> Vec<ManagerInfo> {
             addr: n.addr.clone(),
             api_addr: n.api_addr.clone(),
             raft_id: n.raft_id,
+            leader: leader != 0 && n.raft_id == leader,
         })
         .collect()
 }
@@ -426,7 +432,7 @@ impl Dispatcher {
             index: snap.applied,
             changed,
             removed,
-            managers: session_managers(&snap.state),
+            managers: session_managers(&snap.state, snap.leader_id),
             wait_ms: self.hold.as_millis() as u64,
             role: snap
                 .state

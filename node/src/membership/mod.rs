@@ -8,8 +8,12 @@
 //! - this module: the actor that runs them over the network: it publishes
 //!   batches of claims on the gossip topic, probes one member per period
 //!   (directly, then through `k` helpers), answers probes, syncs the whole
-//!   table with every newly connected peer (push-pull), dials peers it
-//!   learns about from gossip or mDNS, and publishes a snapshot.
+//!   table with every newly connected peer it keeps or does not know yet
+//!   (push-pull), keeps connections to its ring neighbours and to the
+//!   managers only (see [`swim`]: a few per node whatever the fleet size;
+//!   any other member is dialled when a request needs it and the
+//!   connection closes when idle), dials peers mDNS shows it that it does
+//!   not know yet, and publishes a snapshot.
 //!
 //! Invariants: a member's own announce (gossipsub signs and checks the
 //! source; a probe or push-pull comes over its own connection) replaces
@@ -30,7 +34,7 @@
 pub mod bootstrap;
 pub mod swim;
 
-use crate::net::{GossipIn, NetEvent, NetHandle};
+use crate::net::{GossipIn, Keeper, NetEvent, NetHandle};
 use serde::Serialize;
 use skein_protocol::gossip::{
     Announce, GossipBatch, GossipReply, GossipRequest, MemberState, MemberUpdate,
@@ -214,8 +218,11 @@ struct Actor {
     swim: Swim,
     me: Announce,
     announces: BTreeMap<String, Announce>,
-    /// Peers handed to the network to keep connected.
+    /// Peers handed to the network to keep connected (ring neighbours and
+    /// managers).
     added: HashSet<String>,
+    /// The member set changed: recompute which peers to keep.
+    rewire_due: bool,
     /// mDNS / seed dials recently tried (peer or address -> when).
     tried: HashMap<String, u64>,
     queue: BTreeMap<String, MemberUpdate>,
@@ -258,6 +265,7 @@ pub fn start(
         me,
         announces: BTreeMap::new(),
         added: HashSet::new(),
+        rewire_due: false,
         tried: HashMap::new(),
         queue: BTreeMap::new(),
         relay: BTreeMap::new(),
@@ -374,10 +382,49 @@ impl Actor {
                 Some(c) = cmd_rx.recv() => self.on_cmd(c),
                 Some(d) = done_rx.recv() => self.on_done(d),
             }
+            if self.rewire_due {
+                self.rewire();
+            }
             if self.dirty {
                 self.publish_view();
             }
         }
+    }
+
+    /// Keeps connections to the ring neighbours and the managers, and only
+    /// those (the network closes the others when idle).
+    fn rewire(&mut self) {
+        self.rewire_due = false;
+        let mut wanted: HashSet<String> = self.swim.neighbours().iter().cloned().collect();
+        wanted.extend(
+            self.announces
+                .iter()
+                .filter(|(p, a)| {
+                    a.role == skein_protocol::NodeRole::Manager
+                        && self.swim.state_of(p) != Some(MemberState::Dead)
+                })
+                .map(|(p, _)| p.clone()),
+        );
+        let lonely = self.net.connected().is_empty();
+        for p in wanted.difference(&self.added) {
+            if let Some(addr) = self.announces.get(p).and_then(|a| a.addrs.first()) {
+                // Spread over the next seconds: a newcomer's neighbours all
+                // learn of it at once.
+                let after = if lonely {
+                    Duration::ZERO
+                } else {
+                    dial_spread()
+                };
+                self.net.keep(p, addr, after, Keeper::Gossip);
+            }
+        }
+        for p in self.added.difference(&wanted) {
+            self.net.release(p, Keeper::Gossip);
+        }
+        self.added = wanted
+            .into_iter()
+            .filter(|p| self.announces.contains_key(p))
+            .collect();
     }
 
     fn now(&self) -> u64 {
@@ -445,6 +492,7 @@ impl Actor {
                 Out::Relay(_) => {}
                 Out::Changed { peer, state } => {
                     self.dirty = true;
+                    self.rewire_due = true;
                     let node_id = self
                         .announces
                         .get(&peer)
@@ -633,6 +681,8 @@ impl Actor {
             let first_hand = a.peer == from;
             let held = self.announces.get(&a.peer);
             let take = takes(held, &a, first_hand);
+            let held_addr = held.and_then(|h| h.addrs.first().cloned());
+            let held_role = held.map(|h| h.role);
             let (peer, incarnation) = (a.peer.clone(), a.incarnation);
             if take {
                 if held.is_none() && first_hand && sync && self.inbound.contains(from) {
@@ -643,18 +693,16 @@ impl Actor {
                     self.flush_soon();
                 }
                 if let Some(addr) = a.addrs.first() {
-                    if !self.added.contains(&a.peer) {
-                        // Learned from gossip: keep it connected. One heard
-                        // of second hand is dialled a little later, at a
-                        // random time: a newcomer learns every member at
-                        // once, and so does every member of it.
-                        let after = if first_hand {
-                            Duration::ZERO
-                        } else {
-                            dial_spread()
-                        };
-                        self.net.add_peer_after(&a.peer, addr, after);
-                        self.added.insert(a.peer.clone());
+                    // Known by address: dialled when a request needs it;
+                    // kept connected only as a neighbour or a manager.
+                    let moved = held_addr.as_ref() != Some(addr);
+                    if moved {
+                        self.net.learn(&a.peer, addr);
+                    }
+                    let role_changed = held_role != Some(a.role);
+                    if role_changed || (moved && self.added.contains(&a.peer)) {
+                        self.added.remove(&a.peer);
+                        self.rewire_due = true;
                     }
                 }
                 self.announces.insert(a.peer.clone(), a);
@@ -725,8 +773,14 @@ impl Actor {
                 }
                 // Push-pull: both sides learn each other's whole view from
                 // one exchange, so one side asks: the smaller peer id (both
-                // see the connection come up, whoever dialled).
-                if self.me.peer > peer {
+                // see the connection come up, whoever dialled). Only with a
+                // peer it keeps or does not know yet: a connection made for
+                // one request (a probe, a helper's) is not worth a table.
+                let known = self.announces.contains_key(&peer);
+                if self.me.peer > peer && known {
+                    return;
+                }
+                if known && !self.added.contains(&peer) {
                     return;
                 }
                 let batch = self.full_batch();
@@ -750,7 +804,9 @@ impl Actor {
                 self.handle(outs);
             }
             NetEvent::Discovered { peer, addr } => {
-                let connected = self.net.connected().contains(&peer);
+                // A member already known needs no connection from mDNS.
+                let connected =
+                    self.announces.contains_key(&peer) || self.net.connected().contains(&peer);
                 let recent = self
                     .tried
                     .get(&peer)

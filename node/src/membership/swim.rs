@@ -22,9 +22,20 @@
 //!   after `suspect_timeout`;
 //! - a closed connection (the peer's process died: its kernel answered)
 //!   is strong evidence: the member is probed at once, not at its turn;
-//! - probing is a randomised round robin: every live member is probed once
-//!   per round, so a silent member is found within `members` periods by
-//!   each prober (SWIM's bounded detection time);
+//! - each node probes only its ring neighbours (Rapid's monitoring
+//!   overlay): the live members and this node are placed on `rings`
+//!   pseudo-random rings (a fixed hash of ring number and peer id, so every
+//!   node that holds the same table computes the same rings), and a node's
+//!   neighbours are its predecessor and successor on each ring. The
+//!   relation is symmetric and forms a random regular graph: every member
+//!   is watched by up to `2 * rings` others whatever the fleet size, the
+//!   graph stays connected with a diameter of O(log n) (gossip crosses it
+//!   in a few hops), and a node needs connections only to its neighbours.
+//!   In a cluster of at most `2 * rings + 1` nodes everyone is a neighbour;
+//! - probing is a randomised round robin over the neighbours: each is
+//!   probed once per round, so a silent member is found within
+//!   `2 * rings` periods by each of its watchers (SWIM's bounded detection
+//!   time, now independent of the fleet size);
 //! - dead members stay in the table for `dead_retain` (so their dead claim
 //!   keeps beating older alive claims), then are forgotten;
 //! - a node spreads only its own verdicts and refutations
@@ -47,6 +58,9 @@ pub struct SwimConfig {
     pub suspect_timeout: u64,
     /// Dead members are forgotten after this long.
     pub dead_retain: u64,
+    /// Monitoring rings (each gives a node up to two neighbours to probe
+    /// and stay connected to); 0 probes every member.
+    pub rings: usize,
 }
 
 impl Default for SwimConfig {
@@ -57,6 +71,7 @@ impl Default for SwimConfig {
             indirect_k: 3,
             suspect_timeout: 2_000,
             dead_retain: 60_000,
+            rings: 3,
         }
     }
 }
@@ -108,6 +123,52 @@ pub struct Swim {
     next: usize,
     rng: u64,
     pending: HashMap<String, Pending>,
+    /// This node's ring neighbours (see the module header), recomputed when
+    /// the set of live members changed.
+    neighbours: Vec<String>,
+    ring_dirty: bool,
+}
+
+/// Where `peer` sits on ring `ring`: FNV-1a over the ring number and the
+/// peer id, finished with a 64-bit mixer (so similar ids spread out).
+fn ring_position(ring: usize, peer: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in (ring as u64).to_le_bytes().iter().chain(peer.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// `me`'s neighbours among `live` (which does not hold `me`): its
+/// predecessor and successor on each of `rings` rings; everyone when the
+/// cluster is small or `rings` is 0. Sorted, no duplicates.
+pub fn ring_neighbours(me: &str, live: &[&str], rings: usize) -> Vec<String> {
+    if rings == 0 || live.len() <= 2 * rings {
+        let mut all: Vec<String> = live.iter().map(|p| p.to_string()).collect();
+        all.sort();
+        all.dedup();
+        return all;
+    }
+    let mut out = std::collections::BTreeSet::new();
+    let mut ring: Vec<(u64, &str)> = Vec::with_capacity(live.len() + 1);
+    for r in 0..rings {
+        ring.clear();
+        ring.push((ring_position(r, me), me));
+        ring.extend(live.iter().map(|p| (ring_position(r, p), *p)));
+        ring.sort_unstable();
+        let n = ring.len();
+        if let Some(i) = ring.iter().position(|(_, p)| *p == me) {
+            out.insert(ring[(i + n - 1) % n].1.to_string());
+            out.insert(ring[(i + 1) % n].1.to_string());
+        }
+    }
+    out.remove(me);
+    out.into_iter().collect()
 }
 
 fn rank(s: MemberState) -> u8 {
@@ -129,7 +190,29 @@ impl Swim {
             next: 0,
             rng: seed | 1,
             pending: HashMap::new(),
+            neighbours: Vec::new(),
+            ring_dirty: false,
         }
+    }
+
+    /// This node's ring neighbours: the members it probes and keeps
+    /// connections to (see the module header).
+    pub fn neighbours(&mut self) -> &[String] {
+        if self.ring_dirty {
+            self.ring_dirty = false;
+            let live: Vec<&str> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.state != MemberState::Dead)
+                .map(|(p, _)| p.as_str())
+                .collect();
+            self.neighbours = ring_neighbours(&self.me, &live, self.cfg.rings);
+        }
+        &self.neighbours
+    }
+
+    fn is_neighbour(&mut self, peer: &str) -> bool {
+        self.neighbours().iter().any(|p| p == peer)
     }
 
     pub fn me(&self) -> &str {
@@ -228,6 +311,10 @@ impl Swim {
             return out;
         }
         let old = self.members.get(&u.peer).map(|m| m.state);
+        let was_live = old.is_some_and(|s| s != MemberState::Dead);
+        if was_live != (u.state != MemberState::Dead) {
+            self.ring_dirty = true;
+        }
         self.members.insert(
             u.peer.clone(),
             Member {
@@ -271,7 +358,8 @@ impl Swim {
         self.record(&u, now, true)
     }
 
-    /// The next member to probe (randomised round robin over live members).
+    /// The next member to probe (randomised round robin over the live
+    /// neighbours).
     pub fn next_probe(&mut self) -> Option<String> {
         for _ in 0..2 {
             while self.next < self.order.len() {
@@ -285,8 +373,8 @@ impl Swim {
                     return Some(p);
                 }
             }
-            // New round: shuffle the live members (Fisher-Yates).
-            let mut order: Vec<String> = self.live().cloned().collect();
+            // New round: shuffle the neighbours (Fisher-Yates).
+            let mut order: Vec<String> = self.neighbours().to_vec();
             for i in (1..order.len()).rev() {
                 let j = (self.random() % (i as u64 + 1)) as usize;
                 order.swap(i, j);
@@ -318,18 +406,28 @@ impl Swim {
             return Vec::new();
         }
         let mut out = Vec::new();
-        let mut helpers: Vec<String> = self
-            .members
-            .iter()
-            .filter(|(p, m)| p.as_str() != peer && m.state == MemberState::Alive)
-            .map(|(p, _)| p.clone())
-            .collect();
-        let k = self.cfg.indirect_k.min(helpers.len());
-        for i in 0..k {
-            let j = i + (self.random() % (helpers.len() - i) as u64) as usize;
-            helpers.swap(i, j);
+        // Helpers: other neighbours first (this node is connected to them),
+        // then any live member.
+        let alive = |s: &Swim, p: &str| p != peer && s.state_of(p) == Some(MemberState::Alive);
+        let near: Vec<String> = self.neighbours().to_vec();
+        let mut helpers: Vec<String> = near.iter().filter(|p| alive(self, p)).cloned().collect();
+        let want = self.cfg.indirect_k;
+        self.shuffle_prefix(&mut helpers, want);
+        helpers.truncate(want);
+        if helpers.len() < want {
+            let mut far: Vec<String> = self
+                .members
+                .iter()
+                .filter(|(p, m)| {
+                    p.as_str() != peer && m.state == MemberState::Alive && !near.contains(p)
+                })
+                .map(|(p, _)| p.clone())
+                .collect();
+            let more = want - helpers.len();
+            self.shuffle_prefix(&mut far, more);
+            far.truncate(more);
+            helpers.extend(far);
         }
-        helpers.truncate(k);
         if !helpers.is_empty() {
             self.pending.insert(
                 peer.to_string(),
@@ -348,6 +446,15 @@ impl Swim {
             out.extend(self.declare(peer, MemberState::Suspect, now));
         }
         out
+    }
+
+    /// Moves `k` random elements of `v` to its front (partial Fisher-Yates).
+    fn shuffle_prefix(&mut self, v: &mut [String], k: usize) {
+        let k = k.min(v.len());
+        for i in 0..k {
+            let j = i + (self.random() % (v.len() - i) as u64) as usize;
+            v.swap(i, j);
+        }
     }
 
     /// One helper's answer about `target`: `Some(true)` reached it,
@@ -385,6 +492,11 @@ impl Swim {
 
     /// The connection to `peer` closed: probe it now.
     pub fn connection_closed(&mut self, peer: &str) -> Vec<Out> {
+        // Only a neighbour's connection is kept open: the others close when
+        // idle, which says nothing about the member.
+        if !self.is_neighbour(peer) {
+            return Vec::new();
+        }
         match self.members.get(peer) {
             Some(m) if m.state != MemberState::Dead => vec![Out::Probe {
                 target: peer.to_string(),
@@ -610,6 +722,87 @@ mod tests {
             round.sort();
             assert_eq!(round, vec!["a", "b", "c"]);
         }
+    }
+
+    fn fleet(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("12D3KooPeer{i:05}")).collect()
+    }
+
+    fn neighbours_of(all: &[String], me: &str, rings: usize) -> Vec<String> {
+        let live: Vec<&str> = all
+            .iter()
+            .map(|s| s.as_str())
+            .filter(|p| *p != me)
+            .collect();
+        ring_neighbours(me, &live, rings)
+    }
+
+    #[test]
+    fn small_clusters_watch_everyone() {
+        let all = fleet(7);
+        assert_eq!(neighbours_of(&all, &all[0], 3).len(), 6);
+    }
+
+    #[test]
+    fn ring_neighbours_are_few_symmetric_and_connect_the_fleet() {
+        let all = fleet(2_000);
+        let map: BTreeMap<&str, Vec<String>> = all
+            .iter()
+            .map(|p| (p.as_str(), neighbours_of(&all, p, 3)))
+            .collect();
+        for (p, ns) in &map {
+            assert!(
+                (2..=6).contains(&ns.len()),
+                "{p} has {} neighbours",
+                ns.len()
+            );
+            for q in ns {
+                assert!(
+                    map[q.as_str()].iter().any(|x| x == p),
+                    "{p} watches {q} but not the other way round"
+                );
+            }
+        }
+        // Every member is reachable from any other in few hops.
+        let mut depth: HashMap<&str, usize> = HashMap::new();
+        let mut queue = std::collections::VecDeque::from([(all[0].as_str(), 0)]);
+        depth.insert(&all[0], 0);
+        while let Some((p, d)) = queue.pop_front() {
+            for q in &map[p] {
+                if !depth.contains_key(q.as_str()) {
+                    depth.insert(q, d + 1);
+                    queue.push_back((q, d + 1));
+                }
+            }
+        }
+        assert_eq!(depth.len(), all.len(), "the overlay is not connected");
+        let diameter = depth.values().max().copied().unwrap_or(0);
+        assert!(diameter <= 16, "gossip needs {diameter} hops");
+    }
+
+    #[test]
+    fn probes_go_to_neighbours_only_and_a_death_reshapes_the_rings() {
+        let all = fleet(50);
+        let me = all[0].clone();
+        let mut s = Swim::new(me.clone(), SwimConfig::default(), 3);
+        for p in &all[1..] {
+            s.heard_from(p, 0, 0);
+        }
+        let ns = neighbours_of(&all, &me, 3);
+        let probed: std::collections::BTreeSet<String> =
+            (0..200).filter_map(|_| s.next_probe()).collect();
+        assert_eq!(probed.into_iter().collect::<Vec<_>>(), ns);
+        // A non-neighbour's closed connection says nothing.
+        let far = all[1..]
+            .iter()
+            .find(|p| !ns.contains(p))
+            .cloned()
+            .unwrap_or_default();
+        assert!(s.connection_closed(&far).is_empty());
+        // A neighbour dies: its place on the rings goes to someone else.
+        s.apply(&up(&ns[0], 0, Dead), 1);
+        let rest: Vec<String> = all.iter().filter(|p| **p != ns[0]).cloned().collect();
+        assert_eq!(s.neighbours().to_vec(), neighbours_of(&rest, &me, 3));
     }
 
     fn arb_update() -> impl Strategy<Value = MemberUpdate> {

@@ -60,8 +60,11 @@ enum Pending {
     },
 }
 
-/// A peer we keep connected.
+/// A peer we keep connected, or dial for a request.
 struct Known {
+    /// Who keeps it (bits of [`Keeper`]); 0: dialled for a request only,
+    /// forgotten once its connection closes or the dial fails.
+    keep: u8,
     addr: String,
     backoff: Duration,
     /// When to dial next (None: connected, dialling or resolving).
@@ -105,6 +108,10 @@ pub(crate) struct Actor {
     resolved_tx: mpsc::UnboundedSender<Resolved>,
     resolved_rx: mpsc::UnboundedReceiver<Resolved>,
     known: HashMap<PeerId, Known>,
+    /// Where peers nobody keeps are (learned), for requests to them.
+    book: HashMap<PeerId, String>,
+    /// When a request last went to or came from each connected peer.
+    last_used: HashMap<PeerId, Instant>,
     dials: HashMap<ConnectionId, PendingDial>,
     requests: HashMap<OutboundRequestId, Pending>,
     replies: FuturesUnordered<ReplyFuture>,
@@ -298,6 +305,8 @@ pub(crate) async fn start(
         resolved_tx,
         resolved_rx,
         known: HashMap::new(),
+        book: HashMap::new(),
+        last_used: HashMap::new(),
         dials: HashMap::new(),
         requests: HashMap::new(),
         replies: FuturesUnordered::new(),
@@ -313,6 +322,9 @@ pub(crate) async fn start(
 
 impl Actor {
     async fn run(mut self) {
+        let mut sweep =
+            tokio::time::interval((self.tuning.idle_close / 4).max(Duration::from_millis(50)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -340,6 +352,7 @@ impl Actor {
                 () = tokio::time::sleep_until(next_dial.unwrap_or(far)), if next_dial.is_some() => {
                     self.dial_due();
                 }
+                _ = sweep.tick() => self.close_idle(),
             }
         }
         self.shutdown_gracefully().await;
@@ -400,14 +413,21 @@ impl Actor {
                 shown,
                 reply,
             } => self.dial_addr(addrs, shown, reply),
-            Command::AddPeer { peer, addr, after } => {
+            Command::AddPeer {
+                peer,
+                addr,
+                after,
+                by,
+            } => {
                 if peer == *self.swarm.local_peer_id() {
                     debug!(%addr, "add_peer: that is this node; ignored");
                     return;
                 }
+                self.book.remove(&peer);
                 let connected = self.swarm.is_connected(&peer);
                 let min = self.tuning.backoff_min;
                 let k = self.known.entry(peer).or_insert_with(|| Known {
+                    keep: 0,
                     addr: addr.clone(),
                     backoff: min,
                     next: None,
@@ -419,6 +439,7 @@ impl Actor {
                     k.addr = addr;
                     k.backoff = min;
                 }
+                k.keep |= by as u8;
                 if !connected && k.dialing.is_none() && !k.resolving {
                     let at = Instant::now() + after;
                     k.next = Some(k.next.map_or(at, |n| n.min(at)));
@@ -439,26 +460,63 @@ impl Actor {
                     let _ = d.send(ok);
                 }
             }
-            Command::RemovePeer { peer } => {
-                if self.known.remove(&peer).is_some() {
-                    debug!(%peer, "peer removed");
+            Command::RemovePeer { peer, by } => {
+                if let Some(k) = self.known.get_mut(&peer) {
+                    k.keep &= !(by as u8);
+                    if k.keep == 0 {
+                        debug!(%peer, "peer no longer kept");
+                        if k.dialing.is_none() && !k.resolving {
+                            k.next = None;
+                            if let Some(k) = self.known.remove(&peer) {
+                                self.book.insert(peer, k.addr);
+                            }
+                        }
+                    }
+                }
+            }
+            Command::Learn { peer, addr } => {
+                if peer != *self.swarm.local_peer_id() {
+                    match self.known.get_mut(&peer) {
+                        Some(k) => k.addr = addr,
+                        None => {
+                            self.book.insert(peer, addr);
+                        }
+                    }
                 }
             }
             Command::Deny { peer } => {
                 self.known.remove(&peer);
+                self.book.remove(&peer);
                 if self.denied.insert(peer) && self.swarm.is_connected(&peer) {
                     warn!(%peer, "closing the connection of a removed node's peer");
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
             }
             Command::Request { peer, frame, reply } => {
+                self.last_used.insert(peer, Instant::now());
                 if !self.swarm.is_connected(&peer) {
-                    match self.known.get(&peer) {
-                        Some(k) if k.dialing.is_none() && !k.resolving => self.start_dial(peer),
-                        Some(_) => {}
-                        None => {
+                    if !self.known.contains_key(&peer) {
+                        // Known only by address: dial it for this request.
+                        let Some(addr) = self.book.get(&peer).cloned() else {
                             let _ = reply.send(Err(NetError::UnknownPeer(peer.to_string())));
                             return;
+                        };
+                        self.known.insert(
+                            peer,
+                            Known {
+                                keep: 0,
+                                addr,
+                                backoff: self.tuning.backoff_min,
+                                next: None,
+                                dialing: None,
+                                resolving: false,
+                                since: None,
+                            },
+                        );
+                    }
+                    if let Some(k) = self.known.get(&peer) {
+                        if k.dialing.is_none() && !k.resolving {
+                            self.start_dial(peer);
                         }
                     }
                 }
@@ -470,6 +528,7 @@ impl Actor {
                 self.requests.insert(id, Pending::Request { reply });
             }
             Command::Send { peer, frame } => {
+                self.last_used.insert(peer, Instant::now());
                 let dialing = self
                     .known
                     .get(&peer)
@@ -615,6 +674,13 @@ impl Actor {
         if self.swarm.is_connected(&peer) {
             return;
         }
+        if self.known.get(&peer).is_some_and(|k| k.keep == 0) {
+            // Nobody keeps it: no re-dial; its address stays known.
+            if let Some(k) = self.known.remove(&peer) {
+                self.book.insert(peer, k.addr);
+            }
+            return;
+        }
         let max = self.tuning.backoff_max;
         if let Some(k) = self.known.get_mut(&peer) {
             k.dialing = None;
@@ -711,6 +777,45 @@ impl Actor {
         }
     }
 
+    /// Closes the connections this node dialled that nobody needs (see the
+    /// module header): to a peer nobody keeps, once no request used it for
+    /// `idle_close`; and a second connection to a peer that also dialled
+    /// this node (both sides kept each other and dialled at once), where the
+    /// connection dialled by the smaller peer id stays, so both sides close
+    /// the same one.
+    fn close_idle(&mut self) {
+        let now = Instant::now();
+        let limit = self.tuning.idle_close;
+        let me = *self.swarm.local_peer_id();
+        let mut by_peer: HashMap<PeerId, (Vec<ConnectionId>, bool)> = HashMap::new();
+        for (id, c) in &self.conns {
+            let e = by_peer.entry(c.peer).or_default();
+            if c.dialer {
+                e.0.push(*id);
+            } else {
+                e.1 = true;
+            }
+        }
+        self.last_used.retain(|p, _| by_peer.contains_key(p));
+        for (peer, (dialled, inbound)) in by_peer {
+            if dialled.is_empty() {
+                continue;
+            }
+            let kept = self.known.get(&peer).is_some_and(|k| k.keep != 0);
+            let idle = self
+                .last_used
+                .get(&peer)
+                .is_none_or(|t| now.duration_since(*t) >= limit);
+            let duplicate = inbound && me > peer;
+            if (!kept && idle) || duplicate {
+                debug!(%peer, duplicate, "closing a connection this node dialled and nobody needs");
+                for id in dialled {
+                    self.swarm.close_connection(id);
+                }
+            }
+        }
+    }
+
     fn publish_connected(&mut self) {
         let mut peers: Vec<String> = self
             .swarm
@@ -774,8 +879,13 @@ impl Actor {
                     }
                 }
                 if num_established.get() == 1 {
+                    self.last_used.insert(peer_id, Instant::now());
                     let addr = show(endpoint.get_remote_address());
-                    info!(peer = %peer_id, %addr, "connected");
+                    if self.known.get(&peer_id).is_some_and(|k| k.keep != 0) {
+                        info!(peer = %peer_id, %addr, "connected");
+                    } else {
+                        debug!(peer = %peer_id, %addr, inbound = !dialer, "connected");
+                    }
                     let _ = self.events.send(NetEvent::Connected {
                         peer: peer_id.to_string(),
                         addr,
@@ -793,9 +903,13 @@ impl Actor {
             } => {
                 self.conns.remove(&connection_id);
                 if num_established == 0 {
+                    let kept = self.known.get(&peer_id).is_some_and(|k| k.keep != 0);
                     match &cause {
-                        Some(c) => info!(peer = %peer_id, cause = %chain(c), "disconnected"),
-                        None => info!(peer = %peer_id, "disconnected"),
+                        Some(c) if kept => {
+                            info!(peer = %peer_id, cause = %chain(c), "disconnected")
+                        }
+                        None if kept => info!(peer = %peer_id, "disconnected"),
+                        _ => debug!(peer = %peer_id, "disconnected"),
                     }
                     let _ = self.events.send(NetEvent::Disconnected {
                         peer: peer_id.to_string(),
@@ -807,6 +921,7 @@ impl Actor {
                             k.backoff = min;
                         }
                     }
+                    self.last_used.remove(&peer_id);
                     self.schedule_redial(peer_id);
                 }
             }
@@ -1013,6 +1128,7 @@ impl Actor {
     }
 
     fn on_request(&mut self, peer: PeerId, request: Req, channel: ResponseChannel<Resp>) {
+        self.last_used.insert(peer, Instant::now());
         let msg = match request {
             Req::In(Ok(msg)) => msg,
             Req::In(Err(text)) => {

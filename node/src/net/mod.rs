@@ -19,9 +19,17 @@
 //!   read: the length is checked before any of the body is read or allocated;
 //! - every request gets exactly one answer: a reply, or an error when the
 //!   peer, the connection or the timeout fails;
-//! - a known peer ([`NetHandle::add_peer`]) is kept connected: when its last
-//!   connection closes or a dial fails, it is re-dialled with a backoff that
-//!   doubles from 100 ms up to 5 s (reset once a connection has lived 10 s);
+//! - a kept peer ([`NetHandle::add_peer`], by the cluster or by gossip
+//!   membership: each keeper adds and removes its own) stays connected: when
+//!   its last connection closes or a dial fails, it is re-dialled with a
+//!   backoff that doubles from 100 ms up to 5 s (reset once a connection has
+//!   lived 10 s);
+//! - a peer whose address is only known ([`NetHandle::learn`]) is dialled
+//!   when a request needs it, never re-dialled, and a connection this node
+//!   dialled to a peer nobody keeps is closed once no request used it for
+//!   [`Tuning::idle_close`]: connections stay bounded by what the node keeps
+//!   (its managers and ring neighbours) plus what it is using right now.
+//!   Connections others dialled to this node are theirs to close;
 //! - a handshake that fails after TCP connected (wrong cluster key, or not a
 //!   skein agent at all) is reported as such: a log line and a
 //!   [`NetError::Handshake`] saying "wrong cluster key?";
@@ -167,6 +175,9 @@ pub(crate) struct Tuning {
     /// Close a connection with no open stream after this long (libp2p's 10 s
     /// default would close quiet connections between known peers).
     pub idle_timeout: Duration,
+    /// Close a connection this node dialled to a peer it does not keep
+    /// once no request went either way for this long.
+    pub idle_close: Duration,
     /// Frame limit for what this node reads and sends.
     pub max_rpc_frame: usize,
     pub ping_interval: Duration,
@@ -190,6 +201,7 @@ impl Default for Tuning {
         Tuning {
             handshake_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(24 * 3600),
+            idle_close: Duration::from_secs(30),
             max_rpc_frame: MAX_RPC_FRAME,
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(10),
@@ -215,9 +227,16 @@ pub(crate) enum Command {
         peer: PeerId,
         addr: String,
         after: Duration,
+        by: Keeper,
     },
     RemovePeer {
         peer: PeerId,
+        by: Keeper,
+    },
+    /// Remember where `peer` is, to dial it when a request needs it.
+    Learn {
+        peer: PeerId,
+        addr: String,
     },
     /// Refuse this peer from now on (a removed node).
     Deny {
@@ -237,6 +256,16 @@ pub(crate) enum Command {
         /// Told whether gossipsub took it (false: no subscribed peer yet).
         done: Option<oneshot::Sender<bool>>,
     },
+}
+
+/// Who keeps a peer connected: each keeper adds and removes only its own
+/// claim; the peer stays kept while anyone keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keeper {
+    /// The cluster: managers (Raft, sessions), a joining node's managers.
+    Cluster = 1,
+    /// Gossip membership: this node's ring neighbours and managers.
+    Gossip = 2,
 }
 
 /// Queue depth between handles and the actor.
@@ -309,31 +338,50 @@ impl NetHandle {
         }
     }
 
-    /// Remembers a peer's address (HOST:PORT) and keeps a connection to it,
-    /// re-dialling with backoff when it drops.
+    /// Remembers a peer's address (HOST:PORT) and keeps a connection to it
+    /// for the cluster, re-dialling with backoff when it drops.
     pub fn add_peer(&self, peer: &str, addr: &str) {
-        self.add_peer_after(peer, addr, Duration::ZERO);
+        self.keep(peer, addr, Duration::ZERO, Keeper::Cluster);
     }
 
-    /// [`NetHandle::add_peer`], with the first dial `after` from now (unless
-    /// a request for the peer needs the connection sooner).
-    pub fn add_peer_after(&self, peer: &str, addr: &str, after: Duration) {
+    /// Keeps `peer` connected on behalf of `by`, the first dial `after` from
+    /// now (unless a request for the peer needs the connection sooner).
+    pub fn keep(&self, peer: &str, addr: &str, after: Duration, by: Keeper) {
         match PeerId::from_str(peer) {
             Ok(peer) => self.control(Command::AddPeer {
                 peer,
                 addr: addr.to_string(),
                 after,
+                by,
             }),
             Err(_) => tracing::warn!(peer, addr, "add_peer: {}", NetError::BadPeerId(peer.into())),
         }
     }
 
-    /// Forgets a peer: no more re-dials. An open connection stays until it
-    /// closes by itself.
+    /// The cluster no longer keeps `peer` ([`NetHandle::release`]).
     pub fn remove_peer(&self, peer: &str) {
+        self.release(peer, Keeper::Cluster);
+    }
+
+    /// `by` no longer keeps `peer`: once nobody does, it is not re-dialled
+    /// and a connection this node dialled to it closes when idle. Its
+    /// address is still known for requests.
+    pub fn release(&self, peer: &str, by: Keeper) {
         match PeerId::from_str(peer) {
-            Ok(peer) => self.control(Command::RemovePeer { peer }),
+            Ok(peer) => self.control(Command::RemovePeer { peer, by }),
             Err(_) => tracing::warn!(peer, "remove_peer: {}", NetError::BadPeerId(peer.into())),
+        }
+    }
+
+    /// Remembers where `peer` is (HOST:PORT) without keeping a connection:
+    /// a request to it dials it then.
+    pub fn learn(&self, peer: &str, addr: &str) {
+        match PeerId::from_str(peer) {
+            Ok(peer) => self.control(Command::Learn {
+                peer,
+                addr: addr.to_string(),
+            }),
+            Err(_) => tracing::warn!(peer, addr, "learn: {}", NetError::BadPeerId(peer.into())),
         }
     }
 

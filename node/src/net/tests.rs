@@ -343,11 +343,58 @@ async fn a_known_peer_is_redialled_after_it_restarts() {
     a.net.remove_peer(&b_id);
     b.stop().await;
     eventually("a sees b gone", || async { a.net.connected().is_empty() }).await;
+    assert!(a.net.request(&b_id, heartbeat("a")).await.is_err());
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_learned_peer_is_dialled_for_a_request_and_its_idle_connection_closed() {
+    let dir = tmp();
+    let quick_close = Tuning {
+        idle_close: Duration::from_millis(400),
+        ..fast()
+    };
+    let a = start_node(config(1, dir.path(), "a", 0), quick_close).await;
+    let b = node(1, dir.path(), "b").await;
+    let c = node(1, dir.path(), "c").await;
+    let (b_id, c_id) = (b.net.peer_id(), c.net.peer_id());
+    // c is kept, b only known by address.
+    a.net.add_peer(&c_id, &c.net.listen_addr().to_string());
+    eventually("a connects to c", || async {
+        a.net.connected() == vec![c_id.clone()]
+    })
+    .await;
     assert!(matches!(
         a.net.request(&b_id, heartbeat("a")).await,
         Err(NetError::UnknownPeer(_))
     ));
-    a.stop().await;
+    a.net.learn(&b_id, &b.net.listen_addr().to_string());
+    assert_eq!(
+        a.net.request(&b_id, heartbeat("a")).await,
+        Ok(WireReply::Ack)
+    );
+    assert!(a.net.connected().contains(&b_id));
+    // Unused, the connection to b closes; the one to c (older, as idle)
+    // stays because c is kept.
+    eventually("a closes its idle connection to b", || async {
+        !a.net.connected().contains(&b_id)
+    })
+    .await;
+    assert_eq!(a.net.connected(), vec![c_id.clone()]);
+    // b is still reachable on demand.
+    assert_eq!(
+        a.net.request(&b_id, heartbeat("a")).await,
+        Ok(WireReply::Ack)
+    );
+    // Once nobody keeps c, its connection closes as well.
+    a.net.remove_peer(&c_id);
+    eventually("a closes its connection to c", || async {
+        !a.net.connected().contains(&c_id)
+    })
+    .await;
+    for n in [a, b, c] {
+        n.stop().await;
+    }
 }
 
 #[tokio::test]

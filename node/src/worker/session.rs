@@ -13,7 +13,12 @@
 //!   turn, a refusal), the next turn goes to the next manager it knows at
 //!   once: a worker is back on a session within the turn timeout (hold + 1 s);
 //! - the managers it knows come from its join, then from every answer (and
-//!   are kept in the same file).
+//!   are kept in the same file);
+//! - sessions go to managers other than the Raft leader when there are any
+//!   (the leader's time is for Raft): a worker whose manager is or becomes
+//!   the leader moves to a random other one, at once when it learns the
+//!   list, else with a small chance each turn (so a failover does not move
+//!   the whole fleet in the same second).
 
 use crate::net::NetHandle;
 use serde::{Deserialize, Serialize};
@@ -66,6 +71,25 @@ impl Kept {
 }
 
 /// A random start in the list of managers: workers spread their sessions.
+/// Which manager to ask next instead of `current` when that one is the
+/// leader: a non-leader picked by `r` (random), else `current`.
+pub fn off_leader(managers: &[ManagerInfo], current: usize, r: usize) -> usize {
+    let n = managers.len();
+    if n == 0 || !managers[current % n].leader {
+        return current;
+    }
+    let others: Vec<usize> = (0..n).filter(|i| !managers[*i].leader).collect();
+    if others.is_empty() {
+        current
+    } else {
+        others[r % others.len()]
+    }
+}
+
+/// A worker on the leader's session leaves it with this chance (1 in N) at
+/// each turn.
+const LEAVE_LEADER_ONE_IN: usize = 8;
+
 fn spread() -> usize {
     (crate::util::random_u64() % 4096) as usize
 }
@@ -172,25 +196,27 @@ impl SessionClient {
         let (managers_tx, managers_rx) = watch::channel(kept.managers.clone());
         let (role, role_rx) = watch::channel(NodeRole::Worker);
         let (serving, serving_rx) = watch::channel(String::new());
+        let mut client = SessionClient {
+            node_id,
+            net,
+            data_dir,
+            kept,
+            tasks,
+            // Spread the fleet's sessions over the managers.
+            current: spread(),
+            wait_ms: 1000,
+            sequence: 0,
+            assignments,
+            reports,
+            online,
+            managers_tx,
+            role,
+            serving,
+            last_answer: None,
+        };
+        client.move_off_leader();
         (
-            SessionClient {
-                node_id,
-                net,
-                data_dir,
-                kept,
-                tasks,
-                // Spread the fleet's sessions over the managers.
-                current: spread(),
-                wait_ms: 1000,
-                sequence: 0,
-                assignments,
-                reports,
-                online,
-                managers_tx,
-                role,
-                serving,
-                last_answer: None,
-            },
+            client,
             SessionWatch {
                 online: online_rx,
                 managers: managers_rx,
@@ -306,6 +332,12 @@ impl SessionClient {
             .send_if_modified(|o| std::mem::replace(o, online) != online);
     }
 
+    /// When the session's manager is the leader, the next turn goes to a
+    /// random other manager (if any).
+    fn move_off_leader(&mut self) {
+        self.current = off_leader(&self.kept.managers, self.current, spread());
+    }
+
     fn pick(&self) -> Option<ManagerInfo> {
         let n = self.kept.managers.len();
         (n > 0).then(|| self.kept.managers[self.current % n].clone())
@@ -339,14 +371,18 @@ impl SessionClient {
             self.tasks.insert(t.id.clone(), (t, d));
         }
         if !reply.managers.is_empty() && reply.managers != self.kept.managers {
-            // Keep asking the same manager while it is in the list.
+            // Keep asking the same manager while it is in the list (and not
+            // the leader).
             let now = self.pick().map(|m| m.peer_id);
             self.kept.managers = reply.managers;
             self.current = now
                 .and_then(|p| self.kept.managers.iter().position(|m| m.peer_id == p))
                 .unwrap_or_else(spread);
             self.managers_tx.send_replace(self.kept.managers.clone());
+            self.move_off_leader();
             changed = true;
+        } else if spread().is_multiple_of(LEAVE_LEADER_ONE_IN) {
+            self.move_off_leader();
         }
         // The first answer is pushed even when empty: the worker acts only
         // once it has a set.
@@ -370,5 +406,34 @@ impl SessionClient {
                 tasks: self.tasks.values().map(|(t, _)| t.clone()).collect(),
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, leader: bool) -> ManagerInfo {
+        ManagerInfo {
+            name: name.into(),
+            peer_id: name.into(),
+            leader,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sessions_leave_the_leader_for_the_other_managers() {
+        let ms = vec![m("a", false), m("b", true), m("c", false)];
+        // On the leader: to a or c, spread by the random pick.
+        let picks: std::collections::BTreeSet<usize> =
+            (0..10).map(|r| off_leader(&ms, 1, r)).collect();
+        assert_eq!(picks.into_iter().collect::<Vec<_>>(), vec![0, 2]);
+        // Elsewhere: stays (indexes wrap like `pick`).
+        assert_eq!(off_leader(&ms, 0, 5), 0);
+        assert_eq!(off_leader(&ms, 5, 1), 5);
+        // A lone manager that leads keeps its sessions.
+        assert_eq!(off_leader(&[m("a", true)], 0, 3), 0);
+        assert_eq!(off_leader(&[], 4, 3), 4);
     }
 }

@@ -4,11 +4,11 @@
 //! verdicts (down / ready) of the nodes it judges. Heartbeats themselves
 //! never touch Raft.
 
-use super::forward::Proposer;
-use super::raft_link::{peer_of, PeerBook};
-use crate::dispatcher::liveness::Liveness;
+use super::liveness::Liveness;
+use crate::cluster::forward::Proposer;
+use crate::cluster::raft_link::{peer_of, PeerBook};
 use crate::membership::MemberEvent;
-use crate::net::NetHandle;
+use crate::net::{NetEvent, NetHandle};
 use crate::raft::RaftHandle;
 use skein_protocol::gossip::MemberState;
 use skein_protocol::wire::WireMessage;
@@ -16,9 +16,12 @@ use skein_protocol::Command;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
-async fn next_member_event(
-    rx: &mut Option<broadcast::Receiver<MemberEvent>>,
-) -> Option<MemberEvent> {
+/// How long a closed connection counts as evidence for a death verdict.
+const CLOSED_EVIDENCE: Duration = Duration::from_secs(10);
+
+/// The next event of an optional subscription (pending forever without
+/// one or once it closed; lagging skips what was missed).
+async fn next_event<T: Clone>(rx: &mut Option<broadcast::Receiver<T>>) -> Option<T> {
     match rx {
         Some(r) => loop {
             match r.recv().await {
@@ -82,18 +85,35 @@ pub async fn run_monitor(
     let grace_ms = grace.as_millis() as u64;
     let mut liveness: Option<Liveness> = None;
     let mut was_leader = false;
-    let period = Duration::from_millis((grace_ms / 4).clamp(50, 1000));
+    // Verdicts are checked ten times per grace period: a silent node is
+    // down within 1.1 grace periods (2.75 s with the defaults).
+    let period = Duration::from_millis((grace_ms / 10).clamp(50, 500));
     let mut tick = tokio::time::interval(period);
     let mut last_turn = tokio::time::Instant::now();
+    // Peers whose connection with this node closed lately: a gossip death
+    // verdict about one of them comes with strong evidence (its kernel
+    // answered for a dead process). Not being connected says nothing: a
+    // manager holds connections only to the other managers and to the
+    // workers whose sessions it serves.
+    let mut net_events = net.as_ref().map(|n| n.events());
+    let mut closed: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     loop {
         tokio::select! {
+            Some(ev) = next_event(&mut net_events) => {
+                if let NetEvent::Disconnected { peer } = ev {
+                    let now = tokio::time::Instant::now();
+                    closed.retain(|_, t| now.duration_since(*t) < CLOSED_EVIDENCE);
+                    closed.insert(peer, now);
+                }
+                continue;
+            }
             Some(node) = heard.recv() => {
                 if let Some(l) = liveness.as_mut() {
                     l.heard(&node, crate::util::now_ms());
                 }
                 continue;
             }
-            Some(ev) = next_member_event(&mut members) => {
+            Some(ev) = next_event(&mut members) => {
                 let Some(l) = liveness.as_mut() else { continue };
                 let p = raft.current();
                 // The event names a peer; the node table maps it to a node.
@@ -103,7 +123,8 @@ pub async fn run_monitor(
                     MemberState::Dead => {
                         // Our own connection closed too: its kernel answered
                         // for a dead process (strong evidence).
-                        let strong = net.as_ref().is_some_and(|n| !n.connected().contains(&ev.peer));
+                        let strong = closed.get(&ev.peer).is_some_and(|t| t.elapsed() < CLOSED_EVIDENCE)
+                            && net.as_ref().is_some_and(|n| !n.connected().contains(&ev.peer));
                         tracing::info!(node = %node, strong, "gossip declared the node dead");
                         l.declared_dead(&node, crate::util::now_ms(), strong);
                     }
