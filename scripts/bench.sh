@@ -15,6 +15,13 @@
 #                                 worker agents on loopback: CPU of all, of the
 #                                 leader and of the busiest worker, RSS,
 #                                 established connections
+#   scripts/bench.sh fleet        3 real managers + the fleet simulator (one
+#                                 process, N simulated workers on the real
+#                                 session protocol) at N = 100, 1,000, 5,000:
+#                                 idle CPU/RSS of each manager, global service
+#                                 create -> N running, sessions back after
+#                                 kill -9 of the busiest manager, silent worker
+#                                 marked down
 #   scripts/bench.sh update       service create / rolling update / rollback /
 #                                 scale: skein (Docker runtime) vs Docker Swarm
 #                                 mode on the same engine and image; inits a
@@ -34,6 +41,9 @@
 #                                          are counted (600 for the issue's 10 minutes)
 #   SIM_NODES=1000 SIM_IDLE_S=600          gossip mode: the simulation
 #   IDLE_WORKERS=40 IDLE_WINDOW=20 IDLE_SAMPLES=5   idle mode
+#   FLEET_NS=100,1000,5000 FLEET_SAMPLES=5 FLEET_IDLE_WINDOW=20   fleet mode;
+#   FLEET_JOIN_CONCURRENCY=32 (simulated joins in flight), FLEET_SETTLE=10,
+#   FLEET_HEARTBEAT_MS (managers' heartbeat_ms; default the agent's 1000)
 #
 # Everything started here (agents, etcd, namespaces, iptables rules, temp dirs,
 # task processes) is stopped and removed on exit, Ctrl-C included. Traffic
@@ -49,7 +59,7 @@ usage() {
 
 MODE="${1:-}"
 case "$MODE" in
-  raft | raft-netns | placement | gossip | update | idle) ;;
+  raft | raft-netns | placement | gossip | update | idle | fleet) ;;
   -h | --help | help)
     usage
     exit 0
@@ -143,6 +153,10 @@ cleanup() {
       esac
     done < <(tac "$WORK/netns")
   fi
+  # The fleet simulator's directories live on a tmpfs, linked from $WORK.
+  if [ -L "$WORK/shm" ]; then
+    rm -rf "$(readlink "$WORK/shm")"
+  fi
   rm -rf "$WORK"
   exit "$rc"
 }
@@ -235,6 +249,16 @@ case "$MODE" in
     DRIVER_PID=$!
     wait "$DRIVER_PID"
     DRIVER_PID=""
+    ;;
+  fleet)
+    echo "==> building skein (release)" >&2
+    cargo build --release --quiet -p skein-node --bin skein
+    python3 scripts/bench/fleet_bench.py "$PWD/target/release/skein" "$WORK" &
+    DRIVER_PID=$!
+    rc=0
+    wait "$DRIVER_PID" || rc=$?
+    DRIVER_PID=""
+    exit "$rc"
     ;;
   gossip)
     need_serf

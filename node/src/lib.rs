@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod dispatcher;
+pub mod fleet_sim;
 pub mod membership;
 pub mod net;
 pub mod orchestrator;

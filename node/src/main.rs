@@ -8,6 +8,11 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("shim") {
         std::process::exit(skein_node::runtime::shim::run_shim(&args[2..]));
     }
+    // `skein fleet-sim ...`: the fleet simulator of `scripts/bench.sh fleet`
+    // (hidden; see fleet_sim.rs).
+    if args.get(1).map(String::as_str) == Some("fleet-sim") {
+        std::process::exit(skein_node::fleet_sim::main(&args[2..]));
+    }
     // glibc gives each thread that contends on malloc its own arena (up to
     // 8 per core), which an idle agent on a busy box pays for in RSS; two
     // arenas serve the runtime's threads. Set before any thread starts.

@@ -103,6 +103,9 @@ pub struct SessionWatch {
     pub managers: watch::Receiver<Vec<ManagerInfo>>,
     /// This node's role as the cluster has it (from the last answer).
     pub role: watch::Receiver<NodeRole>,
+    /// The peer id of the manager that gave the last answer (empty before
+    /// the first): whom the session is held with.
+    pub serving: watch::Receiver<String>,
 }
 
 /// Proposes `cmd` (about this node only: see cluster::authority) through
@@ -164,6 +167,7 @@ pub struct SessionClient {
     online: watch::Sender<bool>,
     managers_tx: watch::Sender<Vec<ManagerInfo>>,
     role: watch::Sender<NodeRole>,
+    serving: watch::Sender<String>,
     last_answer: Option<tokio::time::Instant>,
 }
 
@@ -191,6 +195,7 @@ impl SessionClient {
         let (online, online_rx) = watch::channel(false);
         let (managers_tx, managers_rx) = watch::channel(kept.managers.clone());
         let (role, role_rx) = watch::channel(NodeRole::Worker);
+        let (serving, serving_rx) = watch::channel(String::new());
         let mut client = SessionClient {
             node_id,
             net,
@@ -206,6 +211,7 @@ impl SessionClient {
             online,
             managers_tx,
             role,
+            serving,
             last_answer: None,
         };
         client.move_off_leader();
@@ -215,6 +221,7 @@ impl SessionClient {
                 online: online_rx,
                 managers: managers_rx,
                 role: role_rx,
+                serving: serving_rx,
             },
         )
     }
@@ -283,6 +290,13 @@ impl SessionClient {
                     failures = 0;
                     self.last_answer = Some(tokio::time::Instant::now());
                     self.online.send_replace(true);
+                    self.serving.send_if_modified(|s| {
+                        let new = *s != peer;
+                        if new {
+                            s.clone_from(&peer);
+                        }
+                        new
+                    });
                     self.apply(*reply).await;
                 }
                 other => {
