@@ -1067,7 +1067,7 @@ async fn join_cluster(
 
 /// The managers named in a join answer, as a session knows managers (their
 /// names and API addresses come with the first session answer).
-fn join_managers(accepted: &skein_protocol::wire::JoinAccepted) -> Vec<ManagerInfo> {
+pub(crate) fn join_managers(accepted: &skein_protocol::wire::JoinAccepted) -> Vec<ManagerInfo> {
     accepted
         .managers
         .iter()

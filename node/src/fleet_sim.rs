@@ -32,7 +32,7 @@ use crate::worker::session::SessionClient;
 use crate::worker::{Runtimes, Worker};
 use anyhow::Context;
 use skein_protocol::token::JoinToken;
-use skein_protocol::wire::{JoinAccepted, JoinRequest, ManagerInfo, WireReply};
+use skein_protocol::wire::{JoinRequest, ManagerInfo, WireReply};
 use skein_protocol::{Node, NodeDescription, NodeResources, NodeRole, NodeStatus, RuntimeKind};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -466,7 +466,7 @@ async fn join(
         match request_join(&net, addr, req.clone()).await {
             Ok(a) => {
                 return Ok(Joined {
-                    managers: join_managers(&a),
+                    managers: crate::agent::join_managers(&a),
                     net,
                     node_id,
                 })
@@ -491,23 +491,6 @@ async fn join(
 /// Spreads the joins over the `--join` addresses.
 fn spread_of(name: &str) -> usize {
     name.bytes().map(usize::from).sum()
-}
-
-/// As `agent::join_managers`: whom the session asks first.
-fn join_managers(accepted: &JoinAccepted) -> Vec<ManagerInfo> {
-    accepted
-        .managers
-        .iter()
-        .map(|(rid, peer, addr)| ManagerInfo {
-            node_id: String::new(),
-            name: format!("manager at {addr}"),
-            peer_id: peer.clone(),
-            addr: addr.clone(),
-            api_addr: String::new(),
-            raft_id: *rid,
-            leader: false,
-        })
-        .collect()
 }
 
 /// As a worker agent does: no cluster requests are served here.
