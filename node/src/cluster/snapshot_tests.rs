@@ -232,13 +232,48 @@ async fn a_200_mb_state_replicates_to_a_manager_that_joins_late() {
     assert_eq!(p2.state.tasks.get(&sample), want.tasks.get(&sample));
     assert!(*p2.state == *want, "n2's state differs from the leader's");
 
-    // Raft keeps committing, on both.
-    n1.raft.add_voter(2).await.unwrap();
+    // Raft keeps committing, on both. Applying a 200 MB state can stall a
+    // debug build's leader long enough to step down once: what must hold is
+    // that each change lands, so an uncertain outcome is checked and retried
+    // through whichever node leads.
+    let nodes = [&n1, &n2];
+    let leader = |nodes: &[&TestNode; 2]| {
+        nodes
+            .iter()
+            .find(|n| n.raft.current().is_leader)
+            .map(|n| n.raft.clone())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !n1.raft.current().voters.contains(&2) {
+        if let Some(l) = leader(&nodes) {
+            if let Err(e) = l.add_voter(2).await {
+                eprintln!("adding n2 as a voter: {e:?}; checking and retrying");
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n2 never became a voter"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for i in 0..3 {
-        n1.raft
-            .propose(Command::CreateTasks(vec![task(TASKS + 1 + i, "after")]))
-            .await
-            .unwrap();
+        let id = TASKS + 1 + i;
+        let name = format!("task-{id:07}");
+        while !n1.raft.current().state.tasks.contains_key(&name) {
+            if let Some(l) = leader(&nodes) {
+                if let Err(e) = l
+                    .propose(Command::CreateTasks(vec![task(id, "after")]))
+                    .await
+                {
+                    eprintln!("writing {name}: {e:?}; checking and retrying");
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     until(
         &n2.raft,
