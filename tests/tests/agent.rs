@@ -354,7 +354,7 @@ fn a_manager_that_lost_its_raft_log_refuses_to_found_a_second_cluster() {
     assert_eq!(nodes[0]["leader"], true, "{nodes:?}");
     // And it restarts from its new log without the flag's help.
     a.restart();
-    a.ok(&[
-        "service", "create", "--name", "after", "--detach", "sleep", "3822",
-    ]);
+    // Waits until the task runs: its process exists before the test ends,
+    // so the harness stops it (a detached create could leave one starting).
+    a.ok(&["service", "create", "--name", "after", "sleep", "3822"]);
 }
