@@ -91,17 +91,20 @@ impl DispatcherHandle {
         self.reports.clone()
     }
     /// A remote worker's session turn (its sender already checked); the
-    /// answer comes on the returned channel, possibly after a hold.
-    pub fn turn(&self, req: SessionRequest) -> oneshot::Receiver<WireReply> {
-        let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::error::TrySendError::Full(Request::Turn { reply, .. })) =
-            self.turns.try_send(Request::Turn { req, reply })
-        {
-            let _ = reply.send(WireReply::Error(
-                "retry: this manager is busy; try another".into(),
-            ));
+    /// answer goes to `reply`, possibly after a hold.
+    pub fn turn(&self, req: SessionRequest, reply: oneshot::Sender<WireReply>) {
+        match self.turns.try_send(Request::Turn { req, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Request::Turn { reply, .. })) => {
+                let _ = reply.send(WireReply::Error(
+                    "retry: this manager is busy; try another".into(),
+                ));
+            }
+            Err(mpsc::error::TrySendError::Closed(Request::Turn { reply, .. })) => {
+                let _ = reply.send(WireReply::Error("retry: the dispatcher stopped".into()));
+            }
+            Err(_) => {}
         }
-        rx
     }
 }
 
@@ -168,6 +171,17 @@ impl TaskIndex {
         }
         touched.extend(before);
         touched.extend(now);
+    }
+
+    /// [`assignments_for`] from the index (not a scan of every task).
+    fn assigned(&self, state: &ClusterState, node: &str) -> Vec<Task> {
+        self.by_node.get(node).map_or_else(Vec::new, |ids| {
+            ids.iter()
+                .filter_map(|id| state.tasks.get(id))
+                .filter(|t| is_assigned(t))
+                .cloned()
+                .collect()
+        })
     }
 
     fn digest(&mut self, t: &Task) -> u64 {
@@ -248,6 +262,31 @@ pub struct Dispatcher {
     hold: Duration,
     pending_status: Vec<(TaskId, skein_protocol::TaskStatus)>,
     in_flight: Option<tokio::task::JoinHandle<()>>,
+    /// The manager list of the last state answered from (every answer
+    /// carries it; it changes only with the managers or the leader).
+    managers: ManagersCache,
+}
+
+/// [`session_managers`] of one state and leader, computed once: a turn's
+/// answer must not cost a scan of every node.
+#[derive(Default)]
+struct ManagersCache {
+    of: Option<(Arc<ClusterState>, u64)>,
+    list: Vec<ManagerInfo>,
+}
+
+impl ManagersCache {
+    fn get(&mut self, snap: &Published) -> Vec<ManagerInfo> {
+        let fresh = self
+            .of
+            .as_ref()
+            .is_some_and(|(s, l)| Arc::ptr_eq(s, &snap.state) && *l == snap.leader_id);
+        if !fresh {
+            self.list = session_managers(&snap.state, snap.leader_id);
+            self.of = Some((snap.state.clone(), snap.leader_id));
+        }
+        self.list.clone()
+    }
 }
 
 impl Dispatcher {
@@ -271,6 +310,7 @@ impl Dispatcher {
                 hold: Duration::from_secs(1),
                 pending_status: Vec::new(),
                 in_flight: None,
+                managers: ManagersCache::default(),
             },
             DispatcherHandle {
                 req,
@@ -422,7 +462,7 @@ impl Dispatcher {
     }
 
     fn reply(
-        &self,
+        &mut self,
         snap: &Published,
         node: &str,
         changed: Vec<Task>,
@@ -432,7 +472,7 @@ impl Dispatcher {
             index: snap.applied,
             changed,
             removed,
-            managers: session_managers(&snap.state, snap.leader_id),
+            managers: self.managers.get(snap),
             wait_ms: self.hold.as_millis() as u64,
             role: snap
                 .state
@@ -460,6 +500,14 @@ impl Dispatcher {
     }
 
     async fn push_locals(&mut self, snap: &Arc<Published>) {
+        if !self
+            .indexed
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, &snap.state))
+        {
+            self.index.rebuild(&snap.state);
+            self.indexed = Some(snap.state.clone());
+        }
         let mut gone = Vec::new();
         for (node_id, s) in self.locals.iter_mut() {
             // A state that does not know this node yet (a manager still
@@ -468,7 +516,7 @@ impl Dispatcher {
             if !snap.state.nodes.contains_key(node_id) {
                 continue;
             }
-            let tasks = assignments_for(&snap.state, node_id);
+            let tasks = self.index.assigned(&snap.state, node_id);
             if s.last.as_ref() == Some(&tasks) {
                 continue;
             }

@@ -9,8 +9,9 @@
 //!   batches of claims on the gossip topic, probes one member per period
 //!   (directly, then through `k` helpers), answers probes, syncs the whole
 //!   table with every newly connected peer it keeps or does not know yet
-//!   (push-pull), keeps connections to its ring neighbours and to the
-//!   managers only (see [`swim`]: a few per node whatever the fleet size;
+//!   (push-pull), keeps connections to its ring neighbours only, and on a
+//!   manager to the other managers (see [`swim`]: a few per node whatever
+//!   the fleet size; a worker's session keeps its one manager;
 //!   any other member is dialled when a request needs it and the
 //!   connection closes when idle), dials peers mDNS shows it that it does
 //!   not know yet, and publishes a snapshot.
@@ -404,18 +405,23 @@ impl Actor {
         self.rewire_due = false;
         let me = self.me.peer.clone();
         let neighbours: Vec<String> = self.swim.neighbours().to_vec();
+        // A manager keeps the other managers connected too; a worker keeps
+        // only its neighbours (its session keeps its one manager): a
+        // fleet of workers does not hold a connection to every manager.
+        let manager = self.me.role == skein_protocol::NodeRole::Manager;
         let managers: Vec<String> = self
             .announces
             .iter()
             .filter(|(p, a)| {
-                a.role == skein_protocol::NodeRole::Manager
+                manager
+                    && a.role == skein_protocol::NodeRole::Manager
                     && self.swim.state_of(p) != Some(MemberState::Dead)
             })
             .map(|(p, _)| p.clone())
             .collect();
         self.near = neighbours.iter().chain(&managers).cloned().collect();
         let wanted: HashSet<String> = self.near.clone();
-        let lonely = self.net.connected().is_empty();
+        let lonely = self.net.connected_count() == 0;
         for p in wanted.difference(&self.added) {
             if let Some(addr) = self.announces.get(p).and_then(|a| a.addrs.first()) {
                 // Spread over the next seconds: a newcomer's neighbours all
@@ -818,8 +824,7 @@ impl Actor {
             }
             NetEvent::Discovered { peer, addr } => {
                 // A member already known needs no connection from mDNS.
-                let connected =
-                    self.announces.contains_key(&peer) || self.net.connected().contains(&peer);
+                let connected = self.announces.contains_key(&peer) || self.net.is_connected(&peer);
                 let recent = self
                     .tried
                     .get(&peer)
@@ -882,6 +887,10 @@ impl Actor {
                     // A changed announce gets a new incarnation: copies
                     // other members pass on are ordered by it.
                     self.swim.raise_incarnation();
+                }
+                if a.role != self.me.role {
+                    // A manager keeps the other managers connected.
+                    self.rewire_due = true;
                 }
                 self.me = a;
                 self.announce_due = true;

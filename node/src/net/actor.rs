@@ -98,7 +98,10 @@ pub(crate) struct Actor {
     cmd_rx: mpsc::Receiver<Command>,
     inbound_tx: mpsc::Sender<Inbound>,
     events: broadcast::Sender<NetEvent>,
-    connected_tx: watch::Sender<Vec<String>>,
+    connected_tx: watch::Sender<std::collections::BTreeSet<String>>,
+    /// The text form of each connected peer's id (base58 is not free: an
+    /// inbound request would otherwise encode its sender every time).
+    names: HashMap<PeerId, String>,
     gossip_tx: broadcast::Sender<GossipIn>,
     topic: gossipsub::IdentTopic,
     shutdown: watch::Receiver<bool>,
@@ -274,7 +277,7 @@ pub(crate) async fn start(
         .gossip
         .subscribe(&topic)
         .map_err(|e| setup(&e))?;
-    let (connected_tx, connected_rx) = watch::channel(Vec::new());
+    let (connected_tx, connected_rx) = watch::channel(std::collections::BTreeSet::new());
     let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
     let handle = NetHandle {
         cmd: cmd_tx,
@@ -297,6 +300,7 @@ pub(crate) async fn start(
         inbound_tx,
         events,
         connected_tx,
+        names: HashMap::new(),
         gossip_tx,
         topic,
         shutdown,
@@ -393,7 +397,7 @@ impl Actor {
                 }
             }
         }
-        self.connected_tx.send_replace(Vec::new());
+        self.connected_tx.send_replace(Default::default());
         if let Some(w) = self.key_writer.take() {
             // Normally long done; a restart must find the same key.
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
@@ -807,14 +811,28 @@ impl Actor {
         }
     }
 
-    fn publish_connected(&mut self) {
-        let mut peers: Vec<String> = self
-            .swarm
-            .connected_peers()
-            .map(|p| p.to_string())
-            .collect();
-        peers.sort();
-        self.connected_tx.send_replace(peers);
+    /// The text form of `peer` (cached while it is connected).
+    fn name(&self, peer: &PeerId) -> String {
+        self.names
+            .get(peer)
+            .cloned()
+            .unwrap_or_else(|| peer.to_string())
+    }
+
+    /// `peer` is now connected (`up`) or not: the connected set changes in
+    /// place, not rebuilt from every connection (thousands on a manager).
+    fn publish_connected(&mut self, peer: PeerId, up: bool) {
+        if up {
+            let name = peer.to_string();
+            self.names.insert(peer, name.clone());
+            self.connected_tx.send_modify(|set| {
+                set.insert(name);
+            });
+        } else if let Some(name) = self.names.remove(&peer) {
+            self.connected_tx.send_modify(|set| {
+                set.remove(&name);
+            });
+        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -877,12 +895,12 @@ impl Actor {
                     } else {
                         debug!(peer = %peer_id, %addr, inbound = !dialer, "connected");
                     }
+                    self.publish_connected(peer_id, true);
                     let _ = self.events.send(NetEvent::Connected {
-                        peer: peer_id.to_string(),
+                        peer: self.name(&peer_id),
                         addr,
                         inbound: !dialer,
                     });
-                    self.publish_connected();
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -903,9 +921,9 @@ impl Actor {
                         _ => debug!(peer = %peer_id, "disconnected"),
                     }
                     let _ = self.events.send(NetEvent::Disconnected {
-                        peer: peer_id.to_string(),
+                        peer: self.name(&peer_id),
                     });
-                    self.publish_connected();
+                    self.publish_connected(peer_id, false);
                     let (min, stable) = (self.tuning.backoff_min, self.tuning.stable_after);
                     if let Some(k) = self.known.get_mut(&peer_id) {
                         if k.since.take().is_some_and(|t| t.elapsed() >= stable) {
@@ -1135,7 +1153,7 @@ impl Actor {
         };
         let (tx, rx) = oneshot::channel();
         let inbound = Inbound {
-            peer: peer.to_string(),
+            peer: self.name(&peer),
             msg,
             reply: tx,
         };

@@ -264,8 +264,11 @@ pub(crate) enum Command {
 pub enum Keeper {
     /// The cluster: managers (Raft, sessions), a joining node's managers.
     Cluster = 1,
-    /// Gossip membership: this node's ring neighbours and managers.
+    /// Gossip membership: this node's ring neighbours (and, on a manager,
+    /// the other managers).
     Gossip = 2,
+    /// A worker's session: the one manager it holds it with.
+    Session = 4,
 }
 
 /// Queue depth between handles and the actor.
@@ -279,7 +282,7 @@ pub struct NetHandle {
     listen: SocketAddr,
     advertise: String,
     events: broadcast::Sender<NetEvent>,
-    connected: watch::Receiver<Vec<String>>,
+    connected: watch::Receiver<std::collections::BTreeSet<String>>,
     gossip: broadcast::Sender<GossipIn>,
     request_timeout: Duration,
     handshake_timeout: Duration,
@@ -487,7 +490,17 @@ impl NetHandle {
 
     /// Peers with at least one open connection, sorted.
     pub fn connected(&self) -> Vec<String> {
-        self.connected.borrow().clone()
+        self.connected.borrow().iter().cloned().collect()
+    }
+
+    /// Whether `peer` has a connection with this node now.
+    pub fn is_connected(&self, peer: &str) -> bool {
+        self.connected.borrow().contains(peer)
+    }
+
+    /// How many peers this node is connected with now.
+    pub fn connected_count(&self) -> usize {
+        self.connected.borrow().len()
     }
 
     /// Completes once the actor has stopped and released its listener.
