@@ -7,11 +7,12 @@
 //! or an error, never a panic, and quickly (a deadline per input catches a
 //! parser that blows up on a small input, e.g. an alias bomb).
 //!
-//! Cases per property: `SKEIN_FUZZ_CASES` (default 200, which keeps CI
-//! fast). A long run, e.g. before a release:
+//! Cases per property: `SKEIN_FUZZ_CASES` (default 200, under a second,
+//! which keeps CI fast). A long run, e.g. before a release (50,000: about 3
+//! minutes in a debug build, recorded in `scripts/bench/hostile-inputs.md`):
 //!
 //! ```sh
-//! SKEIN_FUZZ_CASES=200000 cargo test --release -p skein-tests --test fuzz
+//! SKEIN_FUZZ_CASES=50000 cargo test -p skein-tests --test fuzz
 //! ```
 //!
 //! A failure prints the shrunk input; proptest's seed persistence is off so
