@@ -6,9 +6,10 @@
 //! Cases: a 1 GiB request body (413 long before the agent has read it), a
 //! YAML alias bomb, deep nesting (YAML and JSON), 10,000 services in one
 //! stack (file and API), negative and huge replicas, names with `/`, `..`,
-//! NUL or 300 characters, bind mounts of `/` and of the agent's data dir, a
-//! join token of another cluster, a token replayed after rotation, and
-//! mutated JSON bodies on every endpoint that reads one.
+//! NUL or 300 characters, bind mounts of `/` and of the agent's data dir,
+//! 1 GiB of garbage on the cluster transport's port, a join token of another
+//! cluster, a token replayed after rotation, and mutated JSON bodies on
+//! every endpoint that reads one.
 //!
 //! The test prints a Markdown table of what was sent and what came back
 //! (also written to `SKEIN_HOSTILE_TABLE` when set): the source of
@@ -237,6 +238,32 @@ fn stream_huge_body(a: &Agent, path: &str, total: u64, chunked: bool) -> (Answer
         },
     };
     (answer, at_answer, sent.load(Ordering::Relaxed))
+}
+
+/// Streams up to `total` pseudo-random bytes to `addr` until the peer
+/// closes or resets the connection (or stops reading for 10 s); returns the
+/// bytes written and what ended it.
+fn garbage_to(addr: &str, total: u64) -> (u64, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the cluster port");
+    s.set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("write timeout");
+    let mut rng = Rng(0x0bad_c0de_dead_beef);
+    let block: Vec<u8> = (0..64 * 1024).map(|_| (rng.next() >> 24) as u8).collect();
+    let mut sent = 0u64;
+    while sent < total {
+        match s.write(&block) {
+            Ok(0) => return (sent, "closed".into()),
+            Ok(n) => sent += n as u64,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return (sent, "stalled (the agent stopped reading)".into())
+            }
+            Err(e) => return (sent, format!("ended by the agent ({})", e.kind())),
+        }
+    }
+    (sent, "still open".into())
 }
 
 fn spec_json(name: &str, extra: &str) -> String {
@@ -708,6 +735,26 @@ fn hostile_inputs_get_clear_errors_and_the_agent_stays_small() {
         "`skein stack deploy -c data.yml data` with `volumes: [\"DATA_DIR:/steal\"]`",
         |a| cli(a, &["stack", "deploy", "-c", &f, "data"]),
         is("exit 1"),
+    );
+
+    // --- garbage on the cluster transport -------------------------------
+    lab.sampler.take_peak();
+    let t = Instant::now();
+    let (closed_after, how) = garbage_to(&a.listen, GIB);
+    let took = t.elapsed();
+    if closed_after >= GIB {
+        lab.problems.push(format!(
+            "garbage on the cluster port: the agent read all of 1 GiB ({how})"
+        ));
+    }
+    lab.after(
+        "1 GiB of garbage on the cluster port",
+        "a raw TCP connection to `--listen` streaming 1 GiB of pseudo-random bytes (no handshake)",
+        format!(
+            "connection {how} after {:.1} MiB",
+            closed_after as f64 / 1048576.0
+        ),
+        took,
     );
 
     // --- join tokens ---------------------------------------------------
