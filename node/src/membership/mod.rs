@@ -327,17 +327,26 @@ pub const MESH_COPIES: u64 = 6;
 /// member's announces (in about [`MESH_COPIES`] copies, in and out), so the
 /// period grows with the cluster to keep that under half the per-node
 /// budget, the other half being for probes and state changes (at 1,000
-/// members of ~400 bytes and 16 KiB/s: every ~5 min). It is only
+/// members of ~400 bytes and 16 KiB/s: every ~5 min; the count cap below
+/// makes it ~8 min). It is only
 /// anti-entropy: state changes go out at once, and new peers get the whole
-/// table by push-pull when they connect.
+/// table by push-pull when they connect. Bytes are not the only cost: each
+/// copy received is a signed message to check, so the period also keeps the
+/// announces a node receives under [`ANNOUNCES_PER_S`] whatever the fleet
+/// size (a fixed period would cost every node more as the fleet grows).
 pub fn announce_period(base_ms: u64, members: usize, announce_bytes: u64, budget: u64) -> u64 {
     let needed = (members as u64)
         .saturating_mul(announce_bytes)
         .saturating_mul(MESH_COPIES)
         .saturating_mul(1000)
         / (budget / 2).max(1);
-    base_ms.max(needed)
+    let spaced = (members as u64).saturating_mul(1000) / ANNOUNCES_PER_S;
+    base_ms.max(needed).max(spaced)
 }
+
+/// How many members' periodic announces a node receives per second at most
+/// (see [`announce_period`]).
+pub const ANNOUNCES_PER_S: u64 = 2;
 
 /// Whether an announce replaces the one held for its member: its owner's
 /// own (first hand) whenever it differs; a copy passed on by another member
@@ -1052,11 +1061,24 @@ mod tests {
 
     #[test]
     fn re_announces_slow_down_to_stay_within_the_budget() {
-        assert_eq!(announce_period(5_000, 20, 300, 16 * 1024), 5_000);
+        assert_eq!(announce_period(5_000, 10, 300, 16 * 1024), 5_000);
         let p = announce_period(5_000, 1_000, 400, 16 * 1024);
-        assert!(p > 200_000 && p < 400_000, "{p}");
+        assert!(p > 200_000 && p <= 500_000, "{p}");
         // What every node sends and receives for all re-announces stays
         // under half the budget.
         assert!(1_000 * 400 * super::MESH_COPIES * 1000 / p <= 8 * 1024);
+    }
+
+    #[test]
+    fn a_node_receives_no_more_announces_per_second_as_the_fleet_grows() {
+        // Small announces fit the byte budget at any size: the count alone
+        // slows them down, so each node checks about the same number of
+        // signed announces per second at 40 members as at 5,000.
+        for members in [10usize, 40, 200, 1_000, 5_000] {
+            let p = announce_period(5_000, members, 100, 16 * 1024);
+            let per_s = members as f64 * 1000.0 / p as f64;
+            assert!(per_s <= super::ANNOUNCES_PER_S as f64, "{members}: {per_s}");
+        }
+        assert_eq!(announce_period(5_000, 40, 100, 16 * 1024), 20_000);
     }
 }

@@ -48,7 +48,18 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 
 struct PendingDial {
     shown: String,
-    reply: oneshot::Sender<Result<String, NetError>>,
+    /// The address dialled: a second dial of it while this one is pending
+    /// waits for this one (two would leave two connections to one peer).
+    addr: SocketAddr,
+    replies: Vec<oneshot::Sender<Result<String, NetError>>>,
+}
+
+impl PendingDial {
+    fn answer(self, r: Result<String, NetError>) {
+        for reply in self.replies {
+            let _ = reply.send(r.clone());
+        }
+    }
 }
 
 enum Pending {
@@ -365,7 +376,7 @@ impl Actor {
     async fn shutdown_gracefully(mut self) {
         info!("network shutting down");
         for (_, d) in self.dials.drain() {
-            let _ = d.reply.send(Err(NetError::Stopped));
+            d.answer(Err(NetError::Stopped));
         }
         for (_, p) in self.requests.drain() {
             if let Pending::Request { reply } = p {
@@ -566,6 +577,10 @@ impl Actor {
             let _ = reply.send(Ok(c.peer.to_string()));
             return;
         }
+        if let Some(d) = self.dials.values_mut().find(|d| addrs.contains(&d.addr)) {
+            d.replies.push(reply);
+            return;
+        }
         let Some(first) = addrs.first() else {
             let _ = reply.send(Err(NetError::BadAddress {
                 addr: shown,
@@ -580,7 +595,14 @@ impl Actor {
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                self.dials.insert(id, PendingDial { shown, reply });
+                self.dials.insert(
+                    id,
+                    PendingDial {
+                        shown,
+                        addr: *first,
+                        replies: vec![reply],
+                    },
+                );
             }
             Err(e) => {
                 let err = self.classify(&e, Some(&shown), None);
@@ -848,7 +870,7 @@ impl Actor {
                 let dialer = endpoint.is_dialer();
                 if self.denied.contains(&peer_id) {
                     if let Some(d) = self.dials.remove(&connection_id) {
-                        let _ = d.reply.send(Err(NetError::Unreachable {
+                        d.answer(Err(NetError::Unreachable {
                             addr: show(endpoint.get_remote_address()),
                             detail: "that peer belongs to a node removed from the cluster".into(),
                         }));
@@ -877,7 +899,7 @@ impl Actor {
                     },
                 );
                 if let Some(d) = self.dials.remove(&connection_id) {
-                    let _ = d.reply.send(Ok(peer_id.to_string()));
+                    d.answer(Ok(peer_id.to_string()));
                 }
                 self.last_error.remove(&peer_id);
                 if let Some(k) = self.known.get_mut(&peer_id) {
@@ -952,7 +974,7 @@ impl Actor {
                     debug!(peer = ?peer_id.map(|p| p.to_string()), error = %err, "dial failed");
                 }
                 if let Some(d) = pending {
-                    let _ = d.reply.send(Err(err.clone()));
+                    d.answer(Err(err.clone()));
                 }
                 if let Some(peer) = peer_id {
                     let ours = self
