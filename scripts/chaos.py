@@ -138,9 +138,10 @@ class Lab:
         the other nodes; the host (the client, on the bridge address) still
         reaches its API."""
         flag = "-s" if chain == "INPUT" else "-d"
-        rule = [chain, flag, f"{self.net}.0/24", "!", flag, self.gw, "-j", "DROP"]
-        self.x(n, "iptables", "-A", *rule)
-        self.rules[n].append(rule)
+        for rule in ([chain, flag, self.gw, "-j", "ACCEPT"],
+                     [chain, flag, f"{self.net}.0/24", "-j", "DROP"]):
+            self.x(n, "iptables", "-A", *rule)
+            self.rules[n].append(rule)
 
     def undrop(self, n):
         for rule in self.rules[n]:
@@ -346,6 +347,7 @@ class State:
         self.samples = 0
         self.over = []  # (time, service, slot, [(node, task, pid)])
         self.max_per_slot = 0
+        self.beside = 0  # samples where a faulted worker's copy ran beside its replacement
 
     def excluded(self, node, now):
         return node in self.faulted or self.excluded_until.get(node, 0) > now
@@ -364,11 +366,19 @@ def sampler(lab):
         with LOCK:
             excl = excl_before | {n for n in lab.names if ST.excluded(n, t1)}
             slots = {}
+            aside = {}  # copies on faulted workers, not counted
             for node, svc, slot, task, pid in procs:
-                if node in excl or slot == "":
+                if slot == "":
+                    continue
+                if node in excl:
+                    aside.setdefault((svc, slot), []).append(node)
                     continue
                 slots.setdefault((svc, slot), []).append((node, task, pid))
             ST.samples += 1
+            # For the record: a faulted worker's copy running beside its
+            # replacement (skein does not fence: by design until it is back).
+            if any(k in slots for k in aside):
+                ST.beside += 1
             for (svc, slot), ps in slots.items():
                 ST.max_per_slot = max(ST.max_per_slot, len(ps))
                 allowed = 2 if ST.order.get(svc) == "start-first" else 1
@@ -421,7 +431,10 @@ def writer(cl, rng):
             live.remove(name)
             args = ["service", "rm", "--detach", name]
             w = {"seq": seq, "kind": "rm", "service": name}
+        t0 = time.time()
         code, out, err = cl.cli(m, args, timeout=60 if "--detach" not in args else 20)
+        w["at"] = time.strftime("%H:%M:%S", time.localtime(t0))
+        w["took"] = round(time.time() - t0, 2)
         w["acked"] = code == 0
         w["via"] = m
         w["error"] = "" if code == 0 else (err.strip().splitlines() or ["?"])[-1][:200]
@@ -446,7 +459,7 @@ class Faults:
             lead, _ = self.cl.leader()
             if lead is None:
                 return
-            code, _, err = self.cl.cli(rng.choice(self.cl.MANAGERS),
+            code, _, err = self.cl.cli(self.via(),
                                        ["node", "update", "--availability", self.availability(lead),
                                         "--transfer-leadership", lead], timeout=15)
             ST.faults["transfer"] += 1
@@ -458,7 +471,7 @@ class Faults:
             if self.drained:
                 return
             n = rng.choice(self.cl.MANAGERS + self.cl.WORKERS)
-            code, _, err = self.cl.cli(rng.choice(self.cl.MANAGERS), ["node", "drain", n], timeout=15)
+            code, _, err = self.cl.cli(self.via(), ["node", "drain", n], timeout=15)
             ST.faults["drain"] += 1
             if code != 0:
                 ST.fault_failures += 1
@@ -495,6 +508,11 @@ class Faults:
         self.active[n] = (label, time.time() + heal)
         log(f"fault: {label} {n} for {heal:.1f} s")
 
+    def via(self):
+        """A manager to send a fault's command to: one not faulted itself."""
+        ok = [m for m in self.cl.MANAGERS if m not in self.active]
+        return self.rng.choice(ok or self.cl.MANAGERS)
+
     def availability(self, n):
         return "drain" if n in self.drained else "active"
 
@@ -513,7 +531,7 @@ class Faults:
 
     def activate(self, n):
         for _ in range(20 if STOP.is_set() else 3):
-            code, _, err = self.cl.cli(self.rng.choice(self.cl.MANAGERS), ["node", "activate", n], timeout=15)
+            code, _, err = self.cl.cli(self.via(), ["node", "activate", n], timeout=15)
             if code == 0:
                 self.drained.pop(n, None)
                 log(f"heal: activate {n}")
@@ -586,7 +604,7 @@ def lost_writes(cl):
             d = cl.get(m, f"/v1/services/{r['name']}", timeout=10)
             if d is None:
                 return [(m, None, f"no answer for {r['name']}")]
-            spec = d["service"]["spec"]
+            spec = d["spec"]
             have[r["name"]] = (spec.get("replicas"), int((spec.get("command") or ["0"])[0]))
         for i, w in enumerate(writes):
             if not w["acked"]:
@@ -714,6 +732,8 @@ def main():
         print(f"  over-replicated samples: {len(ST.over)} (of {ST.samples} samples; most processes seen in one slot: {ST.max_per_slot})")
         for t, svc, slot, ps in ST.over[:20]:
             print(f"    {t} {svc} slot {slot}: {ps}")
+        print(f"  (not counted: a faulted worker's processes, until {GRACE:g} s after it healed; samples where"
+              f" such a copy ran beside its replacement: {ST.beside})")
         if conv is not None:
             print(f"  converged in {conv:.1f} s after the last heal (limit {CONVERGE_LIMIT:g} s)")
         else:

@@ -26,3 +26,8 @@ fi
 echo "==> cargo test"
 # The agent tests run the real binary built above.
 SKEIN_BIN="$PWD/target/debug/skein" cargo test --workspace --locked
+
+echo "==> chaos soak (2 minutes)"
+# Real agents in network namespaces under random faults while a client
+# writes: no acknowledged write lost, no slot running twice, convergence.
+SKEIN_BIN="$PWD/target/debug/skein" bash scripts/chaos.sh --minutes 2

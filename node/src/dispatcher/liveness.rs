@@ -8,6 +8,8 @@
 //! session yet, or their manager is gone, down or demoted), managers among
 //! them. A node this manager hears from while the state gives its session
 //! to another manager (or none) is taken over: `ready` by this manager.
+//! Managers are judged by the leader only (their heartbeats go to it), never
+//! through a session (see [`ClusterState::session_judge`]).
 //!
 //! Rules for a judged node: it is `down` once nothing was heard from it for
 //! `grace`, or when gossip declared it dead (failed probes that `k` other
@@ -123,7 +125,8 @@ impl Liveness {
                 Some(j) => j != self_node,
                 None => !leader,
             };
-            if n.id != self_node && heard_lately && held_elsewhere {
+            let worker = n.role != skein_protocol::NodeRole::Manager;
+            if n.id != self_node && heard_lately && held_elsewhere && worker {
                 // Its session is here now: take it over.
                 out.push((n.id.clone(), NodeStatus::Ready, String::new()));
                 continue;
@@ -311,6 +314,7 @@ mod tests {
         for m in ["me", "other"] {
             st.nodes.get_mut(m).expect("manager").role = skein_protocol::NodeRole::Manager;
         }
+        st.nodes.get_mut("w").expect("w").role = skein_protocol::NodeRole::Worker;
         st.nodes.get_mut("w").expect("w").session = "other".into();
         let mut l = Liveness::new(3000, 0);
         l.heard("w", 5000);
@@ -341,6 +345,55 @@ mod tests {
         )
         .expect("apply");
         assert_eq!(st.nodes["w"].status, NodeStatus::Ready);
+    }
+
+    /// Seen in the chaos soak: the leader handed leadership to m1; the old
+    /// leader, which had taken m1's session over, marked m1 down 2.5 s
+    /// later (m1, now leading, sends heartbeats to nobody) and m1 stayed
+    /// down for good (not its own judge).
+    #[test]
+    fn a_manager_is_judged_by_the_leader_whoever_took_its_session() {
+        let mut st = state(&[("old", NodeStatus::Ready), ("new", NodeStatus::Ready)]);
+        st.nodes.get_mut("new").expect("new").session = "old".into();
+        let mut l = Liveness::new(3000, 0);
+        l.heard("new", 1000);
+        // The old leader, now a follower: not its to judge, nor to take over.
+        assert!(l.changes(&st, 1500, "old", false).is_empty());
+        assert!(l.changes(&st, 10_000, "old", false).is_empty());
+        // Had it been marked down, the new leader marks itself ready.
+        st.nodes.get_mut("new").expect("new").status = NodeStatus::Down;
+        let mut l = Liveness::new(3000, 0);
+        l.heard("old", 9_000);
+        let c = l.changes(&st, 10_000, "new", true);
+        assert_eq!(
+            c,
+            vec![("new".to_string(), NodeStatus::Ready, String::new())]
+        );
+        st.apply(
+            &skein_protocol::Command::NodeVerdicts {
+                by: "new".into(),
+                verdicts: c,
+                at: 10_000,
+            },
+            &mut Vec::new(),
+        )
+        .expect("apply");
+        assert_eq!(st.nodes["new"].status, NodeStatus::Ready);
+        // A silent manager is the leader's to mark down, whatever its session says.
+        st.nodes.get_mut("new").expect("new").session = "old".into();
+        let c = Liveness::new(3000, 0).changes(&st, 10_000, "old", true);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].0.as_str(), c[0].1), ("new", NodeStatus::Down));
+        st.apply(
+            &skein_protocol::Command::NodeVerdicts {
+                by: "old".into(),
+                verdicts: c,
+                at: 10_000,
+            },
+            &mut Vec::new(),
+        )
+        .expect("apply");
+        assert_eq!(st.nodes["new"].status, NodeStatus::Down);
     }
 
     #[test]
