@@ -347,6 +347,7 @@ class State:
         self.samples = 0
         self.over = []  # (time, service, slot, [(node, task, pid)])
         self.max_per_slot = 0
+        self.died = []  # (time, node, exit status) of agents that exited on their own
         self.beside = 0  # samples where a faulted worker's copy ran beside its replacement
 
     def excluded(self, node, now):
@@ -518,12 +519,12 @@ class Faults:
 
     def heal(self, n):
         label, _ = self.active.pop(n)
-        if label == "kill":
-            self.cl.spawn(n)
-        elif label == "cut-link":
+        if label == "cut-link":
             self.lab.link(n, True)
-        else:
+        elif label != "kill":
             self.lab.undrop(n)
+        if not self.cl.alive(n):
+            self.cl.spawn(n)
         with LOCK:
             ST.faulted.pop(n, None)
             ST.excluded_until[n] = time.time() + GRACE
@@ -540,7 +541,22 @@ class Faults:
         log(f"activate {n} failed: {err.strip()[:120]}")
         return False
 
+    def check_alive(self):
+        """An agent that exited without being killed here is a failure
+        (a crash, or "no raft leader after 30s" at a restart)."""
+        for n, p in list(self.cl.procs.items()):
+            if p.poll() is not None:
+                self.cl.procs.pop(n)
+                ST.died.append((time.strftime("%H:%M:%S"), n, p.returncode))
+                log(f"UNEXPECTED: agent {n} exited with status {p.returncode}")
+                if n not in self.active:
+                    # Started again in a second, like a killed one.
+                    self.active[n] = ("kill", time.time() + 1)
+                    with LOCK:
+                        ST.faulted[n] = "died"
+
     def tick(self):
+        self.check_alive()
         now = time.time()
         for n, (_, at) in list(self.active.items()):
             if at <= now:
@@ -690,6 +706,7 @@ def main():
         log("chaos over: stopping the client, healing everything")
         STOP.set()
         threads[1].join(timeout=90)
+        faults.check_alive()
         faults.heal_all()
         healed = time.time()
         # The sampler keeps counting through convergence.
@@ -738,10 +755,14 @@ def main():
             print(f"  converged in {conv:.1f} s after the last heal (limit {CONVERGE_LIMIT:g} s)")
         else:
             print(f"  NOT converged 120 s after the last heal: {last}")
+        print(f"  agents that exited on their own: {len(ST.died)}")
+        for t, n, code in ST.died[:10]:
+            print(f"    {t} {n}: exit status {code} (restarted)")
         print(f"  panics: {len(pan)}")
         for p in pan[:10]:
             print(f"    {p}")
-        ok = not lost and not ST.over and conv is not None and conv <= CONVERGE_LIMIT and not pan
+        ok = (not lost and not ST.over and conv is not None and conv <= CONVERGE_LIMIT and not pan
+              and not ST.died)
         print(f"  result: {'PASS' if ok else 'FAIL'}")
         sys.stdout.flush()
     except KeyboardInterrupt:
