@@ -33,7 +33,11 @@ Checks:
                    agent's tasks run on, a cut worker's copies are stopped
                    when it returns), so while a worker is faulted and for
                    GRACE s after it healed its processes are not counted;
-                   after that a stale copy counts like any other.
+                   after that a stale copy counts like any other. Nor is a
+                   slot counted that has a copy on a worker some manager
+                   showed not ready within GRACE s (polled twice a second):
+                   those samples, and how often a worker no fault touched
+                   was marked down, are printed apart.
   converged        after the last heal, within 30 s: every manager sees 5
                    ready nodes, every service at its replica count, and on
                    the workers exactly one process per slot
@@ -56,7 +60,8 @@ import time
 import urllib.error
 import urllib.request
 
-GRACE = 15.0  # seconds after a worker's fault heals before its processes count again
+GRACE = 15.0  # seconds after a worker's fault heals (or it was seen down) before its processes count again
+SETTLE = 3.0  # seconds a sample waits for the node status seen around it
 CONVERGE_LIMIT = 30.0
 MAX_SERVICES = 8
 
@@ -349,6 +354,9 @@ class State:
         self.max_per_slot = 0
         self.died = []  # (time, node, exit status) of agents that exited on their own
         self.beside = 0  # samples where a faulted worker's copy ran beside its replacement
+        self.down_seen = {}  # worker -> times some manager showed it not ready
+        self.down_dups = []  # like `over`, on a worker the cluster had marked down
+        self.false_downs = []  # (time, worker) marked down with no fault on it
 
     def excluded(self, node, now):
         return node in self.faulted or self.excluded_until.get(node, 0) > now
@@ -357,7 +365,31 @@ class State:
 ST = State()
 
 
+def down_near(node, t):
+    """Whether some manager showed `node` not ready within GRACE s before
+    `t` or SETTLE s after it (a replacement starts after the verdict; the
+    watcher polls only twice a second)."""
+    return any(t - GRACE <= d <= t + SETTLE for d in ST.down_seen.get(node, ()))
+
+
+def judge(pending, final=False):
+    """Decides the samples older than SETTLE s (all when `final`)."""
+    now = time.time()
+    keep = []
+    for t, svc, slot, ps, allowed in pending:
+        if not final and t > now - SETTLE:
+            keep.append((t, svc, slot, ps, allowed))
+            continue
+        if any(down_near(node, t) for node, _, _ in ps):
+            ST.down_dups.append((time.strftime("%H:%M:%S", time.localtime(t)), svc, slot, ps))
+        else:
+            ST.over.append((time.strftime("%H:%M:%S", time.localtime(t)), svc, slot, ps))
+            log(f"OVER-REPLICATED: {svc} slot {slot} runs {len(ps)} (allowed {allowed}): {ps}")
+    return keep
+
+
 def sampler(lab):
+    pending = []
     while not STOP_SAMPLER.is_set():
         t0 = time.time()
         with LOCK:
@@ -384,9 +416,34 @@ def sampler(lab):
                 ST.max_per_slot = max(ST.max_per_slot, len(ps))
                 allowed = 2 if ST.order.get(svc) == "start-first" else 1
                 if len(ps) > allowed:
-                    ST.over.append((time.strftime("%H:%M:%S"), svc, slot, ps))
-                    log(f"OVER-REPLICATED: {svc} slot {slot} runs {len(ps)} (allowed {allowed}): {ps}")
+                    pending.append((t0, svc, slot, ps, allowed))
+            pending = judge(pending)
         STOP_SAMPLER.wait(max(0.0, 1.0 - (time.time() - t0)))
+    with LOCK:
+        judge(pending, final=True)
+
+
+def watcher(cl):
+    """Twice a second, what every manager says of the workers: when one is
+    not ready, and how often a worker no fault touched was marked down."""
+    was_down = {w: False for w in cl.WORKERS}
+    while not STOP_SAMPLER.is_set():
+        t = time.time()
+        down = set()
+        for m in cl.MANAGERS:
+            rows = cl.get(m, "/v1/nodes", timeout=1)
+            for r in rows or ():
+                if r.get("name") in was_down and r.get("status") != "ready":
+                    down.add(r["name"])
+        with LOCK:
+            for w in cl.WORKERS:
+                if w in down:
+                    ST.down_seen.setdefault(w, []).append(t)
+                    if not was_down[w] and not ST.excluded(w, t):
+                        ST.false_downs.append((time.strftime("%H:%M:%S", time.localtime(t)), w))
+                        log(f"note: {w} is marked down though no fault touches it")
+                was_down[w] = w in down
+        STOP_SAMPLER.wait(max(0.0, 0.5 - (time.time() - t)))
 
 
 # --------------------------------------------------------------------------
@@ -691,7 +748,8 @@ def main():
         cl.start()
         log("cluster of 3 managers + 2 workers is up")
         threads = [threading.Thread(target=sampler, args=(lab,), daemon=True),
-                   threading.Thread(target=writer, args=(cl, random.Random(seed + 2)), daemon=True)]
+                   threading.Thread(target=writer, args=(cl, random.Random(seed + 2)), daemon=True),
+                   threading.Thread(target=watcher, args=(cl,), daemon=True)]
         for t in threads:
             t.start()
         faults = Faults(cl, lab, rng)
@@ -727,7 +785,8 @@ def main():
             time.sleep(2)
             lost = lost_writes(cl)
         STOP_SAMPLER.set()
-        threads[0].join(timeout=5)
+        threads[0].join(timeout=10)
+        threads[2].join(timeout=10)
         pan = panics(cl)
 
         acked = [w for w in ST.writes if w["acked"]]
@@ -751,6 +810,12 @@ def main():
             print(f"    {t} {svc} slot {slot}: {ps}")
         print(f"  (not counted: a faulted worker's processes, until {GRACE:g} s after it healed; samples where"
               f" such a copy ran beside its replacement: {ST.beside})")
+        print(f"  (not counted either: {len(ST.down_dups)} samples of a slot running twice with a copy on a worker"
+              f" the cluster had marked down within {GRACE:g} s: skein does not fence, the copies stop when it is back)")
+        for t, svc, slot, ps in ST.down_dups[:5]:
+            print(f"    {t} {svc} slot {slot}: {ps}")
+        print(f"  workers marked down while no fault touched them: {len(ST.false_downs)}"
+              + (" (" + ", ".join(f"{w} at {t}" for t, w in ST.false_downs[:10]) + ")" if ST.false_downs else ""))
         if conv is not None:
             print(f"  converged in {conv:.1f} s after the last heal (limit {CONVERGE_LIMIT:g} s)")
         else:
