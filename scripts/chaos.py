@@ -736,8 +736,12 @@ def main():
     random.seed(seed + 1)
 
     def on_term(*_):
+        # Once: the cleanup below must run to its end whatever comes next.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
 
     lab = Lab(Cluster.MANAGERS + Cluster.WORKERS)
     cl = Cluster(lab)
@@ -835,6 +839,8 @@ def main():
     except Exception as e:  # noqa: BLE001 - report and clean up
         log(f"error: {e}")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         STOP.set()
         STOP_SAMPLER.set()
         if not ok and a.keep_logs:

@@ -58,7 +58,10 @@ DRIVER_PID=""
 cleanup() {
   local rc=$?
   set +e
-  trap - EXIT INT TERM
+  # A second Ctrl-C or TERM (timeout(1) signals the whole group) must not
+  # cut the cleanup short.
+  trap - EXIT
+  trap '' INT TERM
   # The driver cleans up after itself; give it time, then make sure.
   if [ -n "$DRIVER_PID" ] && kill -0 "$DRIVER_PID" 2>/dev/null; then
     kill -TERM "$DRIVER_PID" 2>/dev/null
