@@ -36,6 +36,11 @@ echo "==> cargo test"
 rc=0
 SKEIN_BIN="$PWD/target/debug/skein" cargo test --workspace --locked || rc=$?
 
+echo "==> chaos soak (2 minutes)"
+# Real agents in network namespaces under random faults while a client
+# writes: no acknowledged write lost, no slot running twice, convergence.
+SKEIN_BIN="$PWD/target/debug/skein" bash scripts/chaos.sh --minutes 2 || rc=$?
+
 # One line a reader cannot miss: what did not run, and why.
 skipped=$(grep -c . "$SKEIN_SKIP_REPORT" || true)
 if [ "$skipped" -eq 0 ]; then

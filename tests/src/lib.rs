@@ -121,6 +121,14 @@ fn parent_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The start time of `pid` (clock ticks after boot, field 22 of
+/// `/proc/PID/stat`), as the runtime records it in shim.json and child.json.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
@@ -625,12 +633,25 @@ impl Agent {
                 let Ok(text) = std::fs::read_to_string(e.path().join(file)) else {
                     continue;
                 };
-                let pid = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
+                let rec = serde_json::from_str::<serde_json::Value>(&text).ok();
+                let pid = rec
+                    .as_ref()
                     .and_then(|v| v["pid"].as_i64())
                     .and_then(|p| i32::try_from(p).ok())
                     .filter(|p| *p > 1);
-                if let Some(pid) = pid {
+                let start = rec.as_ref().and_then(|v| v["start_time"].as_u64());
+                // Only the very process recorded, or what is left of its
+                // group: a pid that ended may name someone else's process (or
+                // process group) now, and pids wrap quickly on a busy machine
+                // (the likely cause of a chaos soak's agents all dying of
+                // SIGKILL at once while tests ran beside it).
+                // Linux does not reuse a pid while a group of that id lives,
+                // so with no process of that pid the group is the task's.
+                let ours = |p: &i32| match start_time(*p) {
+                    Some(t) => Some(t) == start,
+                    None => group,
+                };
+                if let Some(pid) = pid.filter(ours) {
                     // SAFETY: kill(2) with a pid read from our own task dir; no memory is touched.
                     unsafe {
                         libc::kill(if group { -pid } else { pid }, libc::SIGKILL);

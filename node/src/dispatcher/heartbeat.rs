@@ -163,6 +163,7 @@ pub async fn run_monitor(
             );
             l.resumed(now);
         }
+        l.judges_seen(&p.state, now);
         let leader = p.leader_ready;
         if leader && !was_leader {
             l.took_over(now);

@@ -8,6 +8,8 @@
 //! session yet, or their manager is gone, down or demoted), managers among
 //! them. A node this manager hears from while the state gives its session
 //! to another manager (or none) is taken over: `ready` by this manager.
+//! Managers are judged by the leader only (their heartbeats go to it), never
+//! through a session (see [`ClusterState::session_judge`]).
 //!
 //! Rules for a judged node: it is `down` once nothing was heard from it for
 //! `grace`, or when gossip declared it dead (failed probes that `k` other
@@ -20,8 +22,10 @@
 //! started watching, took over the leadership, or came back from a pause
 //! ([`Liveness::resumed`]) at the earliest, and from when it first saw the
 //! node (a node that just joined is not down before its first heartbeat
-//! could arrive); a down or unknown node that is heard from again is
-//! `ready`. This manager's own node is always alive.
+//! could arrive), and from when its judge last changed (its session's
+//! manager went down: the node needs a moment to move its session, and its
+//! turns went to the old judge); a down or unknown node that is heard from
+//! again is `ready`. This manager's own node is always alive.
 
 use crate::store::ClusterState;
 use skein_protocol::{NodeId, NodeStatus};
@@ -37,6 +41,9 @@ pub struct Liveness {
     dead: HashMap<NodeId, (u64, bool)>,
     /// When this leader first saw each node in the state.
     first_seen: HashMap<NodeId, u64>,
+    /// Each node's judge (see [`ClusterState::session_judge`]) and when it
+    /// last changed.
+    judges: HashMap<NodeId, (Option<NodeId>, u64)>,
 }
 
 impl Liveness {
@@ -47,6 +54,34 @@ impl Liveness {
             heard: HashMap::new(),
             dead: HashMap::new(),
             first_seen: HashMap::new(),
+            judges: HashMap::new(),
+        }
+    }
+
+    /// Notes which manager judges each node now. A node whose judge changed
+    /// (its session's manager went down or away) is counted silent only
+    /// from now: its turns went to its old judge, and moving its session to
+    /// another manager takes it a moment. Without this, the leader marked a
+    /// live worker down the moment its session manager was cut off (it had
+    /// never heard from it), and its tasks ran twice until it was back.
+    pub fn judges_seen(&mut self, state: &ClusterState, now: u64) {
+        for id in state.nodes.keys() {
+            let judge = state.session_judge(id);
+            match self.judges.get_mut(id) {
+                Some((j, at)) => {
+                    if j.as_deref() != judge {
+                        *j = judge.map(str::to_string);
+                        *at = now;
+                    }
+                }
+                None => {
+                    self.judges
+                        .insert(id.clone(), (judge.map(str::to_string), 0));
+                }
+            }
+        }
+        if self.judges.len() > state.nodes.len() {
+            self.judges.retain(|id, _| state.nodes.contains_key(id));
         }
     }
 
@@ -101,10 +136,12 @@ impl Liveness {
     /// it was first seen, whichever is later).
     pub fn last_heard(&self, node: &str) -> u64 {
         let first = self.first_seen.get(node).copied().unwrap_or(self.since);
+        let judged_since = self.judges.get(node).map_or(0, |(_, at)| *at);
         self.heard
             .get(node)
             .copied()
             .unwrap_or(self.since.max(first))
+            .max(judged_since)
     }
 
     /// The verdicts to propose now: (node, new status, message). `leader`:
@@ -127,7 +164,8 @@ impl Liveness {
                 Some(j) => j != self_node,
                 None => !leader,
             };
-            if n.id != self_node && heard_lately && held_elsewhere {
+            let worker = n.role != skein_protocol::NodeRole::Manager;
+            if n.id != self_node && heard_lately && held_elsewhere && worker {
                 // Its session is here now: take it over.
                 out.push((n.id.clone(), NodeStatus::Ready, String::new()));
                 continue;
@@ -315,6 +353,7 @@ mod tests {
         for m in ["me", "other"] {
             st.nodes.get_mut(m).expect("manager").role = skein_protocol::NodeRole::Manager;
         }
+        st.nodes.get_mut("w").expect("w").role = skein_protocol::NodeRole::Worker;
         st.nodes.get_mut("w").expect("w").session = "other".into();
         let mut l = Liveness::new(3000, 0);
         l.heard("w", 5000);
@@ -345,6 +384,90 @@ mod tests {
         )
         .expect("apply");
         assert_eq!(st.nodes["w"].status, NodeStatus::Ready);
+    }
+
+    /// Seen in the chaos soak: the leader handed leadership to m1; the old
+    /// leader, which had taken m1's session over, marked m1 down 2.5 s
+    /// later (m1, now leading, sends heartbeats to nobody) and m1 stayed
+    /// down for good (not its own judge).
+    #[test]
+    fn a_manager_is_judged_by_the_leader_whoever_took_its_session() {
+        let mut st = state(&[("old", NodeStatus::Ready), ("new", NodeStatus::Ready)]);
+        st.nodes.get_mut("new").expect("new").session = "old".into();
+        let mut l = Liveness::new(3000, 0);
+        l.heard("new", 1000);
+        // The old leader, now a follower: not its to judge, nor to take over.
+        assert!(l.changes(&st, 1500, "old", false).is_empty());
+        assert!(l.changes(&st, 10_000, "old", false).is_empty());
+        // Had it been marked down, the new leader marks itself ready.
+        st.nodes.get_mut("new").expect("new").status = NodeStatus::Down;
+        let mut l = Liveness::new(3000, 0);
+        l.heard("old", 9_000);
+        let c = l.changes(&st, 10_000, "new", true);
+        assert_eq!(
+            c,
+            vec![("new".to_string(), NodeStatus::Ready, String::new())]
+        );
+        st.apply(
+            &skein_protocol::Command::NodeVerdicts {
+                by: "new".into(),
+                verdicts: c,
+                at: 10_000,
+            },
+            &mut Vec::new(),
+        )
+        .expect("apply");
+        assert_eq!(st.nodes["new"].status, NodeStatus::Ready);
+        // A silent manager is the leader's to mark down, whatever its session says.
+        st.nodes.get_mut("new").expect("new").session = "old".into();
+        let c = Liveness::new(3000, 0).changes(&st, 10_000, "old", true);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!((c[0].0.as_str(), c[0].1), ("new", NodeStatus::Down));
+        st.apply(
+            &skein_protocol::Command::NodeVerdicts {
+                by: "old".into(),
+                verdicts: c,
+                at: 10_000,
+            },
+            &mut Vec::new(),
+        )
+        .expect("apply");
+        assert_eq!(st.nodes["new"].status, NodeStatus::Down);
+    }
+
+    /// Seen in the 30-minute chaos soak: w1's session manager was cut off;
+    /// the leader, which had never heard from w1, marked it down at once
+    /// and its 12 tasks ran twice (w1 had its session back within 2 s).
+    #[test]
+    fn a_worker_whose_session_manager_went_down_gets_a_grace_period() {
+        let mut st = state(&[
+            ("me", NodeStatus::Ready),
+            ("m2", NodeStatus::Ready),
+            ("w", NodeStatus::Ready),
+        ]);
+        st.nodes.get_mut("w").expect("w").role = skein_protocol::NodeRole::Worker;
+        st.nodes.get_mut("w").expect("w").session = "m2".into();
+        let mut l = Liveness::new(3000, 0);
+        l.saw(&st, 0);
+        l.judges_seen(&st, 0);
+        let about_w = |c: Vec<(NodeId, NodeStatus, String)>| -> Vec<NodeStatus> {
+            c.into_iter()
+                .filter(|(id, _, _)| id == "w")
+                .map(|(_, s, _)| s)
+                .collect()
+        };
+        assert!(about_w(l.changes(&st, 10_000, "me", true)).is_empty());
+        // m2 is marked down at 10_000: w is the leader's to judge now.
+        st.nodes.get_mut("m2").expect("m2").status = NodeStatus::Down;
+        l.judges_seen(&st, 10_000);
+        assert!(
+            about_w(l.changes(&st, 12_999, "me", true)).is_empty(),
+            "w gets a full grace period to move its session"
+        );
+        assert_eq!(
+            about_w(l.changes(&st, 13_000, "me", true)),
+            vec![NodeStatus::Down]
+        );
     }
 
     #[test]

@@ -493,9 +493,15 @@ impl ClusterState {
 
     /// The manager that judges `node`'s liveness: the one holding its
     /// session, while that one is a ready manager; None when nobody does
-    /// (then the leader judges it).
+    /// (then the leader judges it). A manager node is always the leader's
+    /// to judge: its heartbeats go to the leader only, so the manager that
+    /// last took its session over (an old leader) would see it fall silent
+    /// and mark it down, and the node could never mark itself ready again.
     pub fn session_judge(&self, node: &str) -> Option<&str> {
         let n = self.nodes.get(node)?;
+        if n.role == skein_protocol::NodeRole::Manager {
+            return None;
+        }
         let m = self.nodes.get(&n.session)?;
         (m.role == skein_protocol::NodeRole::Manager
             && m.status == skein_protocol::NodeStatus::Ready
