@@ -17,20 +17,19 @@
 //! Environment: NODES=1000 TRIALS=10 IDLE_S=600 LOSS=0.001 SEED=1
 
 use skein_node::membership::swim::{Out, Swim, SwimConfig};
+use skein_node::membership::wire_size::{wire_sizes, WireSizes};
 use skein_protocol::gossip::{MemberState, MemberUpdate};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 /// gossipsub's default mesh degree.
 const MESH: usize = 6;
-/// Bytes on the wire, measured from the codec plus transport framing:
-/// a probe or an ack (a batch with one update), an indirect request or
-/// answer, a gossip message carrying one update (signed by gossipsub),
-/// an announce (signed), as sent per mesh link.
-const PROBE_BYTES: u64 = 140;
-const INDIRECT_BYTES: u64 = 120;
-const GOSSIP_BYTES: u64 = 260;
-const ANNOUNCE_BYTES: u64 = 420;
+/// Bytes on the wire per message, from the real codec plus the transport's
+/// framing (see `skein_node::membership::wire_size`).
+fn sz() -> &'static WireSizes {
+    static SIZES: std::sync::OnceLock<WireSizes> = std::sync::OnceLock::new();
+    SIZES.get_or_init(wire_sizes)
+}
 const BUDGET: u64 = 16 * 1024;
 
 fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
@@ -225,7 +224,7 @@ impl Sim {
                 Out::Broadcast(u) | Out::Relay(u) => {
                     for k in 0..self.mesh[node].len() {
                         let to = self.mesh[node][k];
-                        self.send(node, to, GOSSIP_BYTES, Ev::Gossip { to, u: u.clone() });
+                        self.send(node, to, sz().gossip, Ev::Gossip { to, u: u.clone() });
                     }
                 }
                 Out::Changed { peer, state } => {
@@ -245,7 +244,7 @@ impl Sim {
                         self.send(
                             node,
                             helper,
-                            INDIRECT_BYTES,
+                            sz().indirect,
                             Ev::ProbeFor {
                                 from: node,
                                 helper,
@@ -286,11 +285,11 @@ impl Sim {
         );
         if self.down[to] && self.killed(to) {
             // Connection refused: the probe fails at once.
-            self.bytes[from] += PROBE_BYTES;
+            self.bytes[from] += sz().probe;
             self.at(2, Ev::ProbeTimeout { from, id });
             return;
         }
-        self.send(from, to, PROBE_BYTES, Ev::Probe { from, to, id });
+        self.send(from, to, sz().probe, Ev::Probe { from, to, id });
         self.at(self.cfg.probe_timeout, Ev::ProbeTimeout { from, id });
     }
 
@@ -323,7 +322,7 @@ impl Sim {
                 let period = skein_node::membership::announce_period(
                     5_000,
                     self.nodes.len(),
-                    ANNOUNCE_BYTES,
+                    sz().announce,
                     BUDGET,
                 );
                 if self
@@ -332,7 +331,7 @@ impl Sim {
                 {
                     // Flooded over the mesh: everyone receives it once (plus
                     // duplicates on mesh links), costs counted per link.
-                    let per_node = ANNOUNCE_BYTES * skein_node::membership::MESH_COPIES;
+                    let per_node = sz().announce * skein_node::membership::MESH_COPIES;
                     for b in self.bytes.iter_mut() {
                         *b += per_node;
                     }
@@ -340,7 +339,7 @@ impl Sim {
             }
             Ev::Probe { from, to, id } => {
                 if !self.down[to] {
-                    self.send(to, from, PROBE_BYTES, Ev::Ack { to: from, id });
+                    self.send(to, from, sz().probe, Ev::Ack { to: from, id });
                 }
             }
             Ev::Ack { to, id } => {
@@ -359,7 +358,7 @@ impl Sim {
                             self.send(
                                 to,
                                 requester,
-                                INDIRECT_BYTES,
+                                sz().indirect,
                                 Ev::Probed {
                                     to: requester,
                                     target,
@@ -396,7 +395,7 @@ impl Sim {
                         self.send(
                             from,
                             requester,
-                            INDIRECT_BYTES,
+                            sz().indirect,
                             Ev::Probed {
                                 to: requester,
                                 target,
@@ -488,6 +487,10 @@ fn main() {
     println!(
         "gossip_sim: {n} nodes, mesh {MESH}, SWIM {:?}",
         SwimConfig::default()
+    );
+    println!(
+        "gossip_sim: bytes per message from the codec (probe/ack, indirect, gossip update, announce): {:?}",
+        sz()
     );
 
     for (what, killed) in [("killed", true), ("cut", false)] {

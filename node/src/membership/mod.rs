@@ -34,6 +34,7 @@
 
 pub mod bootstrap;
 pub mod swim;
+pub mod wire_size;
 
 use crate::net::{GossipIn, Keeper, NetEvent, NetHandle};
 use serde::Serialize;
