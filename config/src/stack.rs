@@ -32,7 +32,7 @@ use serde_norway::Value;
 use skein_protocol::{
     validate_name, Dur, FailureAction, HealthCheck, Mount, MountKind, PlacementPreference,
     PortConfig, Protocol, PublishMode, RestartCondition, RuntimeKind, ServiceMode, ServiceSpec,
-    UpdateConfig, UpdateOrder, STACK_LABEL,
+    UpdateConfig, UpdateOrder, MAX_STACK_SERVICES, STACK_LABEL,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -145,6 +145,19 @@ pub fn parse_stack_in(
         name: stack_name.to_string(),
         message,
     })?;
+    if let Some(line) = flow_too_deep(text, MAX_FLOW_DEPTH) {
+        return Err(StackError::Invalid {
+            at: Position {
+                file: file.to_string(),
+                line: Some(line),
+                column: None,
+            },
+            path: String::new(),
+            message: format!(
+                "invalid YAML: brackets nested more than {MAX_FLOW_DEPTH} levels deep: a stack file needs a few"
+            ),
+        });
+    }
     let mut ctx = Ctx {
         file,
         base_dir: std::path::absolute(base_dir).ok(),
@@ -1393,6 +1406,15 @@ impl Ctx<'_> {
                 "the stack has no services: add a `services:` section with at least one service",
             )),
         };
+        if services.len() > MAX_STACK_SERVICES {
+            return Err(self.err(
+                "services",
+                format!(
+                    "the stack has {} services, more than the {MAX_STACK_SERVICES} one stack may hold: split it into several stacks",
+                    services.len()
+                ),
+            ));
+        }
         let mut specs = Vec::with_capacity(services.len());
         let mut host_ports: BTreeMap<(u16, Protocol), (String, usize)> = BTreeMap::new();
         for (key, svc) in services {
@@ -2465,6 +2487,68 @@ struct KeyIndex {
     entries: Vec<(String, usize, usize)>,
 }
 
+/// Deepest `[`/`{` nesting read. The YAML parser (libyaml) takes time
+/// quadratic in the flow depth (100,000 levels: half a minute), and its
+/// deserializer refuses more than 128 levels anyway: refuse them first.
+const MAX_FLOW_DEPTH: usize = 128;
+
+/// The line on which `text`'s flow nesting (`[`, `{` outside quoted
+/// scalars and comments) passes `limit`. Errs towards counting: brackets in
+/// block scalars count too, which only matters past `limit` unclosed ones.
+fn flow_too_deep(text: &str, limit: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut line = 1usize;
+    let mut quote: Option<char> = None;
+    let mut prev = '\n';
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+        }
+        match quote {
+            Some('"') => match c {
+                // An escape: skip the escaped character (a line break too).
+                '\\' => line += usize::from(chars.next() == Some('\n')),
+                '"' => quote = None,
+                _ => {}
+            },
+            Some(_) => {
+                if c == '\'' {
+                    if chars.peek() == Some(&'\'') {
+                        chars.next();
+                    } else {
+                        quote = None;
+                    }
+                }
+            }
+            None => match c {
+                '#' if prev.is_whitespace() => {
+                    while chars.peek().is_some_and(|n| *n != '\n') {
+                        chars.next();
+                    }
+                }
+                // A quoted scalar starts a token (`it's` is plain text).
+                '"' | '\'' if prev.is_whitespace() || "[{,:-".contains(prev) => quote = Some(c),
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > limit {
+                        return Some(line);
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        prev = c;
+    }
+    None
+}
+
+/// Deepest key path the index records: positions are for messages about
+/// real stack files (a few levels); a hostile `- - - - ...` line of 10,000
+/// items made the index quadratic in memory and time.
+const MAX_INDEX_DEPTH: usize = 64;
+
 struct Frame {
     indent: usize,
     seg: String,
@@ -2526,6 +2610,9 @@ impl KeyIndex {
             let mut content = content;
             let mut col = indent;
             loop {
+                if stack.len() >= MAX_INDEX_DEPTH {
+                    break;
+                }
                 if content == "-" || content.starts_with("- ") {
                     while stack
                         .last()

@@ -450,7 +450,7 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
         raft_link::watch_disconnects(net.clone(), raft.clone(), shutdown.clone()),
     );
     let proposer = Proposer::new(raft.clone(), Some(net.clone()), book.clone());
-    let (heard_tx, heard_rx) = tokio::sync::mpsc::channel(1024);
+    let (heard_tx, heard_rx) = tokio::sync::mpsc::channel(8192);
     let beat = Duration::from_millis(cfg.heartbeat_ms.max(50));
     let (dispatcher, dispatch) = Dispatcher::new(raft.clone(), proposer.clone());
     tasks.spawn(
@@ -509,7 +509,13 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
         let accepted = join_cluster(&net, &join_addrs, &t, &me, identity.raft_id).await?;
         for (rid, peer, addr) in &accepted.managers {
             book.insert(*rid, peer.clone());
-            net.add_peer(peer, addr);
+            // A manager keeps the managers connected (Raft); a worker's
+            // session keeps the one it holds its session with.
+            if accepted.role == skein_protocol::NodeRole::Manager {
+                net.add_peer(peer, addr);
+            } else {
+                net.learn(peer, addr);
+            }
         }
         identity.role = accepted.role;
         tracing::info!(role = ?accepted.role, cluster = %accepted.cluster_id, "joined the cluster");
@@ -1155,47 +1161,64 @@ async fn keep_peers_connected(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sub = raft.subscribe();
-    let mut known: std::collections::BTreeMap<String, (String, bool)> = Default::default();
+    let mut known: std::collections::HashMap<String, (String, bool)> = Default::default();
     let mut denied = std::collections::BTreeSet::new();
+    let mut seen: Option<std::sync::Arc<crate::store::ClusterState>> = None;
     loop {
-        let p = sub.borrow_and_update().clone();
-        // Removed nodes are refused at connection (see cluster::authority),
-        // a moment after their removal: a node that asked to leave gets
-        // its answer first.
-        for peer in p.state.removed_peers.difference(&denied.clone()) {
-            let (net, peer2) = (net.clone(), peer.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                net.deny(&peer2);
-            });
-            denied.insert(peer.clone());
-        }
-        for n in p.state.nodes.values() {
-            if n.id == self_id || n.peer_id.is_empty() || n.addr.is_empty() {
-                continue;
-            }
-            let manager = n.role == skein_protocol::NodeRole::Manager;
-            if known.get(&n.peer_id) != Some(&(n.addr.clone(), manager)) {
-                // Managers are kept connected (Raft); the other nodes come
-                // to this one (their sessions) and are only dialled when a
-                // request needs them (logs, a probe).
-                if manager {
-                    net.add_peer(&n.peer_id, &n.addr);
-                } else {
-                    net.remove_peer(&n.peer_id);
-                    net.learn(&n.peer_id, &n.addr);
+        let state = sub.borrow_and_update().state.clone();
+        // Published views change with every Raft step; the node table only
+        // with applied entries: a pass over the nodes only when it may differ.
+        if !seen
+            .as_ref()
+            .is_some_and(|s| std::sync::Arc::ptr_eq(s, &state))
+        {
+            // Removed nodes are refused at connection (see cluster::authority),
+            // a moment after their removal: a node that asked to leave gets
+            // its answer first.
+            for peer in state.removed_peers.iter() {
+                if denied.contains(peer) {
+                    continue;
                 }
-                known.insert(n.peer_id.clone(), (n.addr.clone(), manager));
+                let (net, peer2) = (net.clone(), peer.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    net.deny(&peer2);
+                });
+                denied.insert(peer.clone());
             }
-        }
-        let gone: Vec<String> = known
-            .keys()
-            .filter(|peer| !p.state.nodes.values().any(|n| &&n.peer_id == peer))
-            .cloned()
-            .collect();
-        for peer in gone {
-            net.remove_peer(&peer);
-            known.remove(&peer);
+            let mut present = std::collections::HashSet::with_capacity(state.nodes.len());
+            for n in state.nodes.values() {
+                if n.id == self_id || n.peer_id.is_empty() || n.addr.is_empty() {
+                    continue;
+                }
+                present.insert(n.peer_id.as_str());
+                let manager = n.role == skein_protocol::NodeRole::Manager;
+                let same = known
+                    .get(&n.peer_id)
+                    .is_some_and(|(addr, m)| *addr == n.addr && *m == manager);
+                if !same {
+                    // Managers are kept connected (Raft); the other nodes come
+                    // to this one (their sessions) and are only dialled when a
+                    // request needs them (logs, a probe).
+                    if manager {
+                        net.add_peer(&n.peer_id, &n.addr);
+                    } else {
+                        net.remove_peer(&n.peer_id);
+                        net.learn(&n.peer_id, &n.addr);
+                    }
+                    known.insert(n.peer_id.clone(), (n.addr.clone(), manager));
+                }
+            }
+            let gone: Vec<String> = known
+                .keys()
+                .filter(|peer| !present.contains(peer.as_str()))
+                .cloned()
+                .collect();
+            for peer in gone {
+                net.remove_peer(&peer);
+                known.remove(&peer);
+            }
+            seen = Some(state);
         }
         tokio::select! {
             r = sub.changed() => if r.is_err() { return },

@@ -349,7 +349,10 @@ async fn sim_worker(
         assign_rx,
         report_tx,
     )
-    .with_online(session.online.clone(), &dir);
+    .with_online(session.online.clone(), &dir)
+    // A fake task never ends by itself: nothing for a frequent poll to
+    // find (assignments and starts still act at once).
+    .with_poll_interval(Duration::from_secs(5));
     tokio::spawn(worker.run(shutdown.clone()));
     let (silence_tx, mut silence_rx) = oneshot::channel();
     let _ = ev.send(Ev::Joined {

@@ -564,8 +564,23 @@ impl ServiceSpec {
                     format!("{:?} must be an absolute path inside the task", m.target),
                 );
             }
+            if m.target.contains('\0') || m.source.as_deref().is_some_and(|s| s.contains('\0')) {
+                return e(
+                    &format!("mounts[{i}]"),
+                    "a path contains a NUL character: remove it".into(),
+                );
+            }
             match (m.kind, m.source.as_deref()) {
-                (MountKind::Bind, Some(src)) if src.starts_with('/') => {}
+                (MountKind::Bind, Some(src)) if src.starts_with('/') => {
+                    if clean_host_path(src) == "/" {
+                        return e(
+                            &format!("mounts[{i}].source"),
+                            format!(
+                                "{src:?} binds the host's whole root filesystem into the task, which skein refuses: bind only the directory the task needs"
+                            ),
+                        );
+                    }
+                }
                 (MountKind::Bind, _) => {
                     return e(
                         &format!("mounts[{i}].source"),
@@ -644,6 +659,26 @@ impl ServiceSpec {
         }
         Ok(())
     }
+}
+
+/// The most services one stack may hold: a stack is deployed as one Raft
+/// entry, and a file with more is a mistake (or an attack), not a stack.
+pub const MAX_STACK_SERVICES: usize = 1_000;
+
+/// An absolute host path with `.`, `..` and repeated `/` resolved lexically
+/// (`/srv/../` is `/`), as the engine would see it; symlinks are not followed.
+pub fn clean_host_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 fn proto_name(p: Protocol) -> &'static str {
@@ -759,6 +794,45 @@ mod tests {
             n.replicas = None;
             n
         });
+    }
+
+    #[test]
+    fn refuses_binding_the_host_root() {
+        let bind = |src: &str| {
+            let mut s = ServiceSpec::new("web", "nginx");
+            s.mounts.push(Mount {
+                kind: MountKind::Bind,
+                source: Some(src.into()),
+                target: "/host".into(),
+                read_only: true,
+            });
+            s.validate()
+        };
+        for src in ["/", "//", "/.", "/srv/..", "/../..", "/srv/./../"] {
+            let err = bind(src).expect_err(src);
+            assert_eq!(err.field, "mounts[0].source", "{src}");
+            assert!(err.message.contains("root filesystem"), "{err}");
+        }
+        assert!(bind("/srv/data").is_ok());
+        assert!(bind("/srv/../data").is_ok());
+        assert!(bind("/srv/\0x").is_err());
+        assert_eq!(clean_host_path("/a//b/./c/../d/"), "/a/b/d");
+        assert_eq!(clean_host_path("/.."), "/");
+    }
+
+    #[test]
+    fn names_with_separators_nul_or_300_characters_are_refused() {
+        for name in [
+            "a/b",
+            "..",
+            "../etc",
+            "a\0b",
+            &"x".repeat(300),
+            "",
+            ".hidden",
+        ] {
+            assert!(validate_name(name).is_err(), "{name:?}");
+        }
     }
 
     #[test]

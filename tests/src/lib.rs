@@ -153,6 +153,102 @@ pub fn docker_available() -> bool {
     docker(&["info"]).status.success()
 }
 
+/// Whether a test may run, given whether its prerequisite (Docker, root,
+/// tmux, ...) is here. Every test that needs something the machine may lack
+/// asks this first and returns at once when it answers false:
+///
+/// - present: true;
+/// - missing and `SKEIN_REQUIRE_ALL=1` (`scripts/test.sh` sets it after
+///   `scripts/setup.sh` installed everything): panics, naming what is
+///   missing and how to get it, so CI never passes having tested less;
+/// - missing otherwise: prints a skip line and appends `TEST<TAB>PREREQ` to
+///   the skip report (`SKEIN_SKIP_REPORT`, default `target/skein-skipped.txt`),
+///   which `scripts/test.sh` sums up at its end. Returns false.
+pub fn require(prereq: &str, available: bool, test: &str) -> bool {
+    if available {
+        return true;
+    }
+    let how =
+        "scripts/setup.sh installs Docker (docker.io, and starts dockerd), tmux and iproute2; \
+               the network-namespace tests also need root";
+    if std::env::var("SKEIN_REQUIRE_ALL").is_ok_and(|v| v.trim() == "1") {
+        panic!(
+            "{test}: missing prerequisite: {prereq} (SKEIN_REQUIRE_ALL=1 forbids skipping): {how}"
+        );
+    }
+    eprintln!("SKIPPED {test}: missing prerequisite: {prereq} ({how})");
+    let report = skip_report_path();
+    if let Some(dir) = report.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    // One short line per write with O_APPEND: parallel test processes do not
+    // interleave within a line.
+    let line = format!("{test}\t{}\n", prereq.replace(['\t', '\n'], " "));
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&report)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("(could not record the skip in {}: {e})", report.display());
+    }
+    false
+}
+
+/// Where [`require`] records skipped tests: `SKEIN_SKIP_REPORT`, else
+/// `target/skein-skipped.txt` in the workspace.
+pub fn skip_report_path() -> PathBuf {
+    match std::env::var_os("SKEIN_SKIP_REPORT") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/skein-skipped.txt"),
+    }
+}
+
+/// [`require`] for a Docker engine (`docker info` answers; honours
+/// `DOCKER_HOST`).
+pub fn require_docker(test: &str) -> bool {
+    require(
+        "a Docker engine answering `docker info`",
+        docker_available(),
+        test,
+    )
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether `cmd` is on the PATH.
+pub fn have_command(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A process's resident set (`VmRSS` in `/proc/PID/status`), in KiB.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|st| !st.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
 /// Builds the skein-test images (`scripts/make-test-image.sh`) unless they
 /// are there already; panics with the script's output when it fails.
 pub fn ensure_test_images() {

@@ -1,11 +1,12 @@
 //! The Docker runtime against the real engine, driven through the CLI of a
-//! `--runtime docker` agent as a user would. Every test skips (prints why
-//! and passes) when no engine answers `docker info`, and builds the
+//! `--runtime docker` agent as a user would. Without an engine answering
+//! `docker info` every test fails under `SKEIN_REQUIRE_ALL=1` (CI) and is
+//! reported as skipped otherwise ([`skein_tests::require`]), and builds the
 //! skein-test images (`scripts/make-test-image.sh`) when they are missing.
 //! Dropping the agent removes every container and network it created, also
 //! when a test fails.
 
-use skein_tests::{docker, docker_available, ensure_test_images, free_port, wait_for, Agent};
+use skein_tests::{docker, ensure_test_images, free_port, require_docker, wait_for, Agent};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,7 @@ const T: Duration = Duration::from_secs(60);
 
 /// A `--runtime docker` agent, or None (after saying why) without an engine.
 fn docker_agent(test: &str) -> Option<Agent> {
-    if !docker_available() {
-        eprintln!("{test}: skipped: no Docker engine answers `docker info`");
+    if !require_docker(test) {
         return None;
     }
     ensure_test_images();

@@ -1,11 +1,12 @@
 //! Rolling updates and rollbacks on the Docker runtime, with the local test
 //! images: skein-test:v1 and :v2 (good) and :unhealthy (its health check
-//! fails), through the CLI of a `--runtime docker` agent. Skips (and says
-//! why) without an engine; dropping the agent removes its containers, also
-//! when a test fails.
+//! fails), through the CLI of a `--runtime docker` agent. Without an engine
+//! each test fails under `SKEIN_REQUIRE_ALL=1` and is reported as skipped
+//! otherwise; dropping the agent removes its containers, also when a test
+//! fails.
 
 use skein_tests::{
-    docker, docker_available, ensure_test_images, free_port, wait_for, Agent, Cluster,
+    docker, ensure_test_images, free_port, require_docker, wait_for, Agent, Cluster,
 };
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -14,8 +15,7 @@ const T: Duration = Duration::from_secs(90);
 const HEALTH: &str = "wget -q -O- http://127.0.0.1:8080/health";
 
 fn docker_agent(test: &str) -> Option<Agent> {
-    if !docker_available() {
-        eprintln!("{test}: skipped: no Docker engine answers `docker info`");
+    if !require_docker(test) {
         return None;
     }
     ensure_test_images();
@@ -293,8 +293,7 @@ fn engine_running_images(a: &Agent) -> Vec<String> {
 
 #[test]
 fn docker_a_new_leader_finishes_an_update_the_old_one_started() {
-    if !docker_available() {
-        eprintln!("docker_a_new_leader_finishes_an_update_the_old_one_started: skipped: no Docker engine answers `docker info`");
+    if !require_docker("docker_a_new_leader_finishes_an_update_the_old_one_started") {
         return;
     }
     ensure_test_images();

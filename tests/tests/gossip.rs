@@ -6,7 +6,8 @@
 //! managers, one leader, all ready; a box with another key stays out; a
 //! killed box is marked down.
 //!
-//! Needs root and `ip` (CI runs as root); skips with a message otherwise.
+//! Needs root and `ip` (CI runs as root): without them it fails under
+//! `SKEIN_REQUIRE_ALL=1` and is reported as skipped otherwise.
 //! Everything it creates (namespaces `skn-<pid>-<i>`, bridge, veths, an
 //! iptables FORWARD rule on that bridge, processes) is removed on drop, also
 //! when the test fails. Traffic only flows inside those namespaces.
@@ -16,7 +17,7 @@
 //! on the same address once the cluster forms; a promoted or demoted node's
 //! role shows in every node's gossip membership.
 
-use skein_tests::{skein_bin, wait_for, Agent, Cluster};
+use skein_tests::{have_command, is_root, require, skein_bin, wait_for, Agent, Cluster};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,28 +50,14 @@ fn must(args: &[&str]) {
     );
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
-        return Some("not root: network namespaces need root (CI runs as root)".into());
-    }
-    if !have("ip") {
-        return Some("`ip` (iproute2) is missing: run scripts/setup.sh".into());
-    }
-    None
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+/// Whether the namespace lab can run here: root and `ip` (iproute2); see
+/// [`skein_tests::require`].
+fn lab_available(test: &str) -> bool {
+    require(
+        "root (network namespaces need it; CI runs as root)",
+        is_root(),
+        test,
+    ) && require("`ip` (iproute2)", have_command("ip"), test)
 }
 
 /// A bridge with one namespace per box. Removed on drop.
@@ -111,7 +98,7 @@ impl Lab {
             "0",
         ]);
         must(&["ip", "link", "set", &lab.bridge, "up"]);
-        if have("iptables") {
+        if have_command("iptables") {
             // Where Docker runs, bridged frames meet a FORWARD DROP policy.
             let ok = run(&[
                 "iptables",
@@ -290,8 +277,7 @@ fn healthy(rows: &[NodeRow], n: usize, managers: usize) -> bool {
 
 #[test]
 fn five_boxes_form_one_cluster_by_themselves() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIPPED five_boxes_form_one_cluster_by_themselves: {why}");
+    if !lab_available("five_boxes_form_one_cluster_by_themselves") {
         return;
     }
     let mut lab = Lab::new(6);

@@ -2,7 +2,7 @@
 //! (process runtime): drain, pause, activate, through the CLI, checked with
 //! `service ps`, `node ps` and the task processes themselves.
 
-use skein_tests::{wait_for, Agent, Cluster};
+use skein_tests::{require, wait_for, Agent, Cluster};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -280,8 +280,8 @@ fn a_drain_that_cannot_place_replacements_says_where_capacity_is_missing() {
 /// captured as rendered text.
 #[test]
 fn drain_wait_reads_well_in_a_terminal() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("SKIP: tmux is not installed (scripts/setup.sh installs it)");
+    let tmux_here = Command::new("tmux").arg("-V").output().is_ok();
+    if !require("tmux", tmux_here, "drain_wait_reads_well_in_a_terminal") {
         return;
     }
     let c = Cluster::start(1, 1, T);

@@ -1533,3 +1533,89 @@ fn the_example_edge_stack_parses_cleanly() {
     assert!(web.healthcheck.is_some());
     assert_eq!(web.restart_policy.condition, RestartCondition::Any);
 }
+
+#[test]
+fn a_stack_of_more_than_a_thousand_services_is_refused() {
+    let mut text = String::from("services:\n");
+    for i in 0..=MAX_STACK_SERVICES {
+        text.push_str(&format!("  s{i}:\n    image: sh\n"));
+    }
+    let e = fail(&text).to_string();
+    assert!(e.contains("1001 services"), "{e}");
+    assert!(e.contains("split it"), "{e}");
+}
+
+#[test]
+fn binding_the_host_root_is_refused() {
+    for vol in ["/:/host", "/srv/..:/host:ro", "/..//:/host"] {
+        let e = fail(&format!(
+            "services:\n  web:\n    image: sh\n    volumes: [\"{vol}\"]\n"
+        ))
+        .to_string();
+        assert!(e.contains("root filesystem"), "{vol}: {e}");
+    }
+}
+
+#[test]
+fn an_alias_bomb_is_refused_quickly() {
+    let mut bomb = String::from("x-a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n");
+    for (i, c) in ('b'..='i').enumerate() {
+        let prev = (b'a' + i as u8) as char;
+        bomb.push_str(&format!(
+            "x-{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
+    }
+    bomb.push_str("services:\n  web:\n    image: sh\n    command: *i\n");
+    let started = std::time::Instant::now();
+    let e = fail(&bomb).to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{e}");
+    assert!(e.starts_with("stack.yml"), "{e}");
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let text = format!(
+        "services:\n  web:\n    image: sh\n    labels: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let started = std::time::Instant::now();
+    let e = fail(&text).to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{e}");
+    assert!(
+        e.starts_with("stack.yml:4: invalid YAML: brackets nested more than 128"),
+        "{e}"
+    );
+}
+
+#[test]
+fn deep_block_nesting_is_refused_quickly() {
+    // `- - - ... x`: 10,000 nested sequences on one line.
+    let text = format!(
+        "services:\n  web:\n    image: sh\n    labels:\n      {}x\n",
+        "- ".repeat(10_000)
+    );
+    let started = std::time::Instant::now();
+    let e = fail(&text).to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{e}");
+    assert!(e.contains("recursion limit"), "{e}");
+}
+
+#[test]
+fn flow_depth_counts_brackets_outside_quotes_and_comments() {
+    assert_eq!(flow_too_deep("a: [[[]]]", 3), None);
+    assert_eq!(flow_too_deep("a: [[[[]]]]", 3), Some(1));
+    assert_eq!(
+        flow_too_deep("a: '[[[['\nb: \"[[[[\"\nc: x # [[[[", 3),
+        None
+    );
+    assert_eq!(flow_too_deep("a: it's\nb: [[[[", 3), Some(2));
+    assert_eq!(flow_too_deep("a: 'it''s [[[['", 3), None);
+    // Nested 128 deep is fine for the parser; one more is refused.
+    let ok = format!(
+        "services:\n  web:\n    image: sh\n    labels: {}{}\n",
+        "[".repeat(120),
+        "]".repeat(120)
+    );
+    assert!(!fail(&ok).to_string().contains("nested more than"));
+}

@@ -133,12 +133,28 @@ impl From<crate::cluster::forward::ForwardError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                r.status(),
+                format!(
+                    "the request body is over the API's limit of {} MiB: send a smaller one \
+                     (a stack holds at most {} services)",
+                    API_BODY_LIMIT / (1024 * 1024),
+                    skein_protocol::MAX_STACK_SERVICES
+                ),
+            );
+        }
         ApiError::new(
             r.status(),
             format!("invalid request body: {}", r.body_text()),
         )
     }
 }
+
+/// The largest request body the API reads. A larger one is answered 413 as
+/// soon as the limit is passed (or at once, when its Content-Length says
+/// so), without reading the rest.
+pub const API_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -178,6 +194,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             worker_guard,
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(API_BODY_LIMIT))
         .with_state(state)
 }
 
@@ -541,13 +558,49 @@ async fn get_service(
 }
 
 /// Fills what the server decides and checks the spec.
-fn normalize(mut spec: ServiceSpec) -> ApiResult<ServiceSpec> {
+fn normalize(st: &AppState, mut spec: ServiceSpec) -> ApiResult<ServiceSpec> {
     if spec.mode == ServiceMode::Replicated && spec.replicas.is_none() {
         spec.replicas = Some(1);
     }
     spec.validate()
         .map_err(|e| ApiError::bad(format!("invalid service spec: {e}")))?;
+    let protected: Vec<std::path::PathBuf> = st
+        .runtimes
+        .all()
+        .flat_map(|r| r.protected_paths())
+        .collect();
+    if let Some(m) = exposes_protected(&spec, &protected) {
+        return Err(ApiError::bad(format!("invalid service spec: {m}")));
+    }
     Ok(spec)
+}
+
+/// Why a bind mount of `spec` would hand a task one of the `protected`
+/// directories (this agent's data dir: cluster key, Raft log, task state):
+/// the directory itself, anything inside it, or a directory holding it.
+/// The source is compared as written (resolved lexically) and, when it
+/// exists here, with its symlinks resolved.
+fn exposes_protected(spec: &ServiceSpec, protected: &[std::path::PathBuf]) -> Option<String> {
+    use std::path::PathBuf;
+    for (i, m) in spec.mounts.iter().enumerate() {
+        let (skein_protocol::MountKind::Bind, Some(src)) = (m.kind, m.source.as_deref()) else {
+            continue;
+        };
+        let mut forms = vec![PathBuf::from(skein_protocol::clean_host_path(src))];
+        if let Ok(real) = std::fs::canonicalize(src) {
+            forms.push(real);
+        }
+        for p in protected {
+            if forms.iter().any(|f| f.starts_with(p) || p.starts_with(f)) {
+                return Some(format!(
+                    "mounts[{i}].source: {src:?} would give the task the agent's data dir {} \
+                     (cluster key, Raft log, task state), which skein refuses: bind another directory",
+                    p.display()
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn new_service(spec: ServiceSpec, now: u64) -> Service {
@@ -567,7 +620,7 @@ async fn create_service(
     body: Result<Json<ServiceSpec>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Service>)> {
     let Json(spec) = body?;
-    let spec = normalize(spec)?;
+    let spec = normalize(&st, spec)?;
     if snapshot(&st).service_by_name(&spec.name).is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -614,7 +667,7 @@ async fn scale_service(
     }
     let mut spec = svc.spec.clone();
     spec.replicas = Some(req.replicas);
-    let spec = normalize(spec)?;
+    let spec = normalize(&st, spec)?;
     st.proposer
         .propose(Command::UpdateService {
             id: svc.id.clone(),
@@ -792,6 +845,14 @@ async fn deploy_stack(
     let Json(req) = body?;
     skein_protocol::validate_name(&req.name)
         .map_err(|e| ApiError::bad(format!("stack name: {e}")))?;
+    if req.services.len() > skein_protocol::MAX_STACK_SERVICES {
+        return Err(ApiError::bad(format!(
+            "stack {}: {} services, more than the {} one stack may hold: split it into several stacks",
+            req.name,
+            req.services.len(),
+            skein_protocol::MAX_STACK_SERVICES
+        )));
+    }
     let s = snapshot(&st);
     let now = crate::util::now_ms();
     let mut cmds = Vec::new();
@@ -807,7 +868,7 @@ async fn deploy_stack(
         let mut spec = spec;
         spec.labels
             .insert(STACK_LABEL.to_string(), req.name.clone());
-        let spec = normalize(spec)
+        let spec = normalize(&st, spec)
             .map_err(|e| ApiError::bad(format!("stack {}: {}", req.name, e.message)))?;
         if !names.insert(spec.name.clone()) {
             return Err(ApiError::bad(format!(
@@ -928,4 +989,51 @@ async fn stack_tasks(
             .values()
             .filter(|t| ids.contains(t.service_id.as_str())),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_protocol::{Mount, MountKind};
+
+    fn binding(src: &str) -> ServiceSpec {
+        let mut s = ServiceSpec::new("web", "nginx");
+        s.mounts.push(Mount {
+            kind: MountKind::Bind,
+            source: Some(src.into()),
+            target: "/x".into(),
+            read_only: false,
+        });
+        s
+    }
+
+    #[test]
+    fn binds_of_the_data_dir_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = std::fs::canonicalize(dir.path())
+            .expect("canonical")
+            .join("data");
+        std::fs::create_dir_all(data.join("raft")).expect("mkdir");
+        let protected = vec![data.clone()];
+        let d = data.display().to_string();
+        for src in [
+            d.clone(),
+            format!("{d}/raft"),
+            format!("{d}/../data/./raft"),
+            data.parent().expect("parent").display().to_string(),
+        ] {
+            let why = exposes_protected(&binding(&src), &protected).expect(&src);
+            assert!(why.contains("data dir"), "{why}");
+        }
+        // Through a symlink.
+        let link = dir.path().join("innocent");
+        std::os::unix::fs::symlink(&data, &link).expect("symlink");
+        assert!(exposes_protected(&binding(&link.display().to_string()), &protected).is_some());
+        // Elsewhere, and volumes, are fine.
+        assert!(exposes_protected(&binding("/srv/app"), &protected).is_none());
+        let mut vol = binding("/srv/app");
+        vol.mounts[0].kind = MountKind::Volume;
+        vol.mounts[0].source = Some(d);
+        assert!(exposes_protected(&vol, &protected).is_none());
+    }
 }

@@ -36,7 +36,7 @@ pub(super) async fn update_service(
             svc.spec.name
         )));
     }
-    let spec = normalize(req.spec)?;
+    let spec = normalize(&st, req.spec)?;
     st.proposer
         .propose(Command::UpdateService {
             id: svc.id.clone(),

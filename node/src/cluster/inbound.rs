@@ -227,13 +227,8 @@ impl Router {
                         continue;
                     }
                     let _ = self.heard.try_send(req.node_id.clone());
-                    let answer = self.dispatch.turn(*req);
-                    tokio::spawn(async move {
-                        let r = answer.await.unwrap_or_else(|_| {
-                            WireReply::Error("retry: the dispatcher stopped".into())
-                        });
-                        let _ = reply.send(r);
-                    });
+                    // Answered by the dispatcher itself (no task per turn).
+                    self.dispatch.turn(*req, reply);
                 }
                 WireMessage::Join(req) => {
                     if caller == Caller::Removed {

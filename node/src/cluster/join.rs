@@ -20,10 +20,15 @@ pub async fn request_join(
     addr: &str,
     req: JoinRequest,
 ) -> anyhow::Result<JoinAccepted> {
-    let peer = net
-        .dial(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the manager at {addr}: {e}"))?;
+    let peer = net.dial(addr).await.map_err(|e| {
+        // A token of another cluster carries that cluster's key: the
+        // encrypted handshake with this one then fails (a timeout here).
+        anyhow::anyhow!(
+            "cannot reach the manager at {addr}: {e}. Check the address, and that the token \
+                 comes from a manager of that cluster: a token of another cluster holds another \
+                 cluster key, with which the connection cannot be set up"
+        )
+    })?;
     match net.request(&peer, WireMessage::Join(Box::new(req))).await {
         Ok(WireReply::Joined(ok)) => Ok(*ok),
         Ok(WireReply::Error(e)) => anyhow::bail!("the cluster refused to let this node join: {e}"),

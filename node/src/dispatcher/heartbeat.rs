@@ -97,6 +97,7 @@ pub async fn run_monitor(
     // workers whose sessions it serves.
     let mut net_events = net.as_ref().map(|n| n.events());
     let mut closed: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
+    let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             Some(ev) = next_event(&mut net_events) => {
@@ -124,7 +125,7 @@ pub async fn run_monitor(
                         // Our own connection closed too: its kernel answered
                         // for a dead process (strong evidence).
                         let strong = closed.get(&ev.peer).is_some_and(|t| t.elapsed() < CLOSED_EVIDENCE)
-                            && net.as_ref().is_some_and(|n| !n.connected().contains(&ev.peer));
+                            && net.as_ref().is_some_and(|n| !n.is_connected(&ev.peer));
                         tracing::info!(node = %node, strong, "gossip declared the node dead");
                         l.declared_dead(&node, crate::util::now_ms(), strong);
                     }
@@ -133,7 +134,10 @@ pub async fn run_monitor(
                 }
             }
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                if let Some(h) = in_flight { h.abort(); }
+                return;
+            }
         }
         let now = crate::util::now_ms();
         // This loop runs at least every `period`: a much longer gap means
@@ -166,6 +170,12 @@ pub async fn run_monitor(
         }
         was_leader = leader;
         l.saw(&p.state, now);
+        // One proposal in flight at a time, awaited in its own task: this
+        // loop keeps hearing session turns meanwhile (a loop blocked on a
+        // slow commit would drop them and judge live nodes silent).
+        if in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            continue;
+        }
         let verdicts = l.changes(&p.state, now, &self_id, leader);
         if verdicts.is_empty() {
             continue;
@@ -178,8 +188,11 @@ pub async fn run_monitor(
             verdicts,
             at: now,
         };
-        if let Err(e) = proposer.propose(cmd).await {
-            tracing::debug!(error = %e, "node status not recorded; will retry");
-        }
+        let proposer = proposer.clone();
+        in_flight = Some(tokio::spawn(async move {
+            if let Err(e) = proposer.propose(cmd).await {
+                tracing::debug!(error = %e, "node status not recorded; will retry");
+            }
+        }));
     }
 }

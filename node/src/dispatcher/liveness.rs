@@ -100,9 +100,13 @@ impl Liveness {
     /// before [`Liveness::changes`]).
     pub fn saw(&mut self, state: &ClusterState, now: u64) {
         for id in state.nodes.keys() {
-            self.first_seen.entry(id.clone()).or_insert(now);
+            if !self.first_seen.contains_key(id) {
+                self.first_seen.insert(id.clone(), now);
+            }
         }
-        self.first_seen.retain(|id, _| state.nodes.contains_key(id));
+        if self.first_seen.len() > state.nodes.len() {
+            self.first_seen.retain(|id, _| state.nodes.contains_key(id));
+        }
     }
 
     pub fn heard(&mut self, node: &str, now: u64) {

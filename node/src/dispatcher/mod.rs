@@ -21,7 +21,9 @@
 //! re-reports whatever its assignments show the store has not caught up
 //! with. Which node a task belongs to is indexed from the Raft driver's
 //! events (rebuilt from the state when events were missed), so a state
-//! change costs the sessions it touches, not every session.
+//! change costs the sessions it touches, not every session; an event may
+//! arrive before the state it belongs to is published, so its task is looked
+//! at again until a newer state is (see [`TaskIndex`]).
 
 pub mod heartbeat;
 pub mod liveness;
@@ -91,17 +93,20 @@ impl DispatcherHandle {
         self.reports.clone()
     }
     /// A remote worker's session turn (its sender already checked); the
-    /// answer comes on the returned channel, possibly after a hold.
-    pub fn turn(&self, req: SessionRequest) -> oneshot::Receiver<WireReply> {
-        let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::error::TrySendError::Full(Request::Turn { reply, .. })) =
-            self.turns.try_send(Request::Turn { req, reply })
-        {
-            let _ = reply.send(WireReply::Error(
-                "retry: this manager is busy; try another".into(),
-            ));
+    /// answer goes to `reply`, possibly after a hold.
+    pub fn turn(&self, req: SessionRequest, reply: oneshot::Sender<WireReply>) {
+        match self.turns.try_send(Request::Turn { req, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Request::Turn { reply, .. })) => {
+                let _ = reply.send(WireReply::Error(
+                    "retry: this manager is busy; try another".into(),
+                ));
+            }
+            Err(mpsc::error::TrySendError::Closed(Request::Turn { reply, .. })) => {
+                let _ = reply.send(WireReply::Error("retry: the dispatcher stopped".into()));
+            }
+            Err(_) => {}
         }
-        rx
     }
 }
 
@@ -120,14 +125,71 @@ struct Held {
 }
 
 /// node -> its tasks, from events.
+///
+/// The Raft driver sends an apply's events before it publishes the state
+/// they belong to, so an event read next to a published state may belong to
+/// a newer one: read against the older state, it would leave the index (and
+/// the digest cache) behind for good, and that node's worker would never
+/// hear of the change. So [`TaskIndex::catch_up`] keeps looking again at the
+/// tasks of the events it read until it is given a state applied beyond the
+/// newest one published when they were read: the first such state holds
+/// them (the driver publishes right after sending an apply's events).
 #[derive(Default)]
 struct TaskIndex {
     by_node: HashMap<NodeId, BTreeSet<TaskId>>,
     node_of: HashMap<TaskId, NodeId>,
     digests: HashMap<TaskId, u64>,
+    /// Tasks of events read while the newest published state was applied
+    /// up to `carried_until`: looked at again until a state goes beyond.
+    carried: BTreeSet<TaskId>,
+    carried_until: u64,
+    /// Events were missed while the newest published state was applied up
+    /// to this: rebuild until a state goes beyond.
+    rebuild_until: Option<u64>,
 }
 
 impl TaskIndex {
+    /// Brings the index to `state` (applied up to `applied`) after the task
+    /// events `fresh` (`missed`: some events were lost, or there is no index
+    /// yet), read while the newest published state was applied up to
+    /// `latest`. Returns the nodes whose tasks may have changed; None: any
+    /// node's may have.
+    fn catch_up(
+        &mut self,
+        state: &ClusterState,
+        applied: u64,
+        fresh: Vec<TaskId>,
+        latest: u64,
+        missed: bool,
+    ) -> Option<BTreeSet<NodeId>> {
+        let settled = applied > self.carried_until;
+        let mut ids = std::mem::take(&mut self.carried);
+        if settled {
+            // Looked at once more now, against a state that holds them.
+            self.carried = fresh.iter().cloned().collect();
+        }
+        ids.extend(fresh);
+        if !settled {
+            self.carried = ids.clone();
+        }
+        self.carried_until = latest;
+        let rebuild = missed || self.rebuild_until.is_some();
+        if missed {
+            self.rebuild_until = Some(latest);
+        } else if self.rebuild_until.is_some_and(|p| applied > p) {
+            self.rebuild_until = None;
+        }
+        if rebuild {
+            self.rebuild(state);
+            return None;
+        }
+        let mut touched = BTreeSet::new();
+        for id in &ids {
+            self.update(state, id, &mut touched);
+        }
+        Some(touched)
+    }
+
     fn rebuild(&mut self, state: &ClusterState) {
         self.by_node.clear();
         self.node_of.clear();
@@ -168,6 +230,17 @@ impl TaskIndex {
         }
         touched.extend(before);
         touched.extend(now);
+    }
+
+    /// [`assignments_for`] from the index (not a scan of every task).
+    fn assigned(&self, state: &ClusterState, node: &str) -> Vec<Task> {
+        self.by_node.get(node).map_or_else(Vec::new, |ids| {
+            ids.iter()
+                .filter_map(|id| state.tasks.get(id))
+                .filter(|t| is_assigned(t))
+                .cloned()
+                .collect()
+        })
     }
 
     fn digest(&mut self, t: &Task) -> u64 {
@@ -248,6 +321,31 @@ pub struct Dispatcher {
     hold: Duration,
     pending_status: Vec<(TaskId, skein_protocol::TaskStatus)>,
     in_flight: Option<tokio::task::JoinHandle<()>>,
+    /// The manager list of the last state answered from (every answer
+    /// carries it; it changes only with the managers or the leader).
+    managers: ManagersCache,
+}
+
+/// [`session_managers`] of one state and leader, computed once: a turn's
+/// answer must not cost a scan of every node.
+#[derive(Default)]
+struct ManagersCache {
+    of: Option<(Arc<ClusterState>, u64)>,
+    list: Vec<ManagerInfo>,
+}
+
+impl ManagersCache {
+    fn get(&mut self, snap: &Published) -> Vec<ManagerInfo> {
+        let fresh = self
+            .of
+            .as_ref()
+            .is_some_and(|(s, l)| Arc::ptr_eq(s, &snap.state) && *l == snap.leader_id);
+        if !fresh {
+            self.list = session_managers(&snap.state, snap.leader_id);
+            self.of = Some((snap.state.clone(), snap.leader_id));
+        }
+        self.list.clone()
+    }
 }
 
 impl Dispatcher {
@@ -271,6 +369,7 @@ impl Dispatcher {
                 hold: Duration::from_secs(1),
                 pending_status: Vec::new(),
                 in_flight: None,
+                managers: ManagersCache::default(),
             },
             DispatcherHandle {
                 req,
@@ -334,20 +433,22 @@ impl Dispatcher {
     /// Keeps the task index in step with the state; answers held turns of
     /// the nodes whose tasks changed.
     fn on_state(&mut self, snap: &Arc<Published>, events: &mut broadcast::Receiver<Event>) {
-        let mut touched = BTreeSet::new();
-        let mut lagged = self.indexed.is_none();
+        let mut fresh = Vec::new();
+        let mut missed = self.indexed.is_none();
         loop {
             match events.try_recv() {
-                Ok(Event::Task(id)) if !lagged => self.index.update(&snap.state, &id, &mut touched),
+                Ok(Event::Task(id)) => fresh.push(id),
                 Ok(_) => {}
-                Err(broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => missed = true,
                 Err(_) => break,
             }
         }
-        if lagged {
-            self.index.rebuild(&snap.state);
-            touched = self.held.keys().cloned().collect();
-        }
+        // Read after the events: the newest state any of them may follow.
+        let latest = self.raft.current().applied;
+        let touched = self
+            .index
+            .catch_up(&snap.state, snap.applied, fresh, latest, missed)
+            .unwrap_or_else(|| self.held.keys().cloned().collect());
         self.indexed = Some(snap.state.clone());
         for node in touched {
             self.answer_if_changed(&snap.state, &node);
@@ -422,7 +523,7 @@ impl Dispatcher {
     }
 
     fn reply(
-        &self,
+        &mut self,
         snap: &Published,
         node: &str,
         changed: Vec<Task>,
@@ -432,7 +533,7 @@ impl Dispatcher {
             index: snap.applied,
             changed,
             removed,
-            managers: session_managers(&snap.state, snap.leader_id),
+            managers: self.managers.get(snap),
             wait_ms: self.hold.as_millis() as u64,
             role: snap
                 .state
@@ -460,6 +561,14 @@ impl Dispatcher {
     }
 
     async fn push_locals(&mut self, snap: &Arc<Published>) {
+        if !self
+            .indexed
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, &snap.state))
+        {
+            self.index.rebuild(&snap.state);
+            self.indexed = Some(snap.state.clone());
+        }
         let mut gone = Vec::new();
         for (node_id, s) in self.locals.iter_mut() {
             // A state that does not know this node yet (a manager still
@@ -468,7 +577,7 @@ impl Dispatcher {
             if !snap.state.nodes.contains_key(node_id) {
                 continue;
             }
-            let tasks = assignments_for(&snap.state, node_id);
+            let tasks = self.index.assigned(&snap.state, node_id);
             if s.last.as_ref() == Some(&tasks) {
                 continue;
             }
@@ -494,5 +603,139 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_protocol::{ServiceSpec, TaskStatus};
+
+    fn task(id: &str, node: &str, desired: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "s".into(),
+            service_name: "api".into(),
+            slot: Some(1),
+            node_id: Some(node.into()),
+            spec_version: 1,
+            spec: ServiceSpec::new("api", "sleep"),
+            desired_state: desired,
+            status: TaskStatus {
+                state: TaskState::Running,
+                ..Default::default()
+            },
+            created_at: 0,
+            restarts: vec![],
+        }
+    }
+
+    fn state(tasks: &[Task]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for t in tasks {
+            s.tasks.insert(t.id.clone(), t.clone());
+        }
+        s
+    }
+
+    fn indexed(s: &ClusterState, applied: u64) -> TaskIndex {
+        let mut index = TaskIndex::default();
+        assert_eq!(index.catch_up(s, applied, Vec::new(), applied, true), None);
+        assert_eq!(
+            index.catch_up(s, applied + 1, Vec::new(), applied + 1, false),
+            None
+        );
+        assert!(index
+            .catch_up(s, applied + 1, Vec::new(), applied + 1, false)
+            .is_some());
+        index
+    }
+
+    fn w1() -> Option<BTreeSet<NodeId>> {
+        Some(BTreeSet::from(["w1".to_string()]))
+    }
+
+    /// The drain hang: the orchestrator's shutdown of a displaced task was
+    /// never sent to its worker. Its event was read next to the state before
+    /// (the driver sends events, then publishes), a held turn cached the old
+    /// task's digest, and the new state came with no event left to drop it.
+    #[test]
+    fn a_change_whose_event_comes_before_its_state_still_reaches_the_worker() {
+        let old = task("t1", "w1", TaskState::Running);
+        let s0 = state(std::slice::from_ref(&old));
+        let mut index = indexed(&s0, 10);
+        let have: HashMap<TaskId, u64> = [(old.id.clone(), task_digest(&old))].into();
+
+        // The event of t1's shutdown (entry 12), read while s0 (11) is
+        // still the newest published state.
+        assert_eq!(index.catch_up(&s0, 11, vec!["t1".into()], 11, false), w1());
+        // The held turn is looked at against s0: nothing to send yet.
+        assert_eq!(index.diff(&s0, "w1", &have), (Vec::new(), Vec::new()));
+
+        // Then the state with the shutdown is published, with no new event.
+        let stopped = task("t1", "w1", TaskState::Shutdown);
+        let s1 = state(std::slice::from_ref(&stopped));
+        assert_eq!(index.catch_up(&s1, 12, Vec::new(), 12, false), w1());
+        assert_eq!(
+            index.diff(&s1, "w1", &have),
+            (vec![stopped], Vec::new()),
+            "the worker must be told to stop t1"
+        );
+        // Settled: not looked at again.
+        assert_eq!(
+            index.catch_up(&s1, 13, Vec::new(), 13, false),
+            Some(BTreeSet::new())
+        );
+    }
+
+    /// A publish with the same state (a leader or progress change) between
+    /// reading the event and publishing its state does not end the wait.
+    #[test]
+    fn a_republished_older_state_does_not_settle_an_early_event() {
+        let old = task("t1", "w1", TaskState::Running);
+        let s0 = state(std::slice::from_ref(&old));
+        let mut index = indexed(&s0, 10);
+        let have: HashMap<TaskId, u64> = [(old.id.clone(), task_digest(&old))].into();
+        index.catch_up(&s0, 11, vec!["t1".into()], 11, false);
+        assert_eq!(index.diff(&s0, "w1", &have), (Vec::new(), Vec::new()));
+        // s0 again (a new term, say), and still no t1 change in it.
+        assert_eq!(index.catch_up(&s0, 11, Vec::new(), 11, false), w1());
+        assert_eq!(index.diff(&s0, "w1", &have), (Vec::new(), Vec::new()));
+        let stopped = task("t1", "w1", TaskState::Shutdown);
+        let s1 = state(std::slice::from_ref(&stopped));
+        assert_eq!(index.catch_up(&s1, 12, Vec::new(), 12, false), w1());
+        assert_eq!(index.diff(&s1, "w1", &have), (vec![stopped], Vec::new()));
+    }
+
+    /// The rebalance flake: a task assigned to a node, whose event came
+    /// before its state, was never indexed under that node.
+    #[test]
+    fn a_task_assigned_before_its_state_is_published_is_still_indexed() {
+        let s0 = state(&[]);
+        let mut index = indexed(&s0, 10);
+        index.catch_up(&s0, 11, vec!["t2".into()], 11, false);
+        let new = task("t2", "w1", TaskState::Running);
+        let s1 = state(std::slice::from_ref(&new));
+        assert_eq!(index.catch_up(&s1, 12, Vec::new(), 12, false), w1());
+        assert_eq!(index.assigned(&s1, "w1"), vec![new.clone()]);
+        assert_eq!(
+            index.diff(&s1, "w1", &HashMap::new()),
+            (vec![new], Vec::new())
+        );
+    }
+
+    /// Events were missed: the index is rebuilt until a state beyond the
+    /// newest one published then (the missed events may belong to it).
+    #[test]
+    fn missed_events_rebuild_the_index_until_a_newer_state() {
+        let s0 = state(&[]);
+        let mut index = indexed(&s0, 10);
+        assert_eq!(index.catch_up(&s0, 11, Vec::new(), 11, true), None);
+        assert_eq!(index.catch_up(&s0, 11, Vec::new(), 11, false), None);
+        let new = task("t3", "w2", TaskState::Running);
+        let s1 = state(std::slice::from_ref(&new));
+        assert_eq!(index.catch_up(&s1, 12, Vec::new(), 12, false), None);
+        assert_eq!(index.assigned(&s1, "w2"), vec![new]);
+        assert!(index.catch_up(&s1, 13, Vec::new(), 13, false).is_some());
     }
 }

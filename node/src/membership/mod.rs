@@ -9,8 +9,9 @@
 //!   batches of claims on the gossip topic, probes one member per period
 //!   (directly, then through `k` helpers), answers probes, syncs the whole
 //!   table with every newly connected peer it keeps or does not know yet
-//!   (push-pull), keeps connections to its ring neighbours and to the
-//!   managers only (see [`swim`]: a few per node whatever the fleet size;
+//!   (push-pull), keeps connections to its ring neighbours only, and on a
+//!   manager to the other managers (see [`swim`]: a few per node whatever
+//!   the fleet size; a worker's session keeps its one manager;
 //!   any other member is dialled when a request needs it and the
 //!   connection closes when idle), dials peers mDNS shows it that it does
 //!   not know yet, and publishes a snapshot.
@@ -326,17 +327,26 @@ pub const MESH_COPIES: u64 = 6;
 /// member's announces (in about [`MESH_COPIES`] copies, in and out), so the
 /// period grows with the cluster to keep that under half the per-node
 /// budget, the other half being for probes and state changes (at 1,000
-/// members of ~400 bytes and 16 KiB/s: every ~5 min). It is only
+/// members of ~400 bytes and 16 KiB/s: every ~5 min; the count cap below
+/// makes it ~8 min). It is only
 /// anti-entropy: state changes go out at once, and new peers get the whole
-/// table by push-pull when they connect.
+/// table by push-pull when they connect. Bytes are not the only cost: each
+/// copy received is a signed message to check, so the period also keeps the
+/// announces a node receives under [`ANNOUNCES_PER_S`] whatever the fleet
+/// size (a fixed period would cost every node more as the fleet grows).
 pub fn announce_period(base_ms: u64, members: usize, announce_bytes: u64, budget: u64) -> u64 {
     let needed = (members as u64)
         .saturating_mul(announce_bytes)
         .saturating_mul(MESH_COPIES)
         .saturating_mul(1000)
         / (budget / 2).max(1);
-    base_ms.max(needed)
+    let spaced = (members as u64).saturating_mul(1000) / ANNOUNCES_PER_S;
+    base_ms.max(needed).max(spaced)
 }
+
+/// How many members' periodic announces a node receives per second at most
+/// (see [`announce_period`]).
+pub const ANNOUNCES_PER_S: u64 = 2;
 
 /// Whether an announce replaces the one held for its member: its owner's
 /// own (first hand) whenever it differs; a copy passed on by another member
@@ -404,18 +414,23 @@ impl Actor {
         self.rewire_due = false;
         let me = self.me.peer.clone();
         let neighbours: Vec<String> = self.swim.neighbours().to_vec();
+        // A manager keeps the other managers connected too; a worker keeps
+        // only its neighbours (its session keeps its one manager): a
+        // fleet of workers does not hold a connection to every manager.
+        let manager = self.me.role == skein_protocol::NodeRole::Manager;
         let managers: Vec<String> = self
             .announces
             .iter()
             .filter(|(p, a)| {
-                a.role == skein_protocol::NodeRole::Manager
+                manager
+                    && a.role == skein_protocol::NodeRole::Manager
                     && self.swim.state_of(p) != Some(MemberState::Dead)
             })
             .map(|(p, _)| p.clone())
             .collect();
         self.near = neighbours.iter().chain(&managers).cloned().collect();
         let wanted: HashSet<String> = self.near.clone();
-        let lonely = self.net.connected().is_empty();
+        let lonely = self.net.connected_count() == 0;
         for p in wanted.difference(&self.added) {
             if let Some(addr) = self.announces.get(p).and_then(|a| a.addrs.first()) {
                 // Spread over the next seconds: a newcomer's neighbours all
@@ -818,8 +833,7 @@ impl Actor {
             }
             NetEvent::Discovered { peer, addr } => {
                 // A member already known needs no connection from mDNS.
-                let connected =
-                    self.announces.contains_key(&peer) || self.net.connected().contains(&peer);
+                let connected = self.announces.contains_key(&peer) || self.net.is_connected(&peer);
                 let recent = self
                     .tried
                     .get(&peer)
@@ -882,6 +896,10 @@ impl Actor {
                     // A changed announce gets a new incarnation: copies
                     // other members pass on are ordered by it.
                     self.swim.raise_incarnation();
+                }
+                if a.role != self.me.role {
+                    // A manager keeps the other managers connected.
+                    self.rewire_due = true;
                 }
                 self.me = a;
                 self.announce_due = true;
@@ -1043,11 +1061,24 @@ mod tests {
 
     #[test]
     fn re_announces_slow_down_to_stay_within_the_budget() {
-        assert_eq!(announce_period(5_000, 20, 300, 16 * 1024), 5_000);
+        assert_eq!(announce_period(5_000, 10, 300, 16 * 1024), 5_000);
         let p = announce_period(5_000, 1_000, 400, 16 * 1024);
-        assert!(p > 200_000 && p < 400_000, "{p}");
+        assert!(p > 200_000 && p <= 500_000, "{p}");
         // What every node sends and receives for all re-announces stays
         // under half the budget.
         assert!(1_000 * 400 * super::MESH_COPIES * 1000 / p <= 8 * 1024);
+    }
+
+    #[test]
+    fn a_node_receives_no_more_announces_per_second_as_the_fleet_grows() {
+        // Small announces fit the byte budget at any size: the count alone
+        // slows them down, so each node checks about the same number of
+        // signed announces per second at 40 members as at 5,000.
+        for members in [10usize, 40, 200, 1_000, 5_000] {
+            let p = announce_period(5_000, members, 100, 16 * 1024);
+            let per_s = members as f64 * 1000.0 / p as f64;
+            assert!(per_s <= super::ANNOUNCES_PER_S as f64, "{members}: {per_s}");
+        }
+        assert_eq!(announce_period(5_000, 40, 100, 16 * 1024), 20_000);
     }
 }

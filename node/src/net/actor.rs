@@ -48,7 +48,18 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 
 struct PendingDial {
     shown: String,
-    reply: oneshot::Sender<Result<String, NetError>>,
+    /// The address dialled: a second dial of it while this one is pending
+    /// waits for this one (two would leave two connections to one peer).
+    addr: SocketAddr,
+    replies: Vec<oneshot::Sender<Result<String, NetError>>>,
+}
+
+impl PendingDial {
+    fn answer(self, r: Result<String, NetError>) {
+        for reply in self.replies {
+            let _ = reply.send(r.clone());
+        }
+    }
 }
 
 enum Pending {
@@ -98,7 +109,10 @@ pub(crate) struct Actor {
     cmd_rx: mpsc::Receiver<Command>,
     inbound_tx: mpsc::Sender<Inbound>,
     events: broadcast::Sender<NetEvent>,
-    connected_tx: watch::Sender<Vec<String>>,
+    connected_tx: watch::Sender<std::collections::BTreeSet<String>>,
+    /// The text form of each connected peer's id (base58 is not free: an
+    /// inbound request would otherwise encode its sender every time).
+    names: HashMap<PeerId, String>,
     gossip_tx: broadcast::Sender<GossipIn>,
     topic: gossipsub::IdentTopic,
     shutdown: watch::Receiver<bool>,
@@ -274,7 +288,7 @@ pub(crate) async fn start(
         .gossip
         .subscribe(&topic)
         .map_err(|e| setup(&e))?;
-    let (connected_tx, connected_rx) = watch::channel(Vec::new());
+    let (connected_tx, connected_rx) = watch::channel(std::collections::BTreeSet::new());
     let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
     let handle = NetHandle {
         cmd: cmd_tx,
@@ -297,6 +311,7 @@ pub(crate) async fn start(
         inbound_tx,
         events,
         connected_tx,
+        names: HashMap::new(),
         gossip_tx,
         topic,
         shutdown,
@@ -361,7 +376,7 @@ impl Actor {
     async fn shutdown_gracefully(mut self) {
         info!("network shutting down");
         for (_, d) in self.dials.drain() {
-            let _ = d.reply.send(Err(NetError::Stopped));
+            d.answer(Err(NetError::Stopped));
         }
         for (_, p) in self.requests.drain() {
             if let Pending::Request { reply } = p {
@@ -393,7 +408,7 @@ impl Actor {
                 }
             }
         }
-        self.connected_tx.send_replace(Vec::new());
+        self.connected_tx.send_replace(Default::default());
         if let Some(w) = self.key_writer.take() {
             // Normally long done; a restart must find the same key.
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
@@ -562,6 +577,10 @@ impl Actor {
             let _ = reply.send(Ok(c.peer.to_string()));
             return;
         }
+        if let Some(d) = self.dials.values_mut().find(|d| addrs.contains(&d.addr)) {
+            d.replies.push(reply);
+            return;
+        }
         let Some(first) = addrs.first() else {
             let _ = reply.send(Err(NetError::BadAddress {
                 addr: shown,
@@ -576,7 +595,14 @@ impl Actor {
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                self.dials.insert(id, PendingDial { shown, reply });
+                self.dials.insert(
+                    id,
+                    PendingDial {
+                        shown,
+                        addr: *first,
+                        replies: vec![reply],
+                    },
+                );
             }
             Err(e) => {
                 let err = self.classify(&e, Some(&shown), None);
@@ -807,14 +833,28 @@ impl Actor {
         }
     }
 
-    fn publish_connected(&mut self) {
-        let mut peers: Vec<String> = self
-            .swarm
-            .connected_peers()
-            .map(|p| p.to_string())
-            .collect();
-        peers.sort();
-        self.connected_tx.send_replace(peers);
+    /// The text form of `peer` (cached while it is connected).
+    fn name(&self, peer: &PeerId) -> String {
+        self.names
+            .get(peer)
+            .cloned()
+            .unwrap_or_else(|| peer.to_string())
+    }
+
+    /// `peer` is now connected (`up`) or not: the connected set changes in
+    /// place, not rebuilt from every connection (thousands on a manager).
+    fn publish_connected(&mut self, peer: PeerId, up: bool) {
+        if up {
+            let name = peer.to_string();
+            self.names.insert(peer, name.clone());
+            self.connected_tx.send_modify(|set| {
+                set.insert(name);
+            });
+        } else if let Some(name) = self.names.remove(&peer) {
+            self.connected_tx.send_modify(|set| {
+                set.remove(&name);
+            });
+        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -830,7 +870,7 @@ impl Actor {
                 let dialer = endpoint.is_dialer();
                 if self.denied.contains(&peer_id) {
                     if let Some(d) = self.dials.remove(&connection_id) {
-                        let _ = d.reply.send(Err(NetError::Unreachable {
+                        d.answer(Err(NetError::Unreachable {
                             addr: show(endpoint.get_remote_address()),
                             detail: "that peer belongs to a node removed from the cluster".into(),
                         }));
@@ -859,7 +899,7 @@ impl Actor {
                     },
                 );
                 if let Some(d) = self.dials.remove(&connection_id) {
-                    let _ = d.reply.send(Ok(peer_id.to_string()));
+                    d.answer(Ok(peer_id.to_string()));
                 }
                 self.last_error.remove(&peer_id);
                 if let Some(k) = self.known.get_mut(&peer_id) {
@@ -877,12 +917,12 @@ impl Actor {
                     } else {
                         debug!(peer = %peer_id, %addr, inbound = !dialer, "connected");
                     }
+                    self.publish_connected(peer_id, true);
                     let _ = self.events.send(NetEvent::Connected {
-                        peer: peer_id.to_string(),
+                        peer: self.name(&peer_id),
                         addr,
                         inbound: !dialer,
                     });
-                    self.publish_connected();
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -903,9 +943,9 @@ impl Actor {
                         _ => debug!(peer = %peer_id, "disconnected"),
                     }
                     let _ = self.events.send(NetEvent::Disconnected {
-                        peer: peer_id.to_string(),
+                        peer: self.name(&peer_id),
                     });
-                    self.publish_connected();
+                    self.publish_connected(peer_id, false);
                     let (min, stable) = (self.tuning.backoff_min, self.tuning.stable_after);
                     if let Some(k) = self.known.get_mut(&peer_id) {
                         if k.since.take().is_some_and(|t| t.elapsed() >= stable) {
@@ -934,7 +974,7 @@ impl Actor {
                     debug!(peer = ?peer_id.map(|p| p.to_string()), error = %err, "dial failed");
                 }
                 if let Some(d) = pending {
-                    let _ = d.reply.send(Err(err.clone()));
+                    d.answer(Err(err.clone()));
                 }
                 if let Some(peer) = peer_id {
                     let ours = self
@@ -1135,7 +1175,7 @@ impl Actor {
         };
         let (tx, rx) = oneshot::channel();
         let inbound = Inbound {
-            peer: peer.to_string(),
+            peer: self.name(&peer),
             msg,
             reply: tx,
         };

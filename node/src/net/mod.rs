@@ -180,6 +180,11 @@ pub(crate) struct Tuning {
     pub idle_close: Duration,
     /// Frame limit for what this node reads and sends.
     pub max_rpc_frame: usize,
+    /// A connection's liveness check (it closes when a ping goes
+    /// unanswered for `ping_timeout`). Sessions, probes and Raft notice a
+    /// silent peer far sooner by their own requests: this only clears out
+    /// connections nothing uses, so it is rare (each ping is a stream
+    /// opened on every connection of every node).
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub backoff_min: Duration,
@@ -203,14 +208,14 @@ impl Default for Tuning {
             idle_timeout: Duration::from_secs(24 * 3600),
             idle_close: Duration::from_secs(10),
             max_rpc_frame: MAX_RPC_FRAME,
-            ping_interval: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             stable_after: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(1),
             inbound_queue: 1024,
-            gossip_heartbeat: Duration::from_millis(500),
+            gossip_heartbeat: Duration::from_secs(1),
             mdns_interval: Duration::from_secs(5),
         }
     }
@@ -264,8 +269,11 @@ pub(crate) enum Command {
 pub enum Keeper {
     /// The cluster: managers (Raft, sessions), a joining node's managers.
     Cluster = 1,
-    /// Gossip membership: this node's ring neighbours and managers.
+    /// Gossip membership: this node's ring neighbours (and, on a manager,
+    /// the other managers).
     Gossip = 2,
+    /// A worker's session: the one manager it holds it with.
+    Session = 4,
 }
 
 /// Queue depth between handles and the actor.
@@ -279,7 +287,7 @@ pub struct NetHandle {
     listen: SocketAddr,
     advertise: String,
     events: broadcast::Sender<NetEvent>,
-    connected: watch::Receiver<Vec<String>>,
+    connected: watch::Receiver<std::collections::BTreeSet<String>>,
     gossip: broadcast::Sender<GossipIn>,
     request_timeout: Duration,
     handshake_timeout: Duration,
@@ -487,7 +495,17 @@ impl NetHandle {
 
     /// Peers with at least one open connection, sorted.
     pub fn connected(&self) -> Vec<String> {
-        self.connected.borrow().clone()
+        self.connected.borrow().iter().cloned().collect()
+    }
+
+    /// Whether `peer` has a connection with this node now.
+    pub fn is_connected(&self, peer: &str) -> bool {
+        self.connected.borrow().contains(peer)
+    }
+
+    /// How many peers this node is connected with now.
+    pub fn connected_count(&self) -> usize {
+        self.connected.borrow().len()
     }
 
     /// Completes once the actor has stopped and released its listener.

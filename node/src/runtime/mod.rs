@@ -76,6 +76,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn remove<'a>(&'a self, task_id: &'a str) -> RtFuture<'a, ()>;
     /// The task's output (stdout and stderr), the last `tail` lines if given.
     fn logs<'a>(&'a self, task_id: &'a str, tail: Option<usize>) -> RtFuture<'a, Vec<u8>>;
+    /// Host directories no task may bind (the agent's data dir: its cluster
+    /// key, Raft log and task state), canonical.
+    fn protected_paths(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 /// The last `n` lines of `buf` (a final line without a newline counts as a

@@ -540,6 +540,14 @@ impl Runtime for ProcessRuntime {
     fn kind(&self) -> RuntimeKind {
         RuntimeKind::Process
     }
+    /// The data dir (`tasks_dir` is `<data dir>/tasks`, canonical).
+    fn protected_paths(&self) -> Vec<PathBuf> {
+        self.tasks_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect()
+    }
     fn start<'a>(&'a self, task: &'a Task) -> RtFuture<'a, String> {
         Box::pin(self.start_task(task))
     }

@@ -20,7 +20,7 @@
 //!   list, else with a small chance each turn (so a failover does not move
 //!   the whole fleet in the same second).
 
-use crate::net::NetHandle;
+use crate::net::{Keeper, NetHandle};
 use serde::{Deserialize, Serialize};
 use skein_protocol::wire::{
     task_digest, Assignments, ManagerInfo, SessionReply, SessionRequest, StatusReport, WireMessage,
@@ -130,7 +130,7 @@ pub async fn propose_via(
     let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
     loop {
         for m in managers {
-            net.add_peer(&m.peer_id, &m.addr);
+            net.learn(&m.peer_id, &m.addr);
             match net
                 .request(&m.peer_id, WireMessage::Propose(Box::new(cmd.clone())))
                 .await
@@ -169,6 +169,8 @@ pub struct SessionClient {
     role: watch::Sender<NodeRole>,
     serving: watch::Sender<String>,
     last_answer: Option<tokio::time::Instant>,
+    /// The manager kept connected for the session.
+    kept_peer: Option<String>,
 }
 
 impl SessionClient {
@@ -213,6 +215,7 @@ impl SessionClient {
             role,
             serving,
             last_answer: None,
+            kept_peer: None,
         };
         client.move_off_leader();
         (
@@ -249,7 +252,16 @@ impl SessionClient {
                     _ = shutdown.changed() => return,
                 }
             };
-            self.net.add_peer(&peer, &addr);
+            // The session's manager is the one manager this worker keeps
+            // connected: a fleet's connections spread over the managers
+            // instead of every worker holding one to each.
+            if self.kept_peer.as_deref() != Some(peer.as_str()) {
+                if let Some(old) = self.kept_peer.take() {
+                    self.net.release(&old, Keeper::Session);
+                }
+                self.net.keep(&peer, &addr, Duration::ZERO, Keeper::Session);
+                self.kept_peer = Some(peer.clone());
+            }
             let req = SessionRequest {
                 node_id: self.node_id.clone(),
                 have: self
@@ -273,12 +285,15 @@ impl SessionClient {
                     .await
             });
             tokio::pin!(turn);
-            let mut check = tokio::time::interval(Duration::from_millis(250));
+            // Offline is noticed when it falls due, not by polling: an idle
+            // worker wakes for its turn and nothing else.
+            let offline = tokio::time::sleep_until(self.offline_at());
+            tokio::pin!(offline);
             let answer = loop {
                 tokio::select! {
                     r = &mut turn => break r,
                     Some(report) = self.reports.recv() => self.send_status(&peer, report),
-                    _ = check.tick() => self.check_online(),
+                    _ = &mut offline, if *self.online.borrow() => self.check_online(),
                     _ = shutdown.changed() => return,
                 }
             };
@@ -326,10 +341,18 @@ impl SessionClient {
     /// Offline once no manager answered for two heartbeat periods (an
     /// answer comes at least once a period while a session is held).
     fn check_online(&self) {
-        let limit = Duration::from_millis(2 * self.wait_ms);
-        let online = self.last_answer.is_some_and(|t| t.elapsed() < limit);
+        let online = self
+            .last_answer
+            .is_some_and(|_| tokio::time::Instant::now() < self.offline_at());
         self.online
             .send_if_modified(|o| std::mem::replace(o, online) != online);
+    }
+
+    /// When this worker counts as offline if no answer comes before.
+    fn offline_at(&self) -> tokio::time::Instant {
+        let limit = Duration::from_millis(2 * self.wait_ms);
+        self.last_answer
+            .map_or_else(tokio::time::Instant::now, |t| t + limit)
     }
 
     /// When the session's manager is the leader, the next turn goes to a
