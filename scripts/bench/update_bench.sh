@@ -3,7 +3,9 @@
 # same Docker engine, same local image (skein-test:v1/v2), same settings:
 # create 6 replicas, rolling update (parallelism 2, monitor 1s), rollback
 # (the default rollback settings on both), scale 6 -> 18. Each command waits
-# until its change converged, as both CLIs do without --detach.
+# until its change converged, as both CLIs do without --detach. The whole
+# sequence runs UPDATE_SAMPLES times (default 5) per system, the service
+# removed in between; each row is the median with min..max.
 #
 # Sourced by scripts/bench.sh (which owns $WORK, $SKEIN and the cleanup
 # trap): everything started here is recorded under $WORK so the trap removes
@@ -38,6 +40,22 @@ engine_floor() {
   done
   for i in "${pids[@]}"; do wait "$i" || return 1; done
 }
+# Containers of the skein service / the Swarm service still present.
+skein_containers() { docker ps -aq --filter "label=skein.service=skein-bench" 2>/dev/null; }
+swarm_containers() { docker ps -aq --filter "label=com.docker.swarm.service.name=skein-bench-swarm" 2>/dev/null; }
+
+# Waits (60 s at most) until LISTER prints nothing: the next sample starts
+# from an engine with none of the previous one's containers.
+wait_gone() {
+  local what=$1 lister=$2 i
+  for i in $(seq 1 300); do
+    [ -z "$($lister)" ] && return 0
+    sleep 0.2
+  done
+  echo "update: containers of $what still present after 60 s" >&2
+  return 1
+}
+
 floor_clean() {
   docker ps -aq --filter "label=skein.bench-floor=$$" | xargs -r docker rm -f -v >/dev/null 2>&1 || true
 }
@@ -65,13 +83,22 @@ update_bench() {
   local sk=(-H "$api")
   local svc=skein-bench
   echo "==> skein (docker runtime)" >&2
-  local k_create k_update k_rollback k_scale
-  k_create=$(timed "$SKEIN" "${sk[@]}" service create --name "$svc" --replicas 6 \
-    --update-parallelism 2 --update-monitor 1s skein-test:v1)
-  k_update=$(timed "$SKEIN" "${sk[@]}" service update --image skein-test:v2 "$svc")
-  k_rollback=$(timed "$SKEIN" "${sk[@]}" service rollback "$svc")
-  k_scale=$(timed "$SKEIN" "${sk[@]}" service scale "$svc=18")
-  "$SKEIN" "${sk[@]}" service rm "$svc" >/dev/null 2>&1 || true
+  local samples="${UPDATE_SAMPLES:-5}" n t
+  local k_create="" k_update="" k_rollback="" k_scale=""
+  for n in $(seq 1 "$samples"); do
+    t=$(timed "$SKEIN" "${sk[@]}" service create --name "$svc" --replicas 6 \
+      --update-parallelism 2 --update-monitor 1s skein-test:v1)
+    k_create+=" $t"
+    t=$(timed "$SKEIN" "${sk[@]}" service update --image skein-test:v2 "$svc")
+    k_update+=" $t"
+    t=$(timed "$SKEIN" "${sk[@]}" service rollback "$svc")
+    k_rollback+=" $t"
+    t=$(timed "$SKEIN" "${sk[@]}" service scale "$svc=18")
+    k_scale+=" $t"
+    timed "$SKEIN" "${sk[@]}" service rm "$svc" >/dev/null
+    wait_gone "skein sample $n" skein_containers
+    echo "   skein sample $n/$samples done" >&2
+  done
 
   # --- Docker Swarm mode on the same engine ----------------------------------
   if [ "$(swarm_state)" != active ]; then
@@ -82,39 +109,57 @@ update_bench() {
   local sw=skein-bench-swarm
   echo "docker-service $sw" >>"$WORK/docker"
   echo "==> Docker Swarm mode" >&2
-  local s_create s_update s_rollback s_scale
-  s_create=$(timed docker service create --quiet --name "$sw" --replicas 6 --no-resolve-image \
-    --update-parallelism 2 --update-monitor 1s skein-test:v1)
-  s_update=$(timed docker service update --quiet --no-resolve-image --image skein-test:v2 "$sw")
-  s_rollback=$(timed docker service rollback --quiet "$sw")
-  s_scale=$(timed docker service scale "$sw=18")
-  docker service rm "$sw" >/dev/null 2>&1 || true
+  local s_create="" s_update="" s_rollback="" s_scale=""
+  for n in $(seq 1 "$samples"); do
+    t=$(timed docker service create --quiet --name "$sw" --replicas 6 --no-resolve-image \
+      --update-parallelism 2 --update-monitor 1s skein-test:v1)
+    s_create+=" $t"
+    t=$(timed docker service update --quiet --no-resolve-image --image skein-test:v2 "$sw")
+    s_update+=" $t"
+    t=$(timed docker service rollback --quiet "$sw")
+    s_rollback+=" $t"
+    t=$(timed docker service scale "$sw=18")
+    s_scale+=" $t"
+    timed docker service rm "$sw" >/dev/null
+    wait_gone "swarm sample $n" swarm_containers
+    echo "   swarm sample $n/$samples done" >&2
+  done
 
   # --- The engine alone: N containers of the image started at once --------
   # (what neither orchestrator can go below; both CLIs then wait 1 s more,
   # the update monitor, before they call the service converged).
   echo "docker-floor $$" >>"$WORK/docker"
-  local f6 f12
-  f6=$(timed engine_floor 6)
-  floor_clean
-  f12=$(timed engine_floor 12)
-  floor_clean
+  local f6="" f12=""
+  for n in $(seq 1 "$samples"); do
+    t=$(timed engine_floor 6)
+    f6+=" $t"
+    floor_clean
+    t=$(timed engine_floor 12)
+    f12+=" $t"
+    floor_clean
+  done
 
   echo
-  printf '%-38s %9s %9s %7s\n' "6 replicas of skein-test (Docker)" "swarm s" "skein s" "ratio"
-  local row
-  for row in "create 6:$s_create:$k_create" \
-    "rolling update (parallelism 2, 1s):$s_update:$k_update" \
-    "rollback (default settings):$s_rollback:$k_rollback" \
-    "scale 6 -> 18:$s_scale:$k_scale"; do
-    IFS=: read -r name s k <<<"$row"
-    printf '%-38s %9s %9s %7s\n' "$name" "$s" "$k" "$(python3 -c "print(f'{$k / $s:.2f}')")"
-  done
-  echo "goal: each ratio <= 0.60"
-  echo
-  echo "the engine alone, N \`docker run -d\` of the image at once until all started:"
-  printf '  6 containers: %s s (+1 s stability wait = %s of Swarm'"'"'s create)\n' "$f6" \
-    "$(python3 -c "print(f'{($f6 + 1) / $s_create:.2f}')")"
-  printf '  12 containers: %s s (+1 s stability wait = %s of Swarm'"'"'s scale 6 -> 18)\n' "$f12" \
-    "$(python3 -c "print(f'{($f12 + 1) / $s_scale:.2f}')")"
+  python3 - "$samples" <<PY
+import statistics, sys
+n = sys.argv[1]
+def vals(s): return [float(x) for x in s.split()]
+def cell(v): return f"{statistics.median(v):.2f} ({min(v):.2f}..{max(v):.2f})"
+rows = [("create 6", "$s_create", "$k_create"),
+        ("rolling update (parallelism 2, 1s)", "$s_update", "$k_update"),
+        ("rollback (default settings)", "$s_rollback", "$k_rollback"),
+        ("scale 6 -> 18", "$s_scale", "$k_scale")]
+print(f"6 replicas of skein-test (Docker), median (min..max) of {n} samples, seconds")
+print(f"{'':38} {'swarm':>20} {'skein':>20} {'ratio':>6}")
+for name, s, k in rows:
+    s, k = vals(s), vals(k)
+    print(f"{name:38} {cell(s):>20} {cell(k):>20} {statistics.median(k) / statistics.median(s):6.2f}")
+print("goal: each ratio (of medians) <= 0.60")
+print()
+f6, f12 = vals("$f6"), vals("$f12")
+sc, ss = statistics.median(vals("$s_create")), statistics.median(vals("$s_scale"))
+print("the engine alone, N \`docker run -d\` of the image at once until all started:")
+print(f"  6 containers: {cell(f6)} s (+1 s stability wait = {(statistics.median(f6) + 1) / sc:.2f} of Swarm's create)")
+print(f"  12 containers: {cell(f12)} s (+1 s stability wait = {(statistics.median(f12) + 1) / ss:.2f} of Swarm's scale 6 -> 18)")
+PY
 }
