@@ -774,3 +774,24 @@ impl Agent {
         v
     }
 }
+
+/// JSON syntax the fuzz and hostile-input tests splice into valid bodies.
+pub const JSON_TOKENS: &[&str] = &[
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "\"",
+    "null",
+    "-1",
+    "1e400",
+    "18446744073709551616",
+    "\"\\u0000\"",
+    "\"\\ud800\"",
+    "\"../..\"",
+    "\"/\"",
+    "[[[[[[[[",
+    "true",
+];

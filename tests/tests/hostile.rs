@@ -15,7 +15,7 @@
 //! (also written to `SKEIN_HOSTILE_TABLE` when set): the source of
 //! `scripts/bench/hostile-inputs.md`.
 
-use skein_tests::{process_alive, rss_kib, Agent};
+use skein_tests::{process_alive, rss_kib, Agent, JSON_TOKENS};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -286,25 +286,6 @@ impl Rng {
 }
 
 fn mutate_json(rng: &mut Rng, seed: &str) -> Vec<u8> {
-    const TOKENS: &[&str] = &[
-        "{",
-        "}",
-        "[",
-        "]",
-        ",",
-        ":",
-        "\"",
-        "null",
-        "-1",
-        "1e400",
-        "18446744073709551616",
-        "\"\\u0000\"",
-        "\"\\ud800\"",
-        "\"../..\"",
-        "\"/\"",
-        "[[[[[[[[",
-        "true",
-    ];
     let mut b = seed.as_bytes().to_vec();
     for _ in 0..1 + rng.below(6) {
         let at = rng.below(b.len() + 1);
@@ -317,7 +298,7 @@ fn mutate_json(rng: &mut Rng, seed: &str) -> Vec<u8> {
             2 => b.insert(at, (rng.next() & 0xff) as u8),
             3 => b.truncate(at),
             _ => {
-                let t = TOKENS[rng.below(TOKENS.len())].as_bytes();
+                let t = JSON_TOKENS[rng.below(JSON_TOKENS.len())].as_bytes();
                 b.splice(at..at, t.iter().copied());
             }
         }
