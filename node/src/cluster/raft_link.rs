@@ -36,25 +36,39 @@ pub fn largest_snapshot_message_sent() -> usize {
 /// raft id -> peer id, for members the replicated state does not list yet.
 #[derive(Clone, Default)]
 pub struct PeerBook {
-    extra: Arc<Mutex<HashMap<u64, String>>>,
+    extra: Arc<Mutex<Bindings>>,
+}
+
+/// raft id <-> peer, both ways (a lookup per inbound message must not scan
+/// every node this manager admitted).
+#[derive(Default)]
+struct Bindings {
+    peer_of: HashMap<u64, String>,
+    raft_of: HashMap<String, u64>,
 }
 
 impl PeerBook {
     pub fn insert(&self, raft_id: u64, peer: String) {
         if let Ok(mut m) = self.extra.lock() {
-            m.insert(raft_id, peer);
+            if let Some(old) = m.peer_of.insert(raft_id, peer.clone()) {
+                if m.raft_of.get(&old) == Some(&raft_id) {
+                    m.raft_of.remove(&old);
+                }
+            }
+            if let Some(old) = m.raft_of.insert(peer.clone(), raft_id) {
+                if old != raft_id && m.peer_of.get(&old) == Some(&peer) {
+                    m.peer_of.remove(&old);
+                }
+            }
         }
     }
     fn extra(&self, raft_id: u64) -> Option<String> {
-        self.extra.lock().ok()?.get(&raft_id).cloned()
+        self.extra.lock().ok()?.peer_of.get(&raft_id).cloned()
     }
     /// The raft id this book binds `peer` to (a node admitted by this
     /// node, or a manager named in this node's join answer).
     pub fn raft_of(&self, peer: &str) -> Option<u64> {
-        let m = self.extra.lock().ok()?;
-        m.iter()
-            .find(|(_, p)| p.as_str() == peer)
-            .map(|(id, _)| *id)
+        self.extra.lock().ok()?.raft_of.get(peer).copied()
     }
 }
 

@@ -388,8 +388,12 @@ impl Dispatcher {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut published = self.raft.subscribe();
         let mut events = self.raft.events();
+        let epoch = Instant::now();
         loop {
-            let next_deadline = self.deadlines.peek().map(|Reverse((at, _, _))| *at);
+            let next_deadline = self
+                .deadlines
+                .peek()
+                .map(|Reverse((at, _, _))| coalesce(*at, epoch, REPLY_TICK));
             tokio::select! {
                 r = published.changed() => {
                     if r.is_err() { return; }
@@ -599,6 +603,21 @@ impl Dispatcher {
     }
 }
 
+/// Held turns are answered on ticks of this length: the turns that fall due
+/// within one tick are answered together (and come back together), so a
+/// manager with thousands of sessions wakes a few dozen times a second for
+/// them, not once per session. It adds at most one tick to a turn.
+const REPLY_TICK: Duration = Duration::from_millis(50);
+
+/// `at` moved to the end of its `tick`-long slot counted from `epoch`.
+fn coalesce(at: Instant, epoch: Instant, tick: Duration) -> Instant {
+    let tick_ns = tick.as_nanos().max(1);
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let slots = since.div_ceil(tick_ns);
+    let offset = u64::try_from(slots * tick_ns).unwrap_or(u64::MAX);
+    epoch + Duration::from_nanos(offset)
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -608,6 +627,30 @@ async fn sleep_until(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn held_turns_fall_due_on_shared_ticks() {
+        use super::coalesce;
+        let epoch = tokio::time::Instant::now();
+        let tick = std::time::Duration::from_millis(50);
+        let ms = std::time::Duration::from_millis;
+        // Deadlines within one slot share its end; none comes earlier.
+        for (at, due) in [
+            (1, 50),
+            (49, 50),
+            (50, 50),
+            (51, 100),
+            (1000, 1000),
+            (1001, 1050),
+        ] {
+            assert_eq!(
+                coalesce(epoch + ms(at), epoch, tick),
+                epoch + ms(due),
+                "{at} ms"
+            );
+        }
+        assert_eq!(coalesce(epoch, epoch, tick), epoch);
+    }
+
     use super::*;
     use skein_protocol::{ServiceSpec, TaskStatus};
 

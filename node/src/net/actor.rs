@@ -38,6 +38,7 @@ pub(crate) struct Behaviour {
     rpc: request_response::Behaviour<RpcCodec>,
     gossip: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
 }
 
 /// How long a "TCP connected to ADDR" mark is kept to classify a later
@@ -155,8 +156,14 @@ pub(crate) async fn start(
     let psk = PreSharedKey::new(cfg.cluster_key);
     let (seen_tx, seen_rx) = mpsc::unbounded_channel();
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    // A manager is connected to every worker on its sessions: gossip must
+    // not cost it per connection. Own messages go to the mesh (D peers), not
+    // flooded to every subscribed peer, and the lazy gossip (IHAVE) of each
+    // heartbeat goes to `gossip_lazy` peers, not a quarter of all peers.
     let gossip_cfg = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(tuning.gossip_heartbeat)
+        .flood_publish(false)
+        .gossip_factor(0.0)
         .max_transmit_size(MAX_GOSSIP_MESSAGE)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .build()
@@ -223,6 +230,7 @@ pub(crate) async fn start(
                         gossip_cfg,
                     )?,
                     mdns,
+                    stream: libp2p_stream::Behaviour::new(),
                 })
             },
         )
@@ -290,7 +298,18 @@ pub(crate) async fn start(
         .map_err(|e| setup(&e))?;
     let (connected_tx, connected_rx) = watch::channel(std::collections::BTreeSet::new());
     let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
+    let streams = swarm.behaviour().stream.new_control();
+    tokio::spawn(
+        super::channel::serve(
+            streams.clone(),
+            inbound_tx.clone(),
+            tuning.max_rpc_frame,
+            shutdown.clone(),
+        )
+        .instrument(tracing::Span::current()),
+    );
     let handle = NetHandle {
+        streams,
         cmd: cmd_tx,
         peer_id: local.to_string(),
         listen,

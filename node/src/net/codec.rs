@@ -60,6 +60,9 @@ where
     Ok(buf)
 }
 
+/// Frames up to this size are written with their length in one piece.
+const SMALL_FRAME: usize = 64 * 1024;
+
 /// Writes one length-prefixed frame of at most `limit` bytes.
 pub(crate) async fn write_frame<T>(io: &mut T, frame: &[u8], limit: usize) -> io::Result<()>
 where
@@ -77,8 +80,16 @@ where
                 ),
             )
         })?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(frame).await?;
+    if frame.len() <= SMALL_FRAME {
+        // One write: one yamux frame, one noise frame, one syscall.
+        let mut buf = Vec::with_capacity(4 + frame.len());
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(frame);
+        io.write_all(&buf).await?;
+    } else {
+        io.write_all(&len.to_be_bytes()).await?;
+        io.write_all(frame).await?;
+    }
     io.flush().await
 }
 

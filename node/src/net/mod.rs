@@ -5,7 +5,10 @@
 //! then yamux. Behaviours: identify (`/skein/id/1`), ping (closes connections
 //! whose peer stopped answering, so they get re-dialled) and request-response
 //! on `/skein/rpc/1` with our own codec (`codec.rs`): a u32 big-endian length,
-//! then a [`skein_protocol::codec`] frame of a [`WireMessage`] or [`WireReply`].
+//! then a [`skein_protocol::codec`] frame of a [`WireMessage`] or [`WireReply`];
+//! and kept request/reply streams on `/skein/chan/1` (`channel.rs`, the same
+//! frames) for worker sessions, whose requests reach the same [`Inbound`]
+//! queue.
 //!
 //! Who may call it: the agent starts it once ([`start`]); raft, the dispatcher
 //! and join logic hold cheap [`NetHandle`] clones; whoever owns the
@@ -38,11 +41,13 @@
 //!   all within about a second.
 
 mod actor;
+mod channel;
 mod codec;
 mod keypair;
 #[cfg(test)]
 mod tests;
 
+pub use channel::{Channel, CHANNEL_PROTOCOL};
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 use skein_protocol::wire::{WireMessage, WireReply};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -283,6 +288,7 @@ const COMMAND_QUEUE: usize = 4096;
 #[derive(Clone)]
 pub struct NetHandle {
     cmd: mpsc::Sender<Command>,
+    streams: libp2p_stream::Control,
     peer_id: String,
     listen: SocketAddr,
     advertise: String,
@@ -427,6 +433,16 @@ impl NetHandle {
         }
     }
 
+    /// A kept request/reply channel to `peer` at `addr` (HOST:PORT, dialled
+    /// when no connection is up), see [`Channel`]: for exchanges that go on
+    /// for as long as the node runs (a worker's session). Keep the peer
+    /// ([`NetHandle::keep`]): a connection nobody keeps closes when no
+    /// request used it for a while, and the channel's stream with it.
+    pub fn channel(&self, peer: &str, addr: &str) -> Result<Channel, NetError> {
+        let peer_id = PeerId::from_str(peer).map_err(|_| NetError::BadPeerId(peer.into()))?;
+        Ok(Channel::new(self.clone(), peer_id, addr.to_string()))
+    }
+
     /// Fire-and-forget (raft messages): queued, never blocks; the message is
     /// dropped (logged at debug) when the peer is not connected and not
     /// being dialled, when the queue is full, or when delivery fails.
@@ -513,7 +529,7 @@ impl NetHandle {
         self.cmd.closed().await
     }
 
-    fn encode(&self, msg: &WireMessage) -> Result<Vec<u8>, NetError> {
+    pub(crate) fn encode(&self, msg: &WireMessage) -> Result<Vec<u8>, NetError> {
         let frame = skein_protocol::codec::encode(msg).map_err(|e| match e {
             skein_protocol::codec::CodecError::TooLarge { size } => NetError::TooLarge {
                 size,

@@ -521,3 +521,70 @@ async fn addresses_are_checked_before_use() {
     assert_eq!(a.net.advertise_addr(), "10.0.0.5:7000");
     a.stop().await;
 }
+
+#[tokio::test]
+async fn a_channel_carries_many_exchanges_on_one_stream_and_is_bounded_per_peer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = node(5, dir.path(), "a").await;
+    let mut b = node(5, dir.path(), "b").await;
+    let b_peer = b.net.peer_id();
+    let b_addr = b.net.listen_addr().to_string();
+    a.net.add_peer(&b_peer, &b_addr);
+    let mut chan = a.net.channel(&b_peer, &b_addr).expect("channel");
+    for i in 0..5u64 {
+        let reply = chan
+            .call(&WireMessage::Heartbeat {
+                node_id: "a".into(),
+                at: i,
+            })
+            .await
+            .expect("a reply on the channel");
+        assert_eq!(reply, WireReply::Ack);
+        let (from, msg) = b.got.recv().await.expect("b heard it");
+        assert_eq!(from, a.net.peer_id(), "the sender is the channel's peer");
+        assert_eq!(
+            msg,
+            WireMessage::Heartbeat {
+                node_id: "a".into(),
+                at: i
+            }
+        );
+    }
+    // More channels than a peer may hold: the extra ones are refused.
+    let mut extra = Vec::new();
+    let mut refused = 0;
+    for _ in 0..channel::STREAMS_PER_PEER {
+        let mut c = a.net.channel(&b_peer, &b_addr).expect("channel");
+        match c.call(&heartbeat("a")).await {
+            Ok(r) => {
+                assert_eq!(r, WireReply::Ack);
+                extra.push(c);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(extra.len(), channel::STREAMS_PER_PEER - 1);
+    assert_eq!(refused, 1, "the peer's channel past the limit is refused");
+    // Closing channels frees their places.
+    drop(extra);
+    eventually("a closed channel frees its place", || {
+        let net = a.net.clone();
+        let peer = b_peer.clone();
+        let addr = b_addr.clone();
+        async move {
+            let mut c = net.channel(&peer, &addr).expect("channel");
+            c.call(&heartbeat("a")).await.is_ok()
+        }
+    })
+    .await;
+    // The first channel still works; once b stops, a call fails (no hang).
+    assert_eq!(chan.call(&heartbeat("a")).await, Ok(WireReply::Ack));
+    while b.got.try_recv().is_ok() {}
+    b.stop().await;
+    let failed = tokio::time::timeout(DEADLINE, chan.call(&heartbeat("a")))
+        .await
+        .expect("a call to a stopped peer ends");
+    assert!(failed.is_err(), "{failed:?}");
+    let _ = a.got.try_recv();
+    a.stop().await;
+}

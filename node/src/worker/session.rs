@@ -1,7 +1,7 @@
 //! The worker's session (node side): one session with one manager at a
-//! time, over the cluster transport. Each turn ([`SessionRequest`]) is the
-//! node's heartbeat and says which assignments it holds; the answer brings
-//! only what changed. Status reports go to the same manager, which batches
+//! time, over the cluster transport, on one kept stream (a [`Channel`]).
+//! Each turn ([`SessionRequest`]) is the node's heartbeat and says which
+//! assignments it holds; the answer brings only what changed. Status reports go to the same manager, which batches
 //! them into Raft.
 //!
 //! Invariants:
@@ -20,7 +20,7 @@
 //!   list, else with a small chance each turn (so a failover does not move
 //!   the whole fleet in the same second).
 
-use crate::net::{Keeper, NetHandle};
+use crate::net::{Channel, Keeper, NetHandle};
 use serde::{Deserialize, Serialize};
 use skein_protocol::wire::{
     task_digest, Assignments, ManagerInfo, SessionReply, SessionRequest, StatusReport, WireMessage,
@@ -171,6 +171,9 @@ pub struct SessionClient {
     last_answer: Option<tokio::time::Instant>,
     /// The manager kept connected for the session.
     kept_peer: Option<String>,
+    /// The session's kept channel to that manager (none before the first
+    /// turn and after a failed one).
+    chan: Option<Channel>,
 }
 
 impl SessionClient {
@@ -216,6 +219,7 @@ impl SessionClient {
             serving,
             last_answer: None,
             kept_peer: None,
+            chan: None,
         };
         client.move_off_leader();
         (
@@ -278,11 +282,17 @@ impl SessionClient {
                 },
             };
             let timeout = Duration::from_millis(self.wait_ms + 1000);
-            let net = self.net.clone();
-            let turn_peer = peer.clone();
+            // The turn goes on the session's kept channel (one stream for
+            // the whole session, not one per turn); a failed or timed-out
+            // turn drops it, and the next turn opens a new one.
+            let chan = match self.chan.take() {
+                Some(c) if c.peer() == peer => Ok(c),
+                _ => self.net.channel(&peer, &addr),
+            };
             let turn = tokio::time::timeout(timeout, async move {
-                net.request(&turn_peer, WireMessage::Session(Box::new(req)))
-                    .await
+                let mut chan = chan?;
+                let r = chan.call(&WireMessage::Session(Box::new(req))).await;
+                r.map(|reply| (reply, chan))
             });
             tokio::pin!(turn);
             // Offline is noticed when it falls due, not by polling: an idle
@@ -298,7 +308,8 @@ impl SessionClient {
                 }
             };
             match answer {
-                Ok(Ok(WireReply::Session(reply))) => {
+                Ok(Ok((WireReply::Session(reply), chan))) => {
+                    self.chan = Some(chan);
                     if failures > 0 {
                         tracing::info!(%manager, "session held");
                     }
@@ -316,8 +327,8 @@ impl SessionClient {
                 }
                 other => {
                     let why = match other {
-                        Ok(Ok(WireReply::Error(e))) => e,
-                        Ok(Ok(r)) => format!("unexpected answer {r:?}"),
+                        Ok(Ok((WireReply::Error(e), _))) => e,
+                        Ok(Ok((r, _))) => format!("unexpected answer {r:?}"),
                         Ok(Err(e)) => e.to_string(),
                         Err(_) => format!("no answer within {timeout:?}"),
                     };
