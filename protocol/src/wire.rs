@@ -34,6 +34,9 @@ pub struct SessionRequest {
     pub have: Vec<(TaskId, u64)>,
     /// How long the manager may hold the turn when nothing changed.
     pub wait_ms: u64,
+    /// [`managers_digest`] of the manager list the worker holds: the answer
+    /// carries the list only when the manager's differs.
+    pub managers: u64,
 }
 
 /// The answer to a [`SessionRequest`]: only what differs from what the
@@ -46,7 +49,8 @@ pub struct SessionReply {
     pub changed: Vec<Task>,
     /// Tasks the worker holds that are no longer its business.
     pub removed: Vec<TaskId>,
-    /// Managers a worker may hold its session with, ready ones first.
+    /// Managers a worker may hold its session with, ready ones first;
+    /// empty when the worker's list is already this one.
     pub managers: Vec<ManagerInfo>,
     /// How long the next turn may be held (the heartbeat period, which may
     /// grow with the fleet).
@@ -75,10 +79,22 @@ pub struct ManagerInfo {
 /// A digest of one task as encoded on the wire: equal tasks, equal digests
 /// (FNV-1a over the codec bytes; not a security measure).
 pub fn task_digest(task: &Task) -> u64 {
-    let bytes = crate::codec::encode(task).unwrap_or_default();
+    fnv(&crate::codec::encode(task).unwrap_or_default())
+}
+
+/// A digest of a manager list as encoded on the wire (0 for none), like
+/// [`task_digest`].
+pub fn managers_digest(managers: &[ManagerInfo]) -> u64 {
+    if managers.is_empty() {
+        return 0;
+    }
+    fnv(&crate::codec::encode(&managers).unwrap_or_default())
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
-        h ^= u64::from(b);
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h

@@ -217,6 +217,7 @@ fn frames() -> Vec<Vec<u8>> {
             node_id: "n1".into(),
             have: vec![("t1".into(), 77)],
             wait_ms: 500,
+            managers: 0,
         })),
     ];
     let mut out: Vec<Vec<u8>> = msgs

@@ -98,6 +98,8 @@ pub async fn run_monitor(
     let mut net_events = net.as_ref().map(|n| n.events());
     let mut closed: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
+    // The state `liveness` last noted the nodes and judges of.
+    let mut seen_state: Option<std::sync::Arc<crate::store::ClusterState>> = None;
     loop {
         tokio::select! {
             Some(ev) = next_event(&mut net_events) => {
@@ -152,6 +154,7 @@ pub async fn run_monitor(
             .is_some_and(|n| n.role == skein_protocol::NodeRole::Manager);
         if !manager || p.leader_id == 0 {
             liveness = None;
+            seen_state = None;
             was_leader = false;
             continue;
         }
@@ -163,13 +166,20 @@ pub async fn run_monitor(
             );
             l.resumed(now);
         }
-        l.judges_seen(&p.state, now);
+        // Both walk every node: only when the state changed.
+        if !seen_state
+            .as_ref()
+            .is_some_and(|s| std::sync::Arc::ptr_eq(s, &p.state))
+        {
+            l.judges_seen(&p.state, now);
+            l.saw(&p.state, now);
+            seen_state = Some(p.state.clone());
+        }
         let leader = p.leader_ready;
         if leader && !was_leader {
             l.took_over(now);
         }
         was_leader = leader;
-        l.saw(&p.state, now);
         // One proposal in flight at a time, awaited in its own task: this
         // loop keeps hearing session turns meanwhile (a loop blocked on a
         // slow commit would drop them and judge live nodes silent).

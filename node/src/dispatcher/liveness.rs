@@ -110,8 +110,12 @@ impl Liveness {
     }
 
     pub fn heard(&mut self, node: &str, now: u64) {
-        let e = self.heard.entry(node.to_string()).or_insert(now);
-        *e = (*e).max(now);
+        match self.heard.get_mut(node) {
+            Some(e) => *e = (*e).max(now),
+            None => {
+                self.heard.insert(node.to_string(), now);
+            }
+        }
     }
 
     /// This manager was not running for a while (a SIGSTOP, a VM pause, a

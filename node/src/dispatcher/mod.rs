@@ -32,7 +32,8 @@ use crate::cluster::forward::Proposer;
 use crate::raft::{Published, RaftHandle};
 use crate::store::{ClusterState, Event};
 use skein_protocol::wire::{
-    task_digest, Assignments, ManagerInfo, SessionReply, SessionRequest, StatusReport, WireReply,
+    managers_digest, task_digest, Assignments, ManagerInfo, SessionReply, SessionRequest,
+    StatusReport, WireReply,
 };
 use skein_protocol::{Command, NodeId, NodeRole, NodeStatus, Task, TaskId, TaskState};
 use std::cmp::Reverse;
@@ -122,6 +123,8 @@ struct Held {
     reply: oneshot::Sender<WireReply>,
     deadline: Instant,
     seq: u64,
+    /// The worker's [`managers_digest`] (the list is sent only on a change).
+    managers: u64,
 }
 
 /// node -> its tasks, from events.
@@ -332,19 +335,25 @@ pub struct Dispatcher {
 struct ManagersCache {
     of: Option<(Arc<ClusterState>, u64)>,
     list: Vec<ManagerInfo>,
+    digest: u64,
 }
 
 impl ManagersCache {
-    fn get(&mut self, snap: &Published) -> Vec<ManagerInfo> {
+    /// The list and its [`managers_digest`].
+    fn get(&mut self, snap: &Published) -> (&[ManagerInfo], u64) {
         let fresh = self
             .of
             .as_ref()
             .is_some_and(|(s, l)| Arc::ptr_eq(s, &snap.state) && *l == snap.leader_id);
         if !fresh {
-            self.list = session_managers(&snap.state, snap.leader_id);
+            let list = session_managers(&snap.state, snap.leader_id);
+            if list != self.list || self.of.is_none() {
+                self.digest = managers_digest(&list);
+                self.list = list;
+            }
             self.of = Some((snap.state.clone(), snap.leader_id));
         }
-        self.list.clone()
+        (&self.list, self.digest)
     }
 }
 
@@ -469,7 +478,7 @@ impl Dispatcher {
         let (changed, removed) = self.index.diff(&snap.state, &req.node_id, &have);
         let hold = Duration::from_millis(req.wait_ms).min(self.hold);
         if !changed.is_empty() || !removed.is_empty() || hold.is_zero() {
-            let _ = reply.send(self.reply(&snap, &req.node_id, changed, removed));
+            let _ = reply.send(self.reply(&snap, &req.node_id, changed, removed, req.managers));
             return;
         }
         self.next_seq += 1;
@@ -481,12 +490,17 @@ impl Dispatcher {
                 reply,
                 deadline,
                 seq: self.next_seq,
+                managers: req.managers,
             },
         ) {
             // A newer turn replaces a held one (the worker gave up on it).
-            let _ = old
-                .reply
-                .send(self.reply(&snap, &req.node_id, Vec::new(), Vec::new()));
+            let _ = old.reply.send(self.reply(
+                &snap,
+                &req.node_id,
+                Vec::new(),
+                Vec::new(),
+                old.managers,
+            ));
         }
         self.deadlines
             .push(Reverse((deadline, self.next_seq, req.node_id)));
@@ -502,7 +516,9 @@ impl Dispatcher {
         }
         if let Some(h) = self.held.remove(node) {
             let snap = self.raft.current();
-            let _ = h.reply.send(self.reply(&snap, node, changed, removed));
+            let _ = h
+                .reply
+                .send(self.reply(&snap, node, changed, removed, h.managers));
         }
     }
 
@@ -518,9 +534,9 @@ impl Dispatcher {
             if self.held.get(&node).is_some_and(|h| h.seq == seq) {
                 if let Some(h) = self.held.remove(&node) {
                     debug_assert!(h.deadline <= now);
-                    let _ = h
-                        .reply
-                        .send(self.reply(&snap, &node, Vec::new(), Vec::new()));
+                    let _ =
+                        h.reply
+                            .send(self.reply(&snap, &node, Vec::new(), Vec::new(), h.managers));
                 }
             }
         }
@@ -532,12 +548,18 @@ impl Dispatcher {
         node: &str,
         changed: Vec<Task>,
         removed: Vec<TaskId>,
+        held: u64,
     ) -> WireReply {
+        let (list, digest) = self.managers.get(snap);
         WireReply::Session(Box::new(SessionReply {
             index: snap.applied,
             changed,
             removed,
-            managers: self.managers.get(snap),
+            managers: if held == digest && held != 0 {
+                Vec::new()
+            } else {
+                list.to_vec()
+            },
             wait_ms: self.hold.as_millis() as u64,
             role: snap
                 .state
@@ -627,30 +649,6 @@ async fn sleep_until(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn held_turns_fall_due_on_shared_ticks() {
-        use super::coalesce;
-        let epoch = tokio::time::Instant::now();
-        let tick = std::time::Duration::from_millis(50);
-        let ms = std::time::Duration::from_millis;
-        // Deadlines within one slot share its end; none comes earlier.
-        for (at, due) in [
-            (1, 50),
-            (49, 50),
-            (50, 50),
-            (51, 100),
-            (1000, 1000),
-            (1001, 1050),
-        ] {
-            assert_eq!(
-                coalesce(epoch + ms(at), epoch, tick),
-                epoch + ms(due),
-                "{at} ms"
-            );
-        }
-        assert_eq!(coalesce(epoch, epoch, tick), epoch);
-    }
-
     use super::*;
     use skein_protocol::{ServiceSpec, TaskStatus};
 
@@ -780,5 +778,29 @@ mod tests {
         assert_eq!(index.catch_up(&s1, 12, Vec::new(), 12, false), None);
         assert_eq!(index.assigned(&s1, "w2"), vec![new]);
         assert!(index.catch_up(&s1, 13, Vec::new(), 13, false).is_some());
+    }
+
+    #[test]
+    fn held_turns_fall_due_on_shared_ticks() {
+        use super::coalesce;
+        let epoch = tokio::time::Instant::now();
+        let tick = std::time::Duration::from_millis(50);
+        let ms = std::time::Duration::from_millis;
+        // Deadlines within one slot share its end; none comes earlier.
+        for (at, due) in [
+            (1, 50),
+            (49, 50),
+            (50, 50),
+            (51, 100),
+            (1000, 1000),
+            (1001, 1050),
+        ] {
+            assert_eq!(
+                coalesce(epoch + ms(at), epoch, tick),
+                epoch + ms(due),
+                "{at} ms"
+            );
+        }
+        assert_eq!(coalesce(epoch, epoch, tick), epoch);
     }
 }

@@ -23,8 +23,8 @@
 use crate::net::{Channel, Keeper, NetHandle};
 use serde::{Deserialize, Serialize};
 use skein_protocol::wire::{
-    task_digest, Assignments, ManagerInfo, SessionReply, SessionRequest, StatusReport, WireMessage,
-    WireReply,
+    managers_digest, task_digest, Assignments, ManagerInfo, SessionReply, SessionRequest,
+    StatusReport, WireMessage, WireReply,
 };
 use skein_protocol::{Command, NodeId, NodeRole, Task, TaskId};
 use std::collections::BTreeMap;
@@ -174,6 +174,8 @@ pub struct SessionClient {
     /// The session's kept channel to that manager (none before the first
     /// turn and after a failed one).
     chan: Option<Channel>,
+    /// [`managers_digest`] of `kept.managers` (sent on every turn).
+    managers_digest: u64,
 }
 
 impl SessionClient {
@@ -220,7 +222,9 @@ impl SessionClient {
             last_answer: None,
             kept_peer: None,
             chan: None,
+            managers_digest: 0,
         };
+        client.managers_digest = managers_digest(&client.kept.managers);
         client.move_off_leader();
         (
             client,
@@ -280,6 +284,7 @@ impl SessionClient {
                 } else {
                     self.wait_ms
                 },
+                managers: self.managers_digest,
             };
             let timeout = Duration::from_millis(self.wait_ms + 1000);
             // The turn goes on the session's kept channel (one stream for
@@ -413,6 +418,7 @@ impl SessionClient {
                 .and_then(|p| self.kept.managers.iter().position(|m| m.peer_id == p))
                 .unwrap_or_else(spread);
             self.managers_tx.send_replace(self.kept.managers.clone());
+            self.managers_digest = managers_digest(&self.kept.managers);
             self.move_off_leader();
             changed = true;
         } else if spread().is_multiple_of(LEAVE_LEADER_ONE_IN) {
