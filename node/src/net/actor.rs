@@ -139,6 +139,8 @@ pub(crate) struct Actor {
     /// Peers refused at connection (removed nodes): their connections are
     /// closed as soon as they are established.
     denied: std::collections::HashSet<PeerId>,
+    /// `NetHandle::connect` calls waiting for a connection with a peer.
+    waiting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
 }
 
 pub(crate) async fn start(
@@ -349,6 +351,7 @@ pub(crate) async fn start(
         key_writer,
         warned: HashMap::new(),
         denied: Default::default(),
+        waiting: HashMap::new(),
     };
     tokio::spawn(actor.run().instrument(tracing::Span::current()));
     Ok((handle, inbound_rx))
@@ -400,6 +403,11 @@ impl Actor {
         for (_, p) in self.requests.drain() {
             if let Pending::Request { reply } = p {
                 let _ = reply.send(Err(NetError::Stopped));
+            }
+        }
+        for (_, ws) in self.waiting.drain() {
+            for w in ws {
+                let _ = w.send(Err(NetError::Stopped));
             }
         }
         self.known.clear();
@@ -561,6 +569,33 @@ impl Actor {
                     .send_request(&peer, Req::Out(frame));
                 self.requests.insert(id, Pending::Request { reply });
             }
+            Command::Connect { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                if !self.known.contains_key(&peer) {
+                    let Some(addr) = self.book.get(&peer).cloned() else {
+                        let _ = reply.send(Err(NetError::UnknownPeer(peer.to_string())));
+                        return;
+                    };
+                    self.known.insert(
+                        peer,
+                        Known {
+                            keep: 0,
+                            addr,
+                            backoff: self.tuning.backoff_min,
+                            next: None,
+                            dialing: None,
+                            resolving: false,
+                            since: None,
+                        },
+                    );
+                }
+                self.last_used.insert(peer, Instant::now());
+                self.waiting.entry(peer).or_default().push(reply);
+                self.start_dial(peer);
+            }
             Command::Send { peer, frame } => {
                 self.last_used.insert(peer, Instant::now());
                 let dialing = self
@@ -668,9 +703,17 @@ impl Actor {
             Ok(addrs) => self.dial_known(r.peer, addrs.into_iter().map(to_multiaddr).collect()),
             Err(e) => {
                 debug!(peer = %r.peer, error = %e, "cannot resolve the peer's address");
+                self.fail_waiters(r.peer, &e);
                 self.last_error.insert(r.peer, e);
                 self.schedule_redial(r.peer);
             }
+        }
+    }
+
+    /// The `NetHandle::connect` calls waiting for `peer` learn that its dial failed.
+    fn fail_waiters(&mut self, peer: PeerId, err: &NetError) {
+        for w in self.waiting.remove(&peer).unwrap_or_default() {
+            let _ = w.send(Err(err.clone()));
         }
     }
 
@@ -694,6 +737,7 @@ impl Actor {
             Err(e) => {
                 let err = self.classify(&e, None, Some(peer));
                 debug!(%peer, error = %err, "dial failed");
+                self.fail_waiters(peer, &err);
                 self.last_error.insert(peer, err);
                 self.schedule_redial(peer);
             }
@@ -920,6 +964,9 @@ impl Actor {
                 if let Some(d) = self.dials.remove(&connection_id) {
                     d.answer(Ok(peer_id.to_string()));
                 }
+                for w in self.waiting.remove(&peer_id).unwrap_or_default() {
+                    let _ = w.send(Ok(()));
+                }
                 self.last_error.remove(&peer_id);
                 if let Some(k) = self.known.get_mut(&peer_id) {
                     k.dialing = None;
@@ -1000,6 +1047,9 @@ impl Actor {
                         .known
                         .get(&peer)
                         .is_some_and(|k| k.dialing.is_none_or_eq(connection_id));
+                    if ours && !self.swarm.is_connected(&peer) {
+                        self.fail_waiters(peer, &err);
+                    }
                     self.last_error.insert(peer, err);
                     if ours {
                         self.schedule_redial(peer);

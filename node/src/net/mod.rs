@@ -257,6 +257,12 @@ pub(crate) enum Command {
         frame: Vec<u8>,
         reply: oneshot::Sender<Result<WireReply, NetError>>,
     },
+    /// Answered once a connection with `peer` is up (dialled if needed,
+    /// sharing a dial already under way) or its dial failed.
+    Connect {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
     Send {
         peer: PeerId,
         frame: Vec<u8>,
@@ -441,6 +447,33 @@ impl NetHandle {
     pub fn channel(&self, peer: &str, addr: &str) -> Result<Channel, NetError> {
         let peer_id = PeerId::from_str(peer).map_err(|_| NetError::BadPeerId(peer.into()))?;
         Ok(Channel::new(self.clone(), peer_id, addr.to_string()))
+    }
+
+    /// Returns once a connection with `peer` is up: at once when one is,
+    /// else after the dial of its kept or learned address (a dial already
+    /// under way is shared, never doubled); fails when that dial fails.
+    pub async fn connect(&self, peer: &str) -> Result<(), NetError> {
+        let peer_id = PeerId::from_str(peer).map_err(|_| NetError::BadPeerId(peer.into()))?;
+        if self.is_connected(peer) {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Connect {
+                peer: peer_id,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        let limit = self.handshake_timeout + Duration::from_secs(2);
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NetError::Stopped),
+            Err(_) => Err(NetError::Unreachable {
+                addr: peer.to_string(),
+                detail: format!("no connection within {limit:?}"),
+            }),
+        }
     }
 
     /// Fire-and-forget (raft messages): queued, never blocks; the message is

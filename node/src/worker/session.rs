@@ -86,6 +86,31 @@ pub fn off_leader(managers: &[ManagerInfo], current: usize, r: usize) -> usize {
     }
 }
 
+/// Which manager to ask after `failed` did not answer: a random one of the
+/// others that does not lead, else any other, else `failed` itself (the
+/// only one known). Straight to a non-leader: going to the leader first
+/// would move the session twice (and cost two handshakes) when a manager
+/// holding a thousand sessions dies.
+pub fn after_failure(managers: &[ManagerInfo], failed: usize, r: usize) -> usize {
+    let n = managers.len();
+    if n <= 1 {
+        return failed;
+    }
+    let failed = failed % n;
+    let others: Vec<usize> = (0..n).filter(|i| *i != failed).collect();
+    let followers: Vec<usize> = others
+        .iter()
+        .copied()
+        .filter(|i| !managers[*i].leader)
+        .collect();
+    let pool = if followers.is_empty() {
+        &others
+    } else {
+        &followers
+    };
+    pool[r % pool.len()]
+}
+
 /// A worker on the leader's session leaves it with this chance (1 in N) at
 /// each turn.
 const LEAVE_LEADER_ONE_IN: usize = 8;
@@ -340,7 +365,14 @@ impl SessionClient {
                     failures += 1;
                     self.check_online();
                     tracing::info!(%manager, reason = %why, "session turn failed: trying the next manager");
-                    self.current = self.current.wrapping_add(1);
+                    // After a first failure, a random non-leader other than
+                    // this one; after more, round the list (every manager
+                    // gets its turn).
+                    self.current = if failures == 1 {
+                        after_failure(&self.kept.managers, self.current, spread())
+                    } else {
+                        self.current.wrapping_add(1)
+                    };
                     // Every manager failed in a row: do not spin.
                     if (failures as usize).is_multiple_of(self.kept.managers.len().max(1)) {
                         let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
@@ -475,5 +507,22 @@ mod tests {
         // A lone manager that leads keeps its sessions.
         assert_eq!(off_leader(&[m("a", true)], 0, 3), 0);
         assert_eq!(off_leader(&[], 4, 3), 4);
+    }
+
+    #[test]
+    fn after_a_failure_the_session_goes_to_another_non_leader() {
+        let ms = vec![m("a", false), m("b", true), m("c", false), m("d", false)];
+        // a failed: c or d (not the leader b, not a again), spread by r.
+        let picks: std::collections::BTreeSet<usize> =
+            (0..10).map(|r| after_failure(&ms, 0, r)).collect();
+        assert_eq!(picks.into_iter().collect::<Vec<_>>(), vec![2, 3]);
+        // Only the leader is left besides the failed one: the leader.
+        let two = vec![m("a", false), m("b", true)];
+        assert_eq!(after_failure(&two, 0, 7), 1);
+        // The leader failed: any other (indexes wrap like `pick`).
+        assert_eq!(after_failure(&two, 3, 5), 0);
+        // A lone manager is asked again.
+        assert_eq!(after_failure(&[m("a", false)], 0, 1), 0);
+        assert_eq!(after_failure(&[], 2, 1), 2);
     }
 }
