@@ -1,8 +1,8 @@
 //! The worker's session (node side): one session with one manager at a
 //! time, over the cluster transport, on one kept stream (a [`Channel`]).
 //! Each turn ([`SessionRequest`]) is the node's heartbeat and says which
-//! assignments it holds; the answer brings only what changed. Status reports go to the same manager, which batches
-//! them into Raft.
+//! assignments it holds; the answer brings only what changed. Status
+//! reports go to the same manager, which batches them into Raft.
 //!
 //! Invariants:
 //! - the assignments are kept in a small local file (`<data-dir>/assignments.bin`,
