@@ -377,9 +377,7 @@ impl Actor {
                 Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some((peer, channel, reply)) = self.replies.next() => {
-                    let reply = reply.unwrap_or_else(|| {
-                        WireReply::Error("the request was dropped without an answer".into())
-                    });
+                    let reply = reply.unwrap_or_else(super::unanswered);
                     if self.swarm.behaviour_mut().rpc.send_response(channel, Resp::Out(reply)).is_err() {
                         debug!(%peer, "reply not sent: the requester is gone or timed out");
                     }
@@ -537,24 +535,9 @@ impl Actor {
             Command::Request { peer, frame, reply } => {
                 self.last_used.insert(peer, Instant::now());
                 if !self.swarm.is_connected(&peer) {
-                    if !self.known.contains_key(&peer) {
-                        // Known only by address: dial it for this request.
-                        let Some(addr) = self.book.get(&peer).cloned() else {
-                            let _ = reply.send(Err(NetError::UnknownPeer(peer.to_string())));
-                            return;
-                        };
-                        self.known.insert(
-                            peer,
-                            Known {
-                                keep: 0,
-                                addr,
-                                backoff: self.tuning.backoff_min,
-                                next: None,
-                                dialing: None,
-                                resolving: false,
-                                since: None,
-                            },
-                        );
+                    if !self.dialable(peer) {
+                        let _ = reply.send(Err(NetError::UnknownPeer(peer.to_string())));
+                        return;
                     }
                     if let Some(k) = self.known.get(&peer) {
                         if k.dialing.is_none() && !k.resolving {
@@ -574,23 +557,9 @@ impl Actor {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                if !self.known.contains_key(&peer) {
-                    let Some(addr) = self.book.get(&peer).cloned() else {
-                        let _ = reply.send(Err(NetError::UnknownPeer(peer.to_string())));
-                        return;
-                    };
-                    self.known.insert(
-                        peer,
-                        Known {
-                            keep: 0,
-                            addr,
-                            backoff: self.tuning.backoff_min,
-                            next: None,
-                            dialing: None,
-                            resolving: false,
-                            since: None,
-                        },
-                    );
+                if !self.dialable(peer) {
+                    let _ = reply.send(Err(NetError::UnknownPeer(peer.to_string())));
+                    return;
                 }
                 self.last_used.insert(peer, Instant::now());
                 self.waiting.entry(peer).or_default().push(reply);
@@ -708,6 +677,30 @@ impl Actor {
                 self.schedule_redial(r.peer);
             }
         }
+    }
+
+    /// Whether `peer` can be dialled: kept already, or known only by
+    /// address (then entered, unkept, so the dial is tracked like any).
+    fn dialable(&mut self, peer: PeerId) -> bool {
+        if self.known.contains_key(&peer) {
+            return true;
+        }
+        let Some(addr) = self.book.get(&peer).cloned() else {
+            return false;
+        };
+        self.known.insert(
+            peer,
+            Known {
+                keep: 0,
+                addr,
+                backoff: self.tuning.backoff_min,
+                next: None,
+                dialing: None,
+                resolving: false,
+                since: None,
+            },
+        );
+        true
     }
 
     /// The `NetHandle::connect` calls waiting for `peer` learn that its dial failed.
@@ -1253,17 +1246,11 @@ impl Actor {
                 .replies
                 .push(Box::pin(async move { (peer, channel, rx.await.ok()) })),
             Err(e) => {
-                let text = match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        "this node is overloaded (inbound queue full): retry later"
-                    }
-                    mpsc::error::TrySendError::Closed(_) => "this node is not accepting requests",
-                };
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .rpc
-                    .send_response(channel, Resp::Out(WireReply::Error(text.into())));
+                    .send_response(channel, Resp::Out(super::not_taken(&e)));
             }
         }
     }

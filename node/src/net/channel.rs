@@ -134,7 +134,7 @@ pub(crate) async fn serve(
     let mut incoming = match control.accept(StreamProtocol::new(CHANNEL_PROTOCOL)) {
         Ok(i) => i,
         Err(e) => {
-            warn!(error = %e, "cannot serve {CHANNEL_PROTOCOL}: sessions fall back to nothing");
+            warn!(error = %e, "cannot serve {CHANNEL_PROTOCOL}: this node serves no worker sessions");
             return;
         }
     };
@@ -203,15 +203,8 @@ async fn serve_one(
                     reply: tx,
                 };
                 match inbound.try_send(request) {
-                    Ok(()) => rx.await.unwrap_or_else(|_| {
-                        WireReply::Error("the request was dropped without an answer".into())
-                    }),
-                    Err(mpsc::error::TrySendError::Full(_)) => WireReply::Error(
-                        "this node is overloaded (inbound queue full): retry later".into(),
-                    ),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        WireReply::Error("this node is not accepting requests".into())
-                    }
+                    Ok(()) => rx.await.unwrap_or_else(|_| super::unanswered()),
+                    Err(e) => super::not_taken(&e),
                 }
             }
         };

@@ -119,6 +119,25 @@ pub struct Inbound {
     pub reply: oneshot::Sender<WireReply>,
 }
 
+/// The answer to a request the application could not take (`inbound`
+/// queue full or closed): the same on the RPC path and on channels.
+pub(crate) fn not_taken(e: &mpsc::error::TrySendError<Inbound>) -> WireReply {
+    WireReply::Error(
+        match e {
+            mpsc::error::TrySendError::Full(_) => {
+                "this node is overloaded (inbound queue full): retry later"
+            }
+            mpsc::error::TrySendError::Closed(_) => "this node is not accepting requests",
+        }
+        .into(),
+    )
+}
+
+/// The answer to a request whose `reply` sender was dropped unanswered.
+pub(crate) fn unanswered() -> WireReply {
+    WireReply::Error("the request was dropped without an answer".into())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetEvent {
     /// The first connection to `peer` is up. `addr` is the remote socket
@@ -347,12 +366,22 @@ impl NetHandle {
             })
             .await
             .map_err(|_| NetError::Stopped)?;
+        self.connection_answer(rx, addr).await
+    }
+
+    /// The actor's answer about a connection, waited for up to a handshake
+    /// (plus slack); `shown` names the address or peer in the error.
+    async fn connection_answer<T>(
+        &self,
+        rx: oneshot::Receiver<Result<T, NetError>>,
+        shown: &str,
+    ) -> Result<T, NetError> {
         let limit = self.handshake_timeout + Duration::from_secs(2);
         match tokio::time::timeout(limit, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(NetError::Stopped),
             Err(_) => Err(NetError::Unreachable {
-                addr: addr.to_string(),
+                addr: shown.to_string(),
                 detail: format!("no connection within {limit:?}"),
             }),
         }
@@ -465,15 +494,7 @@ impl NetHandle {
             })
             .await
             .map_err(|_| NetError::Stopped)?;
-        let limit = self.handshake_timeout + Duration::from_secs(2);
-        match tokio::time::timeout(limit, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(NetError::Stopped),
-            Err(_) => Err(NetError::Unreachable {
-                addr: peer.to_string(),
-                detail: format!("no connection within {limit:?}"),
-            }),
-        }
+        self.connection_answer(rx, peer).await
     }
 
     /// Fire-and-forget (raft messages): queued, never blocks; the message is

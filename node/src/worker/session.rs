@@ -228,6 +228,7 @@ impl SessionClient {
         let (managers_tx, managers_rx) = watch::channel(kept.managers.clone());
         let (role, role_rx) = watch::channel(NodeRole::Worker);
         let (serving, serving_rx) = watch::channel(String::new());
+        let digest = managers_digest(&kept.managers);
         let mut client = SessionClient {
             node_id,
             net,
@@ -247,9 +248,8 @@ impl SessionClient {
             last_answer: None,
             kept_peer: None,
             chan: None,
-            managers_digest: 0,
+            managers_digest: digest,
         };
-        client.managers_digest = managers_digest(&client.kept.managers);
         client.move_off_leader();
         (
             client,
