@@ -75,21 +75,24 @@ impl PeerBook {
 /// The peer id holding `raft_id`: the node table first, then the book.
 pub fn peer_of(raft: &RaftHandle, book: &PeerBook, raft_id: u64) -> Option<String> {
     let p = raft.current();
-    p.state
+    let known = p
+        .state
         .nodes
         .values()
         .find(|n| n.raft_id == raft_id && !n.peer_id.is_empty())
-        .map(|n| n.peer_id.clone())
-        .or_else(|| book.extra(raft_id))
+        .map(|n| n.peer_id.clone());
+    known.or_else(|| book.extra(raft_id))
 }
 
 fn raft_id_of_peer(raft: &RaftHandle, peer: &str) -> Option<u64> {
     let p = raft.current();
-    p.state
+    let known = p
+        .state
         .nodes
         .values()
         .find(|n| n.peer_id == peer && n.raft_id != 0)
-        .map(|n| n.raft_id)
+        .map(|n| n.raft_id);
+    known
 }
 
 /// Sends what raft-rs emits; runs until `out` closes or shutdown.

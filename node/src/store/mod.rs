@@ -19,6 +19,9 @@ use skein_protocol::{
 };
 use std::collections::BTreeMap;
 
+mod table;
+pub use table::Table;
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster_id: String,
@@ -28,9 +31,9 @@ pub struct ClusterState {
     /// Nodes removed from the cluster: locked out for good.
     #[serde(default)]
     pub removed: std::collections::BTreeSet<NodeId>,
-    pub nodes: BTreeMap<NodeId, Node>,
-    pub services: BTreeMap<ServiceId, Service>,
-    pub tasks: BTreeMap<TaskId, Task>,
+    pub nodes: Table<NodeId, Node>,
+    pub services: Table<ServiceId, Service>,
+    pub tasks: Table<TaskId, Task>,
     /// Deployed versions per stack, oldest first, at most
     /// [`skein_protocol::STACK_VERSIONS`] each.
     #[serde(default)]
@@ -248,7 +251,7 @@ impl ClusterState {
                     .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
                 self.removed.insert(id.clone());
                 if !node.peer_id.is_empty() {
-                    self.removed_peers.insert(node.peer_id);
+                    self.removed_peers.insert(node.peer_id.clone());
                 }
                 ev.push(Event::Node(id.clone()));
             }
@@ -362,8 +365,11 @@ impl ClusterState {
                 self.services
                     .remove(id)
                     .ok_or_else(|| ApplyError::NoSuchService(id.clone()))?;
-                for t in self.tasks.values_mut().filter(|t| &t.service_id == id) {
-                    if t.desired_state < TaskState::Shutdown {
+                for t in self
+                    .tasks
+                    .values_mut_where(|t| &t.service_id == id && t.desired_state < TaskState::Shutdown)
+                {
+                    {
                         t.desired_state = TaskState::Shutdown;
                         stop_if_unplaced(t);
                         ev.push(Event::Task(t.id.clone()));
