@@ -455,7 +455,10 @@ async fn run_once(cfg: &AgentConfig, api_: &Api) -> anyhow::Result<Ended> {
     let (dispatcher, dispatch) = Dispatcher::new(raft.clone(), proposer.clone());
     tasks.spawn(
         "dispatcher",
-        dispatcher.with_hold(beat).run(shutdown.clone()),
+        dispatcher
+            .with_hold(beat)
+            .with_node(&identity.node_id)
+            .run(shutdown.clone()),
     );
     tasks.spawn(
         "router",

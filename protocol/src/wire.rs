@@ -58,6 +58,12 @@ pub struct SessionReply {
     /// The worker's role as the cluster has it: `manager` once promoted
     /// (the node then starts its Raft member and leaves the session).
     pub role: NodeRole,
+    /// The peer id of the manager to hold the session with from the next
+    /// turn on (empty: stay). A manager holding more than its share of the
+    /// fleet's sessions (the others restarted or joined late) hands a few
+    /// a second to the one holding fewest, so sessions spread back and a
+    /// manager's failure moves only its share.
+    pub move_to: String,
 }
 
 /// A manager, as a worker knows it (to hold a session with, and to name

@@ -25,6 +25,7 @@
 //! arrive before the state it belongs to is published, so its task is looked
 //! at again until a newer state is (see [`TaskIndex`]).
 
+pub mod balance;
 pub mod heartbeat;
 pub mod liveness;
 
@@ -327,6 +328,22 @@ pub struct Dispatcher {
     /// The manager list of the last state answered from (every answer
     /// carries it; it changes only with the managers or the leader).
     managers: ManagersCache,
+    /// This manager's node id (empty: sessions are not spread).
+    me: NodeId,
+    /// Sessions to hand over this second (see [`balance`]).
+    handover: Handover,
+}
+
+/// At most this many sessions a second leave a manager holding more than
+/// its share: each costs its new manager a connection handshake.
+const HANDOVERS_PER_SEC: usize = 50;
+
+/// The current second's [`balance::handover`]: to whom, how many are left.
+#[derive(Default)]
+struct Handover {
+    at: Option<Instant>,
+    to: String,
+    left: usize,
 }
 
 /// [`session_managers`] of one state and leader, computed once: a turn's
@@ -379,6 +396,8 @@ impl Dispatcher {
                 pending_status: Vec::new(),
                 in_flight: None,
                 managers: ManagersCache::default(),
+                me: NodeId::new(),
+                handover: Handover::default(),
             },
             DispatcherHandle {
                 req,
@@ -392,6 +411,40 @@ impl Dispatcher {
     pub fn with_hold(mut self, hold: Duration) -> Self {
         self.hold = hold;
         self
+    }
+
+    /// This manager's node id: it then hands sessions over when it holds
+    /// more than its share (see [`balance`]).
+    pub fn with_node(mut self, me: &str) -> Self {
+        self.me = me.to_string();
+        self
+    }
+
+    /// The manager the next answered turn is sent to instead (empty: stay).
+    fn move_to(&mut self, snap: &Published) -> String {
+        if self.me.is_empty() {
+            return String::new();
+        }
+        let now = Instant::now();
+        if self
+            .handover
+            .at
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            let (to, left) =
+                balance::handover(&snap.state, &self.me, snap.leader_id, HANDOVERS_PER_SEC)
+                    .unwrap_or_default();
+            self.handover = Handover {
+                at: Some(now),
+                to,
+                left,
+            };
+        }
+        if self.handover.left == 0 {
+            return String::new();
+        }
+        self.handover.left -= 1;
+        self.handover.to.clone()
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
@@ -550,6 +603,7 @@ impl Dispatcher {
         removed: Vec<TaskId>,
         held: u64,
     ) -> WireReply {
+        let move_to = self.move_to(snap);
         let (list, digest) = self.managers.get(snap);
         WireReply::Session(Box::new(SessionReply {
             index: snap.applied,
@@ -566,6 +620,7 @@ impl Dispatcher {
                 .nodes
                 .get(node)
                 .map_or(NodeRole::Worker, |n| n.role),
+            move_to,
         }))
     }
 

@@ -365,10 +365,9 @@ impl ClusterState {
                 self.services
                     .remove(id)
                     .ok_or_else(|| ApplyError::NoSuchService(id.clone()))?;
-                for t in self
-                    .tasks
-                    .values_mut_where(|t| &t.service_id == id && t.desired_state < TaskState::Shutdown)
-                {
+                for t in self.tasks.values_mut_where(|t| {
+                    &t.service_id == id && t.desired_state < TaskState::Shutdown
+                }) {
                     {
                         t.desired_state = TaskState::Shutdown;
                         stop_if_unplaced(t);

@@ -129,10 +129,8 @@ impl<K: Ord + Borrow<Q>, Q: Ord + ?Sized, V> std::ops::Index<&Q> for Table<K, V>
 
 impl<'a, K: Ord, V> IntoIterator for &'a Table<K, V> {
     type Item = (&'a K, &'a V);
-    type IntoIter = std::iter::Map<
-        btree_map::Iter<'a, K, Arc<V>>,
-        fn((&'a K, &'a Arc<V>)) -> (&'a K, &'a V),
-    >;
+    type IntoIter =
+        std::iter::Map<btree_map::Iter<'a, K, Arc<V>>, fn((&'a K, &'a Arc<V>)) -> (&'a K, &'a V)>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter().map(|(k, v)| (k, &**v))
     }
@@ -195,6 +193,9 @@ mod tests {
         assert_eq!(bt, bm);
         let back: Table<String, u32> = skein_protocol::codec::decode(&bm).expect("decode");
         assert_eq!(back, t);
-        assert_eq!(serde_json::to_string(&t).ok(), serde_json::to_string(&m).ok());
+        assert_eq!(
+            serde_json::to_string(&t).ok(),
+            serde_json::to_string(&m).ok()
+        );
     }
 }

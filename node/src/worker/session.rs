@@ -456,6 +456,16 @@ impl SessionClient {
         } else if spread().is_multiple_of(LEAVE_LEADER_ONE_IN) {
             self.move_off_leader();
         }
+        // The manager hands this session to one holding fewer.
+        if let Some(i) = self
+            .kept
+            .managers
+            .iter()
+            .position(|m| !reply.move_to.is_empty() && m.peer_id == reply.move_to && !m.leader)
+        {
+            tracing::debug!(to = %self.kept.managers[i].name, "session handed over");
+            self.current = i;
+        }
         // The first answer is pushed even when empty: the worker acts only
         // once it has a set.
         if changed || self.sequence == 0 {
