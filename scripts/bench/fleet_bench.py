@@ -16,7 +16,9 @@ Per N, on a fresh cluster:
 - time for every session to be back after `kill -9` of the manager serving
   the most sessions: until each session it held was answered by another
   manager and every live simulated worker is online (the simulator times
-  both); the killed manager is restarted between samples;
+  both); the killed manager is restarted between samples, and the next
+  sample waits until the sessions have spread back over the non-leaders
+  (timed: the managers hand sessions to the one holding fewest);
 - last, every session stopped at once (connections kept): the managers' and
   the simulator's CPU for the connections alone, to split the idle cost.
 A measurement that fails or times out is reported as such and the next one
@@ -52,6 +54,7 @@ OP_TIMEOUT = float(os.environ.get("FLEET_OP_TIMEOUT", "120"))
 # The managers' heartbeat period (the sessions' turn period; a node is down
 # after 3 missed): the agent's default (1 s) unless set.
 HEARTBEAT_MS = os.environ.get("FLEET_HEARTBEAT_MS", "")
+SPREAD_TIMEOUT = float(os.environ.get("FLEET_SPREAD_TIMEOUT", "240"))
 TICK = os.sysconf("SC_CLK_TCK")
 GOALS = {"cpu": 20.0, "rss": 300.0, "global": 10.0, "back": 3.0, "down": 3.0}
 
@@ -284,7 +287,7 @@ def run_n(n, shm_root, out):
     ms = [Manager(f"m{i}", os.path.join(base, f"m{i}"), used) for i in (1, 2, 3)]
     sim = None
     notes = []
-    r = {"cpu": {}, "conn_cpu": {}, "rss_idle": {}, "glob": [], "glob_sim": [], "down": [], "back": [],
+    r = {"cpu": {}, "conn_cpu": {}, "rss_idle": {}, "glob": [], "glob_sim": [], "down": [], "back": [], "spread": [],
          "moved": [], "killed": [], "live": n, "idle_lead": None}
     peak = {m.name: 0.0 for m in ms}
 
@@ -437,6 +440,18 @@ def run_n(n, shm_root, out):
                 for x in http(other.api, "GET", "/v1/nodes")) and leader_of(ms) is not None, every=0.5)
             wait_until("every simulated session online", OP_TIMEOUT,
                        lambda: sim.latest().get("online", 0) >= r["live"] - r.get("silenced", 0), every=0.25)
+            # The sessions spread back over the managers before the next
+            # sample (a healthy cluster's steady state): timed, and the wait
+            # is given up (noted) after SPREAD_TIMEOUT.
+            t_back = time.time()
+            try:
+                wait_until("sessions spread back over the non-leaders", SPREAD_TIMEOUT,
+                           lambda: spread_evenly(peers, sim.latest().get("by_manager", {}), leader_of(ms)),
+                           every=0.5)
+                r["spread"].append(time.time() - t_back)
+                print(f"   sessions spread back in {r['spread'][-1]:.1f} s", file=sys.stderr)
+            except TimeoutError as e:
+                notes.append(f"kill sample {s + 1}: {e} (by manager: {sim.latest().get('by_manager')})")
             time.sleep(3)
 
     def connections_only():
@@ -472,6 +487,18 @@ def run_n(n, shm_root, out):
     sys.stdout.flush()
 
 
+def spread_evenly(peers, by, lead):
+    """Every non-leader manager holds its share of the sessions held by
+    non-leaders, within 10% (and 2)."""
+    if lead is None:
+        return False
+    counts = [by.get(p, 0) for p, m in peers.items() if m.name != lead.name]
+    if len(counts) < 2:
+        return True
+    share = sum(counts) / len(counts)
+    return max(counts) <= share * 1.1 + 2
+
+
 def report(n, r, peak, ms, notes):
     live, lead = r["live"], r["idle_lead"]
     mark = lambda name: f"{name}{' (leader)' if name == lead else ''}"
@@ -504,6 +531,8 @@ def report(n, r, peak, ms, notes):
     lines.append(row("`kill -9` of the busiest manager to every session back online", r["back"], " s",
                      GOALS["back"], "{:.2f}"))
     lines.append(row("... to the last of its sessions answered by another manager", r["moved"], " s", None, "{:.2f}"))
+    lines.append(row("after the killed manager restarted: its share of the sessions back with it",
+                     r["spread"], " s", None, "{:.1f}"))
     lines.append(row("silent simulated worker (session stopped, connections open) to down in the API",
                      r["down"], " s", GOALS["down"], "{:.2f}"))
     for m in ms:

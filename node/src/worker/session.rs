@@ -11,7 +11,8 @@
 //!   own reboot with no manager reachable, and only what was assigned to it;
 //! - when the session's manager does not answer (a failed or timed-out
 //!   turn, a refusal), the next turn goes to the next manager it knows at
-//!   once: a worker is back on a session within the turn timeout (hold + 1 s);
+//!   once: a worker is back on a session within the turn timeout (hold + 1 s,
+//!   plus 3 s when the turn needs a new connection);
 //! - the managers it knows come from its join, then from every answer (and
 //!   are kept in the same file);
 //! - sessions go to managers other than the Raft leader when there are any
@@ -110,6 +111,10 @@ pub fn after_failure(managers: &[ManagerInfo], failed: usize, r: usize) -> usize
     };
     pool[r % pool.len()]
 }
+
+/// How much longer a turn that opens a new channel may take than one on a
+/// kept channel (see [`SessionClient::run`]).
+const CONNECT_ALLOWANCE: Duration = Duration::from_secs(3);
 
 /// A worker on the leader's session leaves it with this chance (1 in N) at
 /// each turn.
@@ -311,13 +316,20 @@ impl SessionClient {
                 },
                 managers: self.managers_digest,
             };
-            let timeout = Duration::from_millis(self.wait_ms + 1000);
             // The turn goes on the session's kept channel (one stream for
             // the whole session, not one per turn); a failed or timed-out
             // turn drops it, and the next turn opens a new one.
-            let chan = match self.chan.take() {
-                Some(c) if c.peer() == peer => Ok(c),
-                _ => self.net.channel(&peer, &addr),
+            let (chan, timeout) = match self.chan.take() {
+                Some(c) if c.peer() == peer => (Ok(c), Duration::from_millis(self.wait_ms + 1000)),
+                // A new channel may need a connection first: a manager
+                // taking over a failed one's sessions does all their
+                // handshakes at once. Giving up on it after the usual turn
+                // timeout threw that work away and sent the session to the
+                // leader, which then did the same handshake again.
+                _ => (
+                    self.net.channel(&peer, &addr),
+                    Duration::from_millis(self.wait_ms + 1000) + CONNECT_ALLOWANCE,
+                ),
             };
             let turn = tokio::time::timeout(timeout, async move {
                 let mut chan = chan?;
