@@ -11,6 +11,9 @@
 //!   A reconnect, to this manager or another, so sends only what changed;
 //! - status reports from every worker are batched into few Raft proposals
 //!   (forwarded to the leader by the [`Proposer`]), one in flight at a time;
+//! - a non-leader holding more than its share of the fleet's sessions names
+//!   the manager holding fewest in some answers, a few a second
+//!   ([`balance`]): sessions spread back after a manager returns;
 //! - [`heartbeat`] hears nodes (session turns, managers' heartbeats, gossip
 //!   verdicts) and proposes the [`liveness`] verdicts of the nodes this
 //!   manager judges.
