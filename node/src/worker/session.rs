@@ -206,6 +206,9 @@ pub struct SessionClient {
     chan: Option<Channel>,
     /// [`managers_digest`] of `kept.managers` (sent on every turn).
     managers_digest: u64,
+    /// Status reports to [`send_reports`] (started by `run`).
+    report_tx: mpsc::Sender<(String, String, StatusReport)>,
+    report_rx: Option<mpsc::Receiver<(String, String, StatusReport)>>,
 }
 
 impl SessionClient {
@@ -234,6 +237,7 @@ impl SessionClient {
         let (role, role_rx) = watch::channel(NodeRole::Worker);
         let (serving, serving_rx) = watch::channel(String::new());
         let digest = managers_digest(&kept.managers);
+        let (report_tx, report_rx) = mpsc::channel(64);
         let mut client = SessionClient {
             node_id,
             net,
@@ -254,6 +258,8 @@ impl SessionClient {
             kept_peer: None,
             chan: None,
             managers_digest: digest,
+            report_tx,
+            report_rx: Some(report_rx),
         };
         client.move_off_leader();
         (
@@ -268,6 +274,9 @@ impl SessionClient {
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        if let Some(rx) = self.report_rx.take() {
+            tokio::spawn(send_reports(self.net.clone(), rx));
+        }
         if !self.kept.tasks.is_empty() {
             tracing::info!(
                 tasks = self.kept.tasks.len(),
@@ -344,7 +353,7 @@ impl SessionClient {
             let answer = loop {
                 tokio::select! {
                     r = &mut turn => break r,
-                    Some(report) = self.reports.recv() => self.send_status(&peer, report),
+                    Some(report) = self.reports.recv() => self.send_status(&peer, &addr, report),
                     _ = &mut offline, if *self.online.borrow() => self.check_online(),
                     _ = shutdown.changed() => return,
                 }
@@ -429,16 +438,13 @@ impl SessionClient {
     /// Status reports go to the session's manager, without waiting for the
     /// held turn; a lost report is sent again by the worker (it compares
     /// what it observes with the assignments' recorded status).
-    fn send_status(&self, peer: &str, report: StatusReport) {
-        let net = self.net.clone();
-        let peer = peer.to_string();
-        tokio::spawn(async move {
-            match net.request(&peer, WireMessage::Status(report)).await {
-                Ok(WireReply::Ack) => {}
-                Ok(other) => tracing::debug!(answer = ?other, "status report not taken"),
-                Err(e) => tracing::debug!(error = %e, "status report not sent"),
-            }
-        });
+    fn send_status(&self, peer: &str, addr: &str, report: StatusReport) {
+        if let Err(e) = self
+            .report_tx
+            .try_send((peer.to_string(), addr.to_string(), report))
+        {
+            tracing::debug!(error = %e, "status report dropped; the worker will report again");
+        }
     }
 
     async fn apply(&mut self, reply: SessionReply) {
@@ -500,6 +506,51 @@ impl SessionClient {
                 tasks: self.tasks.values().map(|(t, _)| t.clone()).collect(),
             })
             .await;
+    }
+}
+
+/// How long one status report may take before its channel is dropped.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends a session's status reports, one at a time, on a kept channel of
+/// their own to the session's manager (reports queued meanwhile for the
+/// same manager go as one). A new request stream per report cost the
+/// manager a negotiation in its swarm task for each: thousands at once in
+/// a global service's rollout. Ends when the session does.
+async fn send_reports(net: NetHandle, mut rx: mpsc::Receiver<(String, String, StatusReport)>) {
+    let mut chan: Option<Channel> = None;
+    while let Some((peer, addr, mut report)) = rx.recv().await {
+        let mut later = None;
+        while let Ok(more) = rx.try_recv() {
+            if more.0 == peer {
+                report.updates.extend(more.2.updates);
+            } else {
+                later = Some(more);
+                break;
+            }
+        }
+        for (peer, addr, report) in std::iter::once((peer, addr, report)).chain(later) {
+            let c = match chan.take() {
+                Some(c) if c.peer() == peer => Ok(c),
+                _ => net.channel(&peer, &addr),
+            };
+            let mut c = match c {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "status report not sent");
+                    continue;
+                }
+            };
+            match tokio::time::timeout(REPORT_TIMEOUT, c.call(&WireMessage::Status(report))).await {
+                Ok(Ok(WireReply::Ack)) => chan = Some(c),
+                Ok(Ok(other)) => {
+                    tracing::debug!(answer = ?other, "status report not taken");
+                    chan = Some(c);
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "status report not sent"),
+                Err(_) => tracing::debug!("status report not answered in time"),
+            }
+        }
     }
 }
 
