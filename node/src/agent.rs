@@ -1166,15 +1166,13 @@ async fn keep_peers_connected(
     let mut sub = raft.subscribe();
     let mut known: std::collections::HashMap<String, (String, bool)> = Default::default();
     let mut denied = std::collections::BTreeSet::new();
-    let mut seen: Option<std::sync::Arc<crate::store::ClusterState>> = None;
+    let mut seen: Option<(u64, usize)> = None;
     loop {
         let state = sub.borrow_and_update().state.clone();
-        // Published views change with every Raft step; the node table only
-        // with applied entries: a pass over the nodes only when it may differ.
-        if !seen
-            .as_ref()
-            .is_some_and(|s| std::sync::Arc::ptr_eq(s, &state))
-        {
+        // Published views change with every Raft step, the node table with
+        // some applied entries: a pass over the nodes only when it changed.
+        let key = (state.nodes.stamp(), state.removed_peers.len());
+        if seen != Some(key) {
             // Removed nodes are refused at connection (see cluster::authority),
             // a moment after their removal: a node that asked to leave gets
             // its answer first.
@@ -1221,7 +1219,7 @@ async fn keep_peers_connected(
                 net.remove_peer(&peer);
                 known.remove(&peer);
             }
-            seen = Some(state);
+            seen = Some(key);
         }
         tokio::select! {
             r = sub.changed() => if r.is_err() { return },

@@ -38,10 +38,12 @@ pub struct Router {
     pub dispatch: crate::dispatcher::DispatcherHandle,
 }
 
-/// Who the peers are, rebuilt when the state changes.
+/// Who the peers are, rebuilt when the node table changes (task changes,
+/// thousands in a rollout, leave it as it is).
 #[derive(Default)]
 struct Callers {
-    state: Option<Arc<ClusterState>>,
+    /// The node table's stamp and the number of removed peers indexed.
+    indexed: Option<(u64, usize)>,
     index: PeerIndex,
     /// Last refusal logged per (peer, kind).
     logged: HashMap<(String, &'static str), Instant>,
@@ -55,9 +57,10 @@ impl Callers {
         peer: &str,
     ) -> (Caller, Arc<ClusterState>) {
         let state = raft.current().state.clone();
-        if !self.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, &state)) {
+        let key = (state.nodes.stamp(), state.removed_peers.len());
+        if self.indexed != Some(key) {
             self.index = PeerIndex::build(&state);
-            self.state = Some(state.clone());
+            self.indexed = Some(key);
         }
         (self.index.caller(peer, book.raft_of(peer)), state)
     }

@@ -99,7 +99,8 @@ pub async fn run_monitor(
     let mut closed: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
     // The state `liveness` last noted the nodes and judges of.
-    let mut seen_state: Option<std::sync::Arc<crate::store::ClusterState>> = None;
+    // The node table's stamp last walked (see `store::Table::stamp`).
+    let mut seen_state: Option<u64> = None;
     loop {
         tokio::select! {
             Some(ev) = next_event(&mut net_events) => {
@@ -166,14 +167,12 @@ pub async fn run_monitor(
             );
             l.resumed(now);
         }
-        // Both walk every node: only when the state changed.
-        if !seen_state
-            .as_ref()
-            .is_some_and(|s| std::sync::Arc::ptr_eq(s, &p.state))
-        {
+        // Both walk every node: only when the node table changed (task
+        // changes, thousands in a rollout, leave it as it is).
+        if seen_state != Some(p.state.nodes.stamp()) {
             l.judges_seen(&p.state, now);
             l.saw(&p.state, now);
-            seen_state = Some(p.state.clone());
+            seen_state = Some(p.state.nodes.stamp());
         }
         let leader = p.leader_ready;
         if leader && !was_leader {

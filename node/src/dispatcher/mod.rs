@@ -353,7 +353,8 @@ struct Handover {
 /// answer must not cost a scan of every node.
 #[derive(Default)]
 struct ManagersCache {
-    of: Option<(Arc<ClusterState>, u64)>,
+    /// The node table's stamp and the leader the list was made for.
+    of: Option<(u64, u64)>,
     list: Vec<ManagerInfo>,
     digest: u64,
 }
@@ -361,17 +362,14 @@ struct ManagersCache {
 impl ManagersCache {
     /// The list and its [`managers_digest`].
     fn get(&mut self, snap: &Published) -> (&[ManagerInfo], u64) {
-        let fresh = self
-            .of
-            .as_ref()
-            .is_some_and(|(s, l)| Arc::ptr_eq(s, &snap.state) && *l == snap.leader_id);
-        if !fresh {
+        let key = (snap.state.nodes.stamp(), snap.leader_id);
+        if self.of != Some(key) {
             let list = session_managers(&snap.state, snap.leader_id);
             if list != self.list || self.of.is_none() {
                 self.digest = managers_digest(&list);
                 self.list = list;
             }
-            self.of = Some((snap.state.clone(), snap.leader_id));
+            self.of = Some(key);
         }
         (&self.list, self.digest)
     }

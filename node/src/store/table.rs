@@ -10,26 +10,42 @@
 //! - reads and the encoding are those of a `BTreeMap<K, V>` (same order,
 //!   same bytes in snapshots and on the wire);
 //! - a write through [`Table::get_mut`] / [`Table::values_mut_where`] never
-//!   shows in another copy of the table.
+//!   shows in another copy of the table;
+//! - [`Table::stamp`]: two tables with the same stamp hold the same rows
+//!   (a copy keeps the stamp, every write and every decode takes a new one),
+//!   so a reader can skip a pass over a table it already walked.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Borrow;
 use std::collections::btree_map;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-#[derive(Debug, PartialEq)]
-pub struct Table<K: Ord, V>(BTreeMap<K, Arc<V>>);
+#[derive(Debug)]
+pub struct Table<K: Ord, V>(BTreeMap<K, Arc<V>>, u64);
+
+/// Stamps are unique in this process.
+fn fresh() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
 
 impl<K: Ord, V> Default for Table<K, V> {
     fn default() -> Self {
-        Table(BTreeMap::new())
+        Table(BTreeMap::new(), fresh())
     }
 }
 
 impl<K: Ord + Clone, V> Clone for Table<K, V> {
     fn clone(&self) -> Self {
-        Table(self.0.clone())
+        Table(self.0.clone(), self.1)
+    }
+}
+
+impl<K: Ord, V: PartialEq> PartialEq for Table<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
     }
 }
 
@@ -52,6 +68,7 @@ impl<K: Ord, V> Table<K, V> {
 
     /// Returns the old row, if any.
     pub fn insert(&mut self, k: K, v: V) -> Option<Arc<V>> {
+        self.1 = fresh();
         self.0.insert(k, Arc::new(v))
     }
 
@@ -60,6 +77,7 @@ impl<K: Ord, V> Table<K, V> {
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
+        self.1 = fresh();
         self.0.remove(k)
     }
 
@@ -72,7 +90,13 @@ impl<K: Ord, V> Table<K, V> {
     }
 
     pub fn clear(&mut self) {
+        self.1 = fresh();
         self.0.clear()
+    }
+
+    /// Equal stamps, equal rows (see the module's invariants).
+    pub fn stamp(&self) -> u64 {
+        self.1
     }
 
     pub fn keys(&self) -> btree_map::Keys<'_, K, Arc<V>> {
@@ -104,6 +128,7 @@ impl<K: Ord, V: Clone> Table<K, V> {
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
+        self.1 = fresh();
         self.0.get_mut(k).map(Arc::make_mut)
     }
 
@@ -112,6 +137,7 @@ impl<K: Ord, V: Clone> Table<K, V> {
         &'a mut self,
         pick: impl Fn(&V) -> bool + 'a,
     ) -> impl Iterator<Item = &'a mut V> + 'a {
+        self.1 = fresh();
         self.0
             .values_mut()
             .filter(move |v| pick(v))
@@ -138,7 +164,10 @@ impl<'a, K: Ord, V> IntoIterator for &'a Table<K, V> {
 
 impl<K: Ord, V> FromIterator<(K, V)> for Table<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Table(iter.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+        Table(
+            iter.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            fresh(),
+        )
     }
 }
 
@@ -182,6 +211,29 @@ mod tests {
         }
         assert_eq!(a.get("y"), Some(&vec![2, 7]));
         assert_eq!(b.get("y"), Some(&vec![2]));
+    }
+
+    #[test]
+    fn a_copy_keeps_the_stamp_and_every_write_takes_a_new_one() {
+        let mut a: Table<String, u32> = [("x".to_string(), 1)].into_iter().collect();
+        let b = a.clone();
+        assert_eq!(a.stamp(), b.stamp());
+        let before = a.stamp();
+        if let Some(v) = a.get_mut("x") {
+            *v = 2;
+        }
+        assert_ne!(a.stamp(), before);
+        let s1 = a.stamp();
+        a.insert("y".into(), 3);
+        assert_ne!(a.stamp(), s1);
+        let s2 = a.stamp();
+        a.remove("y");
+        assert_ne!(a.stamp(), s2);
+        // Decoded tables never share a stamp with a live one.
+        let bytes = skein_protocol::codec::encode(&b).expect("encode");
+        let c: Table<String, u32> = skein_protocol::codec::decode(&bytes).expect("decode");
+        assert_eq!(c, b);
+        assert_ne!(c.stamp(), b.stamp());
     }
 
     #[test]
