@@ -1171,7 +1171,7 @@ async fn keep_peers_connected(
         let state = sub.borrow_and_update().state.clone();
         // Published views change with every Raft step, the node table with
         // some applied entries: a pass over the nodes only when it changed.
-        let key = (state.nodes.stamp(), state.removed_peers.len());
+        let key = state.peers_key();
         if seen != Some(key) {
             // Removed nodes are refused at connection (see cluster::authority),
             // a moment after their removal: a node that asked to leave gets

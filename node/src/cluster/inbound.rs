@@ -42,7 +42,7 @@ pub struct Router {
 /// thousands in a rollout, leave it as it is).
 #[derive(Default)]
 struct Callers {
-    /// The node table's stamp and the number of removed peers indexed.
+    /// The [`ClusterState::peers_key`] indexed.
     indexed: Option<(u64, usize)>,
     index: PeerIndex,
     /// Last refusal logged per (peer, kind).
@@ -57,7 +57,7 @@ impl Callers {
         peer: &str,
     ) -> (Caller, Arc<ClusterState>) {
         let state = raft.current().state.clone();
-        let key = (state.nodes.stamp(), state.removed_peers.len());
+        let key = state.peers_key();
         if self.indexed != Some(key) {
             self.index = PeerIndex::build(&state);
             self.indexed = Some(key);

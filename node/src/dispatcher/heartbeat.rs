@@ -98,8 +98,8 @@ pub async fn run_monitor(
     let mut net_events = net.as_ref().map(|n| n.events());
     let mut closed: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
-    // The state `liveness` last noted the nodes and judges of.
-    // The node table's stamp last walked (see `store::Table::stamp`).
+    // The node table `liveness` last noted the nodes and judges of (its
+    // stamp, see `store::Table::stamp`).
     let mut seen_state: Option<u64> = None;
     loop {
         tokio::select! {

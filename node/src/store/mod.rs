@@ -368,11 +368,9 @@ impl ClusterState {
                 for t in self.tasks.values_mut_where(|t| {
                     &t.service_id == id && t.desired_state < TaskState::Shutdown
                 }) {
-                    {
-                        t.desired_state = TaskState::Shutdown;
-                        stop_if_unplaced(t);
-                        ev.push(Event::Task(t.id.clone()));
-                    }
+                    t.desired_state = TaskState::Shutdown;
+                    stop_if_unplaced(t);
+                    ev.push(Event::Task(t.id.clone()));
                 }
                 ev.push(Event::Service(id.clone()));
             }
@@ -502,6 +500,12 @@ impl ClusterState {
     /// to judge: its heartbeats go to the leader only, so the manager that
     /// last took its session over (an old leader) would see it fall silent
     /// and mark it down, and the node could never mark itself ready again.
+    /// Equal keys, equal nodes and removed peers: who the peers are has not
+    /// changed (see [`Table::stamp`]); a pass over them can be skipped.
+    pub fn peers_key(&self) -> (u64, usize) {
+        (self.nodes.stamp(), self.removed_peers.len())
+    }
+
     pub fn session_judge(&self, node: &str) -> Option<&str> {
         let n = self.nodes.get(node)?;
         if n.role == skein_protocol::NodeRole::Manager {

@@ -328,18 +328,16 @@ impl SessionClient {
             // The turn goes on the session's kept channel (one stream for
             // the whole session, not one per turn); a failed or timed-out
             // turn drops it, and the next turn opens a new one.
-            let (chan, timeout) = match self.chan.take() {
-                Some(c) if c.peer() == peer => (Ok(c), Duration::from_millis(self.wait_ms + 1000)),
+            let mut timeout = Duration::from_millis(self.wait_ms + 1000);
+            if self.chan.as_ref().is_none_or(|c| c.peer() != peer) {
                 // A new channel may need a connection first: a manager
                 // taking over a failed one's sessions does all their
                 // handshakes at once. Giving up on it after the usual turn
                 // timeout threw that work away and sent the session to the
                 // leader, which then did the same handshake again.
-                _ => (
-                    self.net.channel(&peer, &addr),
-                    Duration::from_millis(self.wait_ms + 1000) + CONNECT_ALLOWANCE,
-                ),
-            };
+                timeout += CONNECT_ALLOWANCE;
+            }
+            let chan = kept_or_new(&self.net, self.chan.take(), &peer, &addr);
             let turn = tokio::time::timeout(timeout, async move {
                 let mut chan = chan?;
                 let r = chan.call(&WireMessage::Session(Box::new(req))).await;
@@ -509,6 +507,19 @@ impl SessionClient {
     }
 }
 
+/// `kept` when it goes to `peer`, else a new channel to it.
+fn kept_or_new(
+    net: &NetHandle,
+    kept: Option<Channel>,
+    peer: &str,
+    addr: &str,
+) -> Result<Channel, crate::net::NetError> {
+    match kept {
+        Some(c) if c.peer() == peer => Ok(c),
+        _ => net.channel(peer, addr),
+    }
+}
+
 /// How long one status report may take before its channel is dropped.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -530,11 +541,7 @@ async fn send_reports(net: NetHandle, mut rx: mpsc::Receiver<(String, String, St
             }
         }
         for (peer, addr, report) in std::iter::once((peer, addr, report)).chain(later) {
-            let c = match chan.take() {
-                Some(c) if c.peer() == peer => Ok(c),
-                _ => net.channel(&peer, &addr),
-            };
-            let mut c = match c {
+            let mut c = match kept_or_new(&net, chan.take(), &peer, &addr) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "status report not sent");
