@@ -1166,11 +1166,11 @@ async fn keep_peers_connected(
     let mut sub = raft.subscribe();
     let mut known: std::collections::HashMap<String, (String, bool)> = Default::default();
     let mut denied = std::collections::BTreeSet::new();
-    let mut seen: Option<(u64, usize)> = None;
+    let mut seen: Option<u64> = None;
     loop {
         let state = sub.borrow_and_update().state.clone();
-        // Published views change with every Raft step, the node table with
-        // some applied entries: a pass over the nodes only when it changed.
+        // Published views change with every Raft step, who the peers are
+        // with a few applied entries: a pass over the nodes only then.
         let key = state.peers_key();
         if seen != Some(key) {
             // Removed nodes are refused at connection (see cluster::authority),

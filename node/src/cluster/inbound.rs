@@ -38,12 +38,12 @@ pub struct Router {
     pub dispatch: crate::dispatcher::DispatcherHandle,
 }
 
-/// Who the peers are, rebuilt when the node table changes (task changes,
-/// thousands in a rollout, leave it as it is).
+/// Who the peers are, rebuilt when they change (task changes, verdicts and
+/// session moves, thousands in a rollout or a failover, leave it as it is).
 #[derive(Default)]
 struct Callers {
     /// The [`ClusterState::peers_key`] indexed.
-    indexed: Option<(u64, usize)>,
+    indexed: Option<u64>,
     index: PeerIndex,
     /// Last refusal logged per (peer, kind).
     logged: HashMap<(String, &'static str), Instant>,

@@ -98,9 +98,9 @@ pub async fn run_monitor(
     let mut net_events = net.as_ref().map(|n| n.events());
     let mut closed: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
-    // The node table `liveness` last noted the nodes and judges of (its
-    // stamp, see `store::Table::stamp`).
-    let mut seen_state: Option<u64> = None;
+    // The roster and judges `liveness` last noted (see
+    // `ClusterState::judges_key`).
+    let mut seen_state: Option<(u64, u64)> = None;
     loop {
         tokio::select! {
             Some(ev) = next_event(&mut net_events) => {
@@ -167,12 +167,13 @@ pub async fn run_monitor(
             );
             l.resumed(now);
         }
-        // Both walk every node: only when the node table changed (task
-        // changes, thousands in a rollout, leave it as it is).
-        if seen_state != Some(p.state.nodes.stamp()) {
+        // Both walk every node: only when the nodes or their judges changed
+        // (task changes and verdicts, thousands in a rollout, leave them).
+        let key = p.state.judges_key();
+        if seen_state != Some(key) {
             l.judges_seen(&p.state, now);
             l.saw(&p.state, now);
-            seen_state = Some(p.state.nodes.stamp());
+            seen_state = Some(key);
         }
         let leader = p.leader_ready;
         if leader && !was_leader {

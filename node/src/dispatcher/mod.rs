@@ -353,7 +353,7 @@ struct Handover {
 /// answer must not cost a scan of every node.
 #[derive(Default)]
 struct ManagersCache {
-    /// The node table's stamp and the leader the list was made for.
+    /// The roster stamp and the leader the list was made for.
     of: Option<(u64, u64)>,
     list: Vec<ManagerInfo>,
     digest: u64,
@@ -362,7 +362,7 @@ struct ManagersCache {
 impl ManagersCache {
     /// The list and its [`managers_digest`].
     fn get(&mut self, snap: &Published) -> (&[ManagerInfo], u64) {
-        let key = (snap.state.nodes.stamp(), snap.leader_id);
+        let key = (snap.state.peers_key(), snap.leader_id);
         if self.of != Some(key) {
             let list = session_managers(&snap.state, snap.leader_id);
             if list != self.list || self.of.is_none() {

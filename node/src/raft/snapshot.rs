@@ -293,6 +293,9 @@ pub fn write_image(
         stacks,
         recent_requests,
         removed_peers,
+        // Local stamps, not part of the state's value.
+        roster: _,
+        sessions: _,
     } = state;
     let rest = ClusterState {
         cluster_id: cluster_id.clone(),

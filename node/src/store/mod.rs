@@ -20,7 +20,7 @@ use skein_protocol::{
 use std::collections::BTreeMap;
 
 mod table;
-pub use table::Table;
+pub use table::{Stamp, Table};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -45,6 +45,28 @@ pub struct ClusterState {
     /// when they connect (see [`crate::cluster::authority`]).
     #[serde(default)]
     pub removed_peers: std::collections::BTreeSet<String>,
+    /// Who the peers are: equal stamps, the same nodes with the same
+    /// identity (name, peer id, addresses, raft id, role), the same
+    /// managers' statuses and the same removed peers. Unlike the node
+    /// table's stamp, a worker's verdict or session move leaves it as it is:
+    /// at 5,000 nodes those come by the thousand in a rollout or a failover,
+    /// and every pass keyed by it walks every node. Kept by [`Self::apply`];
+    /// a write to `nodes` outside it must [`Stamp::touch`] it.
+    #[serde(skip)]
+    pub roster: Stamp,
+    /// Equal stamps (and rosters), the same session managers for every
+    /// node (`Node::session`, see [`Self::session_judge`]). Kept like `roster`.
+    #[serde(skip)]
+    pub sessions: Stamp,
+}
+
+/// A node's fields the [`ClusterState::roster`] stamp stands for.
+fn roster_of(n: &Node) -> impl PartialEq + '_ {
+    let manager = n.role == skein_protocol::NodeRole::Manager;
+    (
+        (&n.name, &n.peer_id, &n.addr, &n.api_addr),
+        (n.raft_id, n.role, manager.then_some(n.status)),
+    )
 }
 
 /// How many request verdicts are remembered. A proposer retries for seconds,
@@ -156,7 +178,8 @@ impl ClusterState {
                 {
                     return Err(ApplyError::NodeNameTaken(other.name.clone()));
                 }
-                let merged = match self.nodes.get(&node.id) {
+                let old = self.nodes.get(&node.id);
+                let merged = match old {
                     // The node describes itself; the operator's fields stay.
                     Some(old) => Node {
                         role: old.role,
@@ -167,6 +190,9 @@ impl ClusterState {
                     },
                     None => node.clone(),
                 };
+                if old.is_none_or(|o| roster_of(o) != roster_of(&merged)) {
+                    self.roster.touch();
+                }
                 self.nodes.insert(node.id.clone(), merged);
                 ev.push(Event::Node(node.id.clone()));
             }
@@ -180,6 +206,9 @@ impl ClusterState {
                     .nodes
                     .get_mut(id)
                     .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
+                if n.role == skein_protocol::NodeRole::Manager && n.status != *status {
+                    self.roster.touch();
+                }
                 n.status = *status;
                 n.status_message = message.clone();
                 n.updated_at = *at;
@@ -189,16 +218,32 @@ impl ClusterState {
             Command::NodeVerdicts { by, verdicts, at } => {
                 for (id, status, message) in verdicts {
                     let judge = self.session_judge(id).map(str::to_string);
+                    let Some(n) = self.nodes.get(id) else {
+                        continue;
+                    };
+                    let ready = *status == skein_protocol::NodeStatus::Ready;
+                    // Another manager holds the session: not ours to judge.
+                    if !ready && judge.as_ref().is_some_and(|j| j != by) {
+                        continue;
+                    }
+                    let take = ready && n.session != *by;
+                    let same = n.status == *status && n.status_message == *message;
+                    if !take && same {
+                        // Nothing to write: the row (and the table's stamp)
+                        // stays as it is.
+                        continue;
+                    }
+                    if n.role == skein_protocol::NodeRole::Manager && n.status != *status {
+                        self.roster.touch();
+                    }
                     let Some(n) = self.nodes.get_mut(id) else {
                         continue;
                     };
-                    match status {
-                        skein_protocol::NodeStatus::Ready => n.session = by.clone(),
-                        // Another manager holds the session: not ours to judge.
-                        _ if judge.as_ref().is_some_and(|j| j != by) => continue,
-                        _ => {}
+                    if take {
+                        n.session = by.clone();
+                        self.sessions.touch();
                     }
-                    if n.status == *status && n.status_message == *message {
+                    if same {
                         continue;
                     }
                     n.status = *status;
@@ -242,6 +287,8 @@ impl ClusterState {
                     n.labels = l.clone();
                 }
                 n.updated_at = *at;
+                // Rare (an operator's change): no need to tell which field.
+                self.roster.touch();
                 ev.push(Event::Node(id.clone()));
             }
             Command::RemoveNode { id } => {
@@ -250,6 +297,7 @@ impl ClusterState {
                     .remove(id)
                     .ok_or_else(|| ApplyError::NoSuchNode(id.clone()))?;
                 self.removed.insert(id.clone());
+                self.roster.touch();
                 if !node.peer_id.is_empty() {
                     self.removed_peers.insert(node.peer_id.clone());
                 }
@@ -494,18 +542,23 @@ impl ClusterState {
             .filter(move |t| t.service_id == service_id)
     }
 
+    /// Equal keys: who the peers are has not changed (see
+    /// [`Self::roster`]); a pass over them can be skipped.
+    pub fn peers_key(&self) -> u64 {
+        self.roster.get()
+    }
+
+    /// Equal keys: every node's [`Self::session_judge`] is the same.
+    pub fn judges_key(&self) -> (u64, u64) {
+        (self.roster.get(), self.sessions.get())
+    }
+
     /// The manager that judges `node`'s liveness: the one holding its
     /// session, while that one is a ready manager; None when nobody does
     /// (then the leader judges it). A manager node is always the leader's
     /// to judge: its heartbeats go to the leader only, so the manager that
     /// last took its session over (an old leader) would see it fall silent
     /// and mark it down, and the node could never mark itself ready again.
-    /// Equal keys, equal nodes and removed peers: who the peers are has not
-    /// changed (see [`Table::stamp`]); a pass over them can be skipped.
-    pub fn peers_key(&self) -> (u64, usize) {
-        (self.nodes.stamp(), self.removed_peers.len())
-    }
-
     pub fn session_judge(&self, node: &str) -> Option<&str> {
         let n = self.nodes.get(node)?;
         if n.role == skein_protocol::NodeRole::Manager {

@@ -31,6 +31,35 @@ fn fresh() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A stamp of its own for what a table's stamp would change too often for
+/// (see [`super::ClusterState::roster`]): a copy keeps it, a default or a
+/// decoded one is fresh, [`Stamp::touch`] takes a new one. Not part of the
+/// value: two states that differ only in stamps are equal.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp(u64);
+
+impl Default for Stamp {
+    fn default() -> Self {
+        Stamp(fresh())
+    }
+}
+
+impl PartialEq for Stamp {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Stamp {
+    pub fn get(&self) -> u64 {
+        self.0
+    }
+
+    pub fn touch(&mut self) {
+        self.0 = fresh();
+    }
+}
+
 impl<K: Ord, V> Default for Table<K, V> {
     fn default() -> Self {
         Table(BTreeMap::new(), fresh())

@@ -1,6 +1,6 @@
 use super::*;
 use proptest::prelude::*;
-use skein_protocol::{ServiceSpec, TaskStatus};
+use skein_protocol::{NodeStatus, ServiceSpec, TaskStatus};
 
 fn service(id: &str, name: &str) -> Service {
     Service {
@@ -414,4 +414,69 @@ fn request_verdicts_are_bounded_and_survive_a_snapshot() {
     let bytes = skein_protocol::codec::encode(&st).expect("encode");
     let back: ClusterState = skein_protocol::codec::decode(&bytes).expect("decode");
     assert_eq!(back, st);
+}
+
+/// The roster stamp moves with who the peers are, not with a worker's
+/// verdict or session move (thousands of those in a 5,000-node rollout,
+/// each of which made every node-walking pass run again); the sessions
+/// stamp moves with the session moves; a verdict that changes nothing
+/// writes nothing.
+#[test]
+fn the_roster_moves_with_the_peers_and_not_with_worker_verdicts() {
+    let mut s = ClusterState::default();
+    let mut ev = Vec::new();
+    let mut m = crate::orchestrator::tests::node("m1");
+    m.peer_id = "peer-m1".into();
+    let mut w = crate::orchestrator::tests::node("w1");
+    w.role = skein_protocol::NodeRole::Worker;
+    w.peer_id = "peer-w1".into();
+    let r0 = s.peers_key();
+    s.apply(&Command::UpsertNode(m.clone()), &mut ev)
+        .expect("m1");
+    s.apply(&Command::UpsertNode(w.clone()), &mut ev)
+        .expect("w1");
+    assert_ne!(s.peers_key(), r0, "a new node is a new peer");
+    let verdict = |by: &str, status: NodeStatus| Command::NodeVerdicts {
+        by: by.into(),
+        verdicts: vec![("w1".into(), status, String::new())],
+        at: 5,
+    };
+    // A worker taken over, marked down, ready again: the roster stays.
+    let (r1, j1, t1) = (s.peers_key(), s.judges_key(), s.nodes.stamp());
+    s.apply(&verdict("m1", NodeStatus::Ready), &mut ev)
+        .expect("take");
+    assert_eq!(s.nodes["w1"].session, "m1");
+    assert_eq!(s.peers_key(), r1);
+    assert_ne!(s.judges_key(), j1, "w1's judge changed");
+    let (j2, t2) = (s.judges_key(), s.nodes.stamp());
+    assert_ne!(t2, t1);
+    // The same verdict again writes nothing.
+    s.apply(&verdict("m1", NodeStatus::Ready), &mut ev)
+        .expect("again");
+    assert_eq!((s.judges_key(), s.nodes.stamp()), (j2, t2));
+    s.apply(&verdict("m1", NodeStatus::Down), &mut ev)
+        .expect("down");
+    assert_eq!(s.nodes["w1"].status, NodeStatus::Down);
+    assert_eq!(s.judges_key(), j2, "a worker's verdict moves neither stamp");
+    // The same node describing itself again (an agent restart): no change.
+    s.apply(&Command::UpsertNode(w.clone()), &mut ev)
+        .expect("w1 again");
+    assert_eq!(s.peers_key(), r1);
+    // A manager's status, a new address, a removal: the roster moves.
+    let mgr_down = Command::SetNodeStatus {
+        id: "m1".into(),
+        status: NodeStatus::Down,
+        message: String::new(),
+        at: 6,
+    };
+    s.apply(&mgr_down, &mut ev).expect("m1 down");
+    let r2 = s.peers_key();
+    assert_ne!(r2, r1, "the managers a session may use changed");
+    w.addr = "10.0.0.9:7946".into();
+    s.apply(&Command::UpsertNode(w), &mut ev).expect("w1 moved");
+    let r3 = s.peers_key();
+    assert_ne!(r3, r2);
+    s.apply(&Command::RemoveNode { id: "w1".into() }, &mut ev)
+        .expect("rm");
+    assert_ne!(s.peers_key(), r3);
 }
