@@ -116,6 +116,21 @@ pub fn after_failure(managers: &[ManagerInfo], failed: usize, r: usize) -> usize
 /// kept channel (see [`SessionClient::run`]).
 const CONNECT_ALLOWANCE: Duration = Duration::from_secs(3);
 
+/// The pause after `failures` failed turns in a row: none after the first
+/// (the next manager is asked at once), then a random time up to 250 ms,
+/// doubled with each failure up to 2 s ("full jitter": sessions that fail
+/// together come back spread out; before, every session of a fleet that
+/// failed together came back in the same 200 ms steps, and at 5,000
+/// sessions each wave of handshakes timed out the next). `r`: a random
+/// number.
+pub fn backoff(failures: u32, r: u64) -> Option<Duration> {
+    if failures < 2 {
+        return None;
+    }
+    let cap_ms = 250u64 << (failures - 2).min(3);
+    Some(Duration::from_millis(r % (cap_ms + 1)))
+}
+
 /// A worker on the leader's session leaves it with this chance (1 in N) at
 /// each turn.
 const LEAVE_LEADER_ONE_IN: usize = 8;
@@ -392,9 +407,10 @@ impl SessionClient {
                     } else {
                         self.current.wrapping_add(1)
                     };
-                    // Every manager failed in a row: do not spin.
-                    if (failures as usize).is_multiple_of(self.kept.managers.len().max(1)) {
-                        let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
+                    // Failed again: wait a random while, longer each time,
+                    // so that a fleet that lost its managers does not come
+                    // back to them all in the same second.
+                    if let Some(pause) = backoff(failures, crate::util::random_u64()) {
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
                             _ = shutdown.changed() => return,
@@ -587,6 +603,20 @@ mod tests {
         // A lone manager that leads keeps its sessions.
         assert_eq!(off_leader(&[m("a", true)], 0, 3), 0);
         assert_eq!(off_leader(&[], 4, 3), 4);
+    }
+
+    #[test]
+    fn failed_turns_back_off_randomly_up_to_two_seconds() {
+        assert_eq!(backoff(0, 7), None);
+        assert_eq!(backoff(1, 7), None, "the next manager is asked at once");
+        assert!(backoff(2, u64::MAX).is_some_and(|d| d <= Duration::from_millis(250)));
+        assert!(backoff(3, 400).is_some_and(|d| d == Duration::from_millis(400)));
+        for f in 6..40 {
+            let d = backoff(f, u64::MAX).expect("a pause");
+            assert!(d <= Duration::from_secs(2), "{f}: {d:?}");
+        }
+        // Spread: different draws, different pauses.
+        assert_ne!(backoff(5, 1), backoff(5, 2000));
     }
 
     #[test]
