@@ -116,18 +116,19 @@ pub fn after_failure(managers: &[ManagerInfo], failed: usize, r: usize) -> usize
 /// kept channel (see [`SessionClient::run`]).
 const CONNECT_ALLOWANCE: Duration = Duration::from_secs(3);
 
-/// The pause after `failures` failed turns in a row: none after the first
-/// (the next manager is asked at once), then a random time up to 250 ms,
-/// doubled with each failure up to 2 s ("full jitter": sessions that fail
-/// together come back spread out; before, every session of a fleet that
-/// failed together came back in the same 200 ms steps, and at 5,000
-/// sessions each wave of handshakes timed out the next). `r`: a random
-/// number.
-pub fn backoff(failures: u32, r: u64) -> Option<Duration> {
-    if failures < 2 {
+/// The pause after `failures` failed turns in a row with `managers`
+/// managers known: none until every manager failed in the round (the next
+/// one is asked at once: a failover must not wait), then a random time up
+/// to 250 ms, doubled with each round up to 2 s ("full jitter": sessions
+/// that fail together come back spread out; before, a fleet that lost its
+/// managers came back in the same fixed steps, and at 5,000 sessions each
+/// wave of handshakes timed out the next). `r`: a random number.
+pub fn backoff(failures: u32, managers: usize, r: u64) -> Option<Duration> {
+    let n = managers.max(1) as u32;
+    if failures == 0 || !failures.is_multiple_of(n) {
         return None;
     }
-    let cap_ms = 250u64 << (failures - 2).min(3);
+    let cap_ms = 250u64 << (failures / n - 1).min(3);
     Some(Duration::from_millis(r % (cap_ms + 1)))
 }
 
@@ -407,10 +408,11 @@ impl SessionClient {
                     } else {
                         self.current.wrapping_add(1)
                     };
-                    // Failed again: wait a random while, longer each time,
-                    // so that a fleet that lost its managers does not come
-                    // back to them all in the same second.
-                    if let Some(pause) = backoff(failures, crate::util::random_u64()) {
+                    // Every manager failed in a row: wait a random while,
+                    // longer each round, so that a fleet that lost its
+                    // managers does not come back to them all at once.
+                    let n = self.kept.managers.len();
+                    if let Some(pause) = backoff(failures, n, crate::util::random_u64()) {
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
                             _ = shutdown.changed() => return,
@@ -606,17 +608,23 @@ mod tests {
     }
 
     #[test]
-    fn failed_turns_back_off_randomly_up_to_two_seconds() {
-        assert_eq!(backoff(0, 7), None);
-        assert_eq!(backoff(1, 7), None, "the next manager is asked at once");
-        assert!(backoff(2, u64::MAX).is_some_and(|d| d <= Duration::from_millis(250)));
-        assert!(backoff(3, 400).is_some_and(|d| d == Duration::from_millis(400)));
-        for f in 6..40 {
-            let d = backoff(f, u64::MAX).expect("a pause");
-            assert!(d <= Duration::from_secs(2), "{f}: {d:?}");
+    fn a_round_of_failed_turns_backs_off_randomly_up_to_two_seconds() {
+        assert_eq!(backoff(0, 3, 7), None);
+        // Not every manager tried yet: the next one at once.
+        assert_eq!(backoff(1, 3, 7), None);
+        assert_eq!(backoff(2, 3, 7), None);
+        assert!(backoff(3, 3, u64::MAX).is_some_and(|d| d <= Duration::from_millis(250)));
+        assert_eq!(backoff(6, 3, 400), Some(Duration::from_millis(400)));
+        // One manager: every failure is a round.
+        assert!(backoff(1, 1, u64::MAX).is_some_and(|d| d <= Duration::from_millis(250)));
+        assert!(backoff(1, 0, u64::MAX).is_some());
+        for f in 1..60 {
+            if let Some(d) = backoff(f, 3, u64::MAX) {
+                assert!(d <= Duration::from_secs(2), "{f}: {d:?}");
+            }
         }
         // Spread: different draws, different pauses.
-        assert_ne!(backoff(5, 1), backoff(5, 2000));
+        assert_ne!(backoff(12, 3, 1), backoff(12, 3, 2000));
     }
 
     #[test]
