@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-#[derive(Debug)]
-pub struct Table<K: Ord, V>(BTreeMap<K, Arc<V>>, u64);
+#[derive(Debug, PartialEq)]
+pub struct Table<K: Ord, V>(BTreeMap<K, Arc<V>>, Stamp);
 
 /// Stamps are unique in this process.
 fn fresh() -> u64 {
@@ -31,10 +31,11 @@ fn fresh() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A stamp of its own for what a table's stamp would change too often for
-/// (see [`super::ClusterState::roster`]): a copy keeps it, a default or a
-/// decoded one is fresh, [`Stamp::touch`] takes a new one. Not part of the
-/// value: two states that differ only in stamps are equal.
+/// A version mark: a copy keeps it, a default or a decoded one is fresh,
+/// [`Stamp::touch`] takes a new one. Not part of the value: two tables (or
+/// states) that differ only in stamps are equal. Each table has one (see
+/// [`Table::stamp`]); the state keeps others for what a table's stamp
+/// would change too often for (see [`super::ClusterState::roster`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Stamp(u64);
 
@@ -62,19 +63,13 @@ impl Stamp {
 
 impl<K: Ord, V> Default for Table<K, V> {
     fn default() -> Self {
-        Table(BTreeMap::new(), fresh())
+        Table(BTreeMap::new(), Stamp::default())
     }
 }
 
 impl<K: Ord + Clone, V> Clone for Table<K, V> {
     fn clone(&self) -> Self {
         Table(self.0.clone(), self.1)
-    }
-}
-
-impl<K: Ord, V: PartialEq> PartialEq for Table<K, V> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
     }
 }
 
@@ -97,7 +92,7 @@ impl<K: Ord, V> Table<K, V> {
 
     /// Returns the old row, if any.
     pub fn insert(&mut self, k: K, v: V) -> Option<Arc<V>> {
-        self.1 = fresh();
+        self.1.touch();
         self.0.insert(k, Arc::new(v))
     }
 
@@ -106,7 +101,7 @@ impl<K: Ord, V> Table<K, V> {
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        self.1 = fresh();
+        self.1.touch();
         self.0.remove(k)
     }
 
@@ -119,13 +114,13 @@ impl<K: Ord, V> Table<K, V> {
     }
 
     pub fn clear(&mut self) {
-        self.1 = fresh();
+        self.1.touch();
         self.0.clear()
     }
 
     /// Equal stamps, equal rows (see the module's invariants).
     pub fn stamp(&self) -> u64 {
-        self.1
+        self.1.get()
     }
 
     pub fn keys(&self) -> btree_map::Keys<'_, K, Arc<V>> {
@@ -148,7 +143,7 @@ impl<K: Ord, V: Clone> Table<K, V> {
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        self.1 = fresh();
+        self.1.touch();
         self.0.get_mut(k).map(Arc::make_mut)
     }
 
@@ -157,7 +152,7 @@ impl<K: Ord, V: Clone> Table<K, V> {
         &'a mut self,
         pick: impl Fn(&V) -> bool + 'a,
     ) -> impl Iterator<Item = &'a mut V> + 'a {
-        self.1 = fresh();
+        self.1.touch();
         self.0
             .values_mut()
             .filter(move |v| pick(v))
@@ -186,7 +181,7 @@ impl<K: Ord, V> FromIterator<(K, V)> for Table<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Table(
             iter.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
-            fresh(),
+            Stamp::default(),
         )
     }
 }
